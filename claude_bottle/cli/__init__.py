@@ -1,0 +1,49 @@
+"""Command-line interface: argparse dispatch over one module per subcommand, one error handler."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from rich.markup import escape
+
+from .. import __version__
+from ..errors import EXIT_USAGE, BottleError
+from . import _common, attach, doctor, exec_, init, logs, ls, shell, start, stop
+
+__all__ = ["main"]
+
+VERBS = (init, start, ls, attach, exec_, shell, logs, stop, doctor)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="claude-bottle",
+                                     description="Run Claude Code agents in sealed bottles.")
+    parser.add_argument("--version", action="version", version=f"claude-bottle {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every command run")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for verb in VERBS:
+        verb.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(argv) if argv is not None else None)
+    except SystemExit as exc:  # argparse: --help is 0, bad usage is 2
+        return int(exc.code or 0) if exc.code in (0, None) else EXIT_USAGE
+    if args.verbose or os.environ.get("CLAUDE_BOTTLE_DEBUG"):
+        logging.basicConfig(level=logging.DEBUG, format="%(message)s", stream=sys.stderr)
+    try:
+        rc: int = args.run(args)
+    except BottleError as exc:
+        _common.err.print(f"[red]error:[/] {escape(str(exc))}")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _common.err.print("interrupted")
+        return 130
+    return rc

@@ -1,0 +1,37 @@
+"""`claude-bottle init`: write a commented starter manifest that works as written."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..errors import BottleError
+from ..manifest import MANIFEST_NAME, parse_manifest, starter_manifest
+from ..state import write_private
+from ._common import err, out
+
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("init", help="write a starter claude-bottle.toml here")
+    p.add_argument("--force", action="store_true", help="overwrite an existing manifest")
+    p.add_argument("--path", type=Path, default=Path(MANIFEST_NAME), help=f"where to write (default {MANIFEST_NAME})")
+    p.set_defaults(run=run)
+
+
+def write_starter(path: Path, *, force: bool) -> Path:
+    if path.exists() and not force:
+        raise BottleError(f"{path} already exists: edit it, or pass --force to replace it")
+    text = starter_manifest(host_ca_bundle=HOST_CA_BUNDLE if HOST_CA_BUNDLE.is_file() else None)
+    parse_manifest(text, path=path)  # the starter must always be valid
+    write_private(path.resolve(), text, mode=0o644)
+    return path
+
+
+def run(args: argparse.Namespace) -> int:
+    path = write_starter(args.path, force=args.force)
+    out.print(str(path))
+    err.print("next: claude-bottle start claude --detach   (then: claude-bottle ls)")
+    return 0

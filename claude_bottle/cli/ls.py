@@ -1,0 +1,35 @@
+"""`claude-bottle ls`: every bottle, from state dirs plus one inventory call per backend."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from rich.table import Table
+
+from ..lifecycle import list_bottles
+from ._common import out
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("ls", help="list bottles")
+    p.add_argument("--json", action="store_true", help="JSON array of objects")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    rows = list_bottles()
+    if args.json:
+        out.print_json(json.dumps([r.as_json() for r in rows]))
+        return 0
+    if not rows:
+        out.print("no bottles (start one with: claude-bottle start AGENT)")
+        return 0
+    table = Table(box=None, pad_edge=False)
+    for col in ("SLUG", "AGENT", "BACKEND", "STATUS", "CREATED", "KEPT"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r.slug, r.agent, r.backend, r.status, r.created, r.preserved or "")
+    out.print(table)
+    return 0

@@ -1,0 +1,21 @@
+"""`claude-bottle shell SLUG`: an interactive shell in the agent container."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..backend import get_bottle_backend
+from ._common import is_tty, slug_arg, state_for
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("shell", help="open a shell in a bottle")
+    slug_arg(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    state = state_for(args)
+    backend = get_bottle_backend(state.read().backend)
+    return backend.exec(state=state, argv=["bash", "-l"], tty=is_tty(), interactive=True)

@@ -1,0 +1,50 @@
+"""`claude-bottle start AGENT`: build, start and wait for a bottle; then run claude or detach."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from rich.markup import escape
+
+from ..lifecycle import claude_argv, start_bottle, stop_bottle
+from ._common import add_manifest_arg, err, is_tty, load, out, progress
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("start", help="start a bottle for an agent")
+    p.add_argument("agent", metavar="AGENT", help="agent name from the manifest")
+    p.add_argument("--detach", "-d", action="store_true", help="leave the bottle running and return")
+    p.add_argument("--prompt", "-p", metavar="TEXT", help="run claude headless with this prompt")
+    p.add_argument("--backend", metavar="NAME", help="backend to use (default: manifest, then "
+                   "CLAUDE_BOTTLE_BACKEND, then docker)")
+    p.add_argument("--json", action="store_true", help="print a JSON object instead of the slug")
+    add_manifest_arg(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    manifest = load(args)
+    quiet = args.json
+    started = start_bottle(
+        manifest, args.agent, backend_flag=args.backend,
+        progress=(lambda _line: None) if quiet else progress,
+        show_plan=None if quiet else (lambda slug: err.print(f"starting [bold]{escape(slug)}[/]")),
+    )
+    slug, state = started.slug, started.state
+    if args.json:
+        out.print_json(json.dumps({"slug": slug, "backend": started.backend.name, "status": "running",
+                                   "state_dir": str(state.path)}))
+    else:
+        out.print(slug)
+    agent = manifest.agent(args.agent)
+    prompt = args.prompt or agent.prompt
+    if args.detach:
+        return 0
+    argv = claude_argv(agent, prompt=prompt)
+    try:
+        rc = started.backend.exec(state=state, argv=argv, tty=is_tty() and not prompt, interactive=not prompt)
+    finally:
+        stop_bottle(state)
+    return rc

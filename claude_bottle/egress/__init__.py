@@ -1,0 +1,1 @@
+"""The egress guard: the bottle's only way out. Standard library only; depends on nothing else here."""

@@ -1,0 +1,146 @@
+"""Egress policy: host patterns with ports, deny over allow, host spellings normalised before matching."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Decision", "Policy", "PolicyFile", "Rule", "is_public_address", "normalise_host"]
+
+DEFAULT_PORTS = (443, 80)
+
+
+def _legacy_ipv4(h: str) -> str | None:
+    """Decimal, octal, hex and short IPv4 spellings ("2130706433", "0177.1") that resolvers accept."""
+    if not h or any(c not in "0123456789abcdefx." for c in h) or not any(c.isdigit() for c in h):
+        return None
+    try:
+        return socket.inet_ntoa(socket.inet_aton(h))
+    except OSError:
+        return None
+
+
+def normalise_host(host: str) -> str:
+    """Canonical spelling of a host name or IP literal: lower case, no trailing dot, IDNA, bare IPv6."""
+    h = host.strip().rstrip(".").lower()
+    if h.startswith("[") and h.endswith("]"):
+        h = h[1:-1]
+    try:
+        return str(ipaddress.ip_address(h))
+    except ValueError:
+        pass
+    legacy = _legacy_ipv4(h)
+    if legacy:
+        return legacy
+    if any(ord(c) > 127 for c in h):
+        try:
+            h = h.encode("idna").decode("ascii")
+        except UnicodeError:
+            return h  # not a valid IDNA name: it will match no rule
+    return h
+
+
+def is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def is_public_address(addr: str) -> bool:
+    """False for private, loopback, link-local (metadata), multicast, reserved and unspecified."""
+    ip = ipaddress.ip_address(addr)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return bool(ip.is_global) and not ip.is_multicast
+
+
+@dataclass(frozen=True)
+class Rule:
+    host: str
+    ports: tuple[int, ...] = DEFAULT_PORTS
+    private: bool = False
+
+    def matches(self, host: str, port: int) -> bool:
+        if port not in self.ports:
+            return False
+        if self.host.startswith("*."):
+            return host.endswith(self.host[1:])
+        return host == self.host
+
+    def matches_host(self, host: str) -> bool:
+        return Rule(self.host, (0,)).matches(host, 0)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Rule:
+        return cls(normalise_host(str(d["host"])), tuple(int(p) for p in d.get("ports", DEFAULT_PORTS)),
+                   bool(d.get("private", False)))
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    reason: str
+    rule: Rule | None = None
+
+
+@dataclass(frozen=True)
+class Policy:
+    bottle: str = ""
+    allow: tuple[Rule, ...] = ()
+    deny: tuple[Rule, ...] = ()
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Policy:
+        return cls(
+            bottle=str(d.get("bottle", "")),
+            allow=tuple(Rule.from_dict(r) for r in d.get("allow", ())),
+            deny=tuple(Rule.from_dict(r) for r in d.get("deny", ())),
+        )
+
+    def check(self, host: str, port: int) -> Decision:
+        host = normalise_host(host)
+        for rule in self.deny:
+            if rule.matches_host(host) and (rule.ports == DEFAULT_PORTS or port in rule.ports):
+                return Decision(False, f"denied by rule {rule.host}")
+        for rule in self.allow:
+            if rule.matches(host, port):
+                return Decision(True, f"allowed by rule {rule.host}", rule)
+        if any(r.matches_host(host) for r in self.allow):
+            return Decision(False, f"port {port} not allowed for {host}")
+        return Decision(False, "host not in allow list")
+
+
+@dataclass
+class PolicyFile:
+    """The policy on disk, re-read when the file changes (so grants apply without a restart)."""
+
+    path: Path
+    check_every: float = 0.5
+    _policy: Policy = field(default_factory=Policy)
+    _stamp: tuple[int, int] | None = None
+    _checked: float = 0.0
+
+    def current(self) -> Policy:
+        now = time.monotonic()
+        if now - self._checked >= self.check_every or self._stamp is None:
+            self._checked = now
+            try:
+                st = os.stat(self.path)
+            except FileNotFoundError:
+                return self._policy
+            stamp = (st.st_mtime_ns, st.st_size)
+            if stamp != self._stamp:
+                try:
+                    self._policy = Policy.from_dict(json.loads(self.path.read_text(encoding="utf-8")))
+                    self._stamp = stamp
+                except (ValueError, KeyError, TypeError):
+                    pass  # a half-written file: keep the last good policy, fail closed on first load
+        return self._policy

@@ -1,0 +1,145 @@
+"""What the verbs do, as plain functions: start (with rollback), stop, run claude, list bottles."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .backend import BottleBackend, BottlePlan, Progress, get_bottle_backend, resolve_backend_name
+from .errors import BottleError
+from .manifest import AgentSpec, Manifest
+from .state import BottleRecord, StateDir, list_state_dirs, new_slug
+
+__all__ = ["BottleRow", "claude_argv", "list_bottles", "start_bottle", "stop_bottle"]
+
+
+@contextlib.contextmanager
+def _no_interrupts() -> Iterator[None]:
+    """Let a rollback finish: a second Ctrl-C must not leave a half-removed bottle."""
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+@dataclass
+class Started:
+    slug: str
+    state: StateDir
+    backend: BottleBackend
+    plan: BottlePlan
+
+
+def start_bottle(manifest: Manifest, agent_name: str, *, backend_flag: str | None, progress: Progress,
+                 show_plan: Progress | None = None, root: Path | None = None) -> Started:
+    agent = manifest.agent(agent_name)
+    bottle = manifest.bottles[agent.bottle]
+    workspace = manifest.workspace(agent_name)
+    if not workspace.is_dir():
+        raise BottleError(f"workspace {workspace} does not exist: create it or fix agents.{agent_name}.workspace")
+    backend_name, _source = resolve_backend_name(flag=backend_flag, manifest=bottle.backend)
+    backend = get_bottle_backend(backend_name)
+    slug = new_slug(agent_name)
+    state = StateDir(slug, root)
+    state.create()
+    record = BottleRecord(
+        slug=slug, agent=agent_name, bottle=agent.bottle, backend=backend_name,
+        manifest_path=str(manifest.path) if manifest.path else None,
+        manifest={"bottle": bottle.model_dump(mode="json"), "agent": agent.model_dump(mode="json")},
+        workspace=str(workspace), owner_pid=os.getpid(),
+    )
+    state.write(record)
+    try:
+        with state.lock():
+            plan = backend.plan(slug=slug, agent_name=agent_name, agent=agent, bottle_name=agent.bottle,
+                                bottle=bottle, workspace=workspace, state=state, manifest_path=manifest.path)
+            if show_plan:
+                show_plan(slug)
+            images = backend.prepare_images(plan=plan, progress=progress)
+            state.update(images=images)
+            backend.start(plan=plan, images=images, progress=progress)
+            progress("waiting for the guard")
+            backend.wait_ready(state=state)
+            state.update(status="running")
+    except BaseException as exc:
+        with _no_interrupts():
+            _roll_back(backend, state, exc)
+        raise
+    return Started(slug, state, backend, plan)
+
+
+def _roll_back(backend: BottleBackend, state: StateDir, exc: BaseException) -> None:
+    try:
+        backend.stop(state=state)
+    except BottleError as stop_exc:
+        # Could not remove what was made: keep the record so `cleanup` finds and reaps it.
+        state.update(status="failed", error=f"start failed ({exc!r}); rollback failed: {stop_exc}")
+        return
+    state.remove()
+
+
+def stop_bottle(state: StateDir, *, remove: bool = False) -> BottleRecord:
+    record = state.read()
+    backend = get_bottle_backend(record.backend)
+    with state.lock():
+        backend.stop(state=state)
+        record = state.update(status="stopped")
+        if remove:
+            if state.preserved():
+                raise BottleError(f"{state.slug} is preserved ({state.preserved()}): stopped, state kept")
+            state.remove()
+    return record
+
+
+def claude_argv(agent: AgentSpec, *, prompt: str | None) -> list[str]:
+    argv = ["claude", "--dangerously-skip-permissions"]
+    if agent.model:
+        argv += ["--model", agent.model]
+    if agent.append_system_prompt:
+        argv += ["--append-system-prompt", agent.append_system_prompt]
+    argv += list(agent.claude_args)
+    if prompt:
+        argv += ["-p", prompt]
+    return argv
+
+
+@dataclass(frozen=True)
+class BottleRow:
+    slug: str
+    agent: str
+    backend: str
+    status: str
+    created: str
+    workspace: str | None
+    preserved: str | None
+
+    def as_json(self) -> dict[str, object]:
+        return {"slug": self.slug, "agent": self.agent, "backend": self.backend, "status": self.status,
+                "created": self.created, "workspace": self.workspace, "preserved": self.preserved}
+
+
+def list_bottles(root: Path | None = None) -> list[BottleRow]:
+    """Every bottle with a state dir, its live status from one inventory call per backend in use."""
+    dirs = list_state_dirs(root)
+    records = [(d, d.read()) for d in dirs]
+    live: dict[str, dict[str, str]] = {}
+    for name in {r.backend for _, r in records}:
+        try:
+            live[name] = {slug: s.status for slug, s in get_bottle_backend(name).statuses().items()}
+        except BottleError:
+            live[name] = {}
+    rows = []
+    for d, r in records:
+        status = r.status
+        engine = live.get(r.backend, {}).get(r.slug)
+        if r.status == "running":
+            status = engine or "gone"
+        elif r.status == "creating" and engine is None:
+            status = "creating (no containers)"
+        rows.append(BottleRow(r.slug, r.agent, r.backend, status, r.created, r.workspace, d.preserved()))
+    return rows

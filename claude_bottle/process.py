@@ -1,0 +1,144 @@
+"""The one way to run an external command: argv lists only, copied environment, logged redacted."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from .errors import BackendError
+
+__all__ = ["Result", "check", "redact_argv", "run", "run_interactive", "run_streaming"]
+
+log = logging.getLogger(__name__)
+
+# Over-redaction is reversible, a leaked secret is not: any KEY=VALUE whose key looks secret.
+_SECRET_KEY = re.compile(r"(?i)(key|token|secret|password|passwd|credential|auth)")
+
+_INSTALL_HINTS = {
+    "docker": "install Docker (./scripts/setup does it on Debian) or put `docker` on PATH",
+    "smolvm": "install smolvm from smol-machines/smolvm releases",
+}
+
+
+@dataclass(frozen=True)
+class Result:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+def redact_argv(argv: Sequence[str]) -> list[str]:
+    out = []
+    for arg in argv:
+        key, sep, _ = arg.partition("=")
+        out.append(f"{key}=***" if sep and _SECRET_KEY.search(key) else arg)
+    return out
+
+
+def _env(env: Mapping[str, str] | None) -> dict[str, str]:
+    merged = dict(os.environ)
+    if env:
+        merged.update(env)
+    return merged
+
+
+def _missing(argv: Sequence[str]) -> BackendError:
+    tool = argv[0]
+    hint = _INSTALL_HINTS.get(os.path.basename(tool), f"install {tool} or put it on PATH")
+    return BackendError(f"`{tool}` not found: {hint}")
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    input: str | None = None,  # noqa: A002 - mirrors subprocess.run
+    timeout: float | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+) -> Result:
+    """Run argv to completion, capturing text output. Never raises for a non-zero exit."""
+    argv = [str(a) for a in argv]
+    log.debug("run: %s", " ".join(redact_argv(argv)))
+    try:
+        proc = subprocess.run(
+            argv,
+            env=_env(env),
+            input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=cwd,
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        raise _missing(argv) from exc
+    except subprocess.TimeoutExpired as exc:
+        raise BackendError(f"`{' '.join(redact_argv(argv[:3]))} ...` timed out after {timeout:.0f}s") from exc
+    return Result(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
+
+
+def check(result: Result, what: str) -> Result:
+    """Raise a BackendError naming what failed, its exit code and the last line of stderr."""
+    if result.ok:
+        return result
+    lines = [ln for ln in result.stderr.strip().splitlines() if ln.strip()]
+    tail = lines[-1] if lines else "(no error output)"
+    raise BackendError(f"{what} failed (exit {result.returncode}): {tail}")
+
+
+def run_streaming(
+    argv: Sequence[str],
+    on_line: Callable[[str], None],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+) -> Result:
+    """Run argv, handing each output line (stdout and stderr merged) to on_line as it arrives."""
+    argv = [str(a) for a in argv]
+    log.debug("run (streaming): %s", " ".join(redact_argv(argv)))
+    lines: list[str] = []
+    try:
+        proc = subprocess.Popen(
+            argv,
+            env=_env(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=cwd,
+        )
+    except FileNotFoundError as exc:
+        raise _missing(argv) from exc
+    assert proc.stdout is not None  # noqa: S101 - set by PIPE above
+    try:
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            lines.append(line)
+            on_line(line)
+        rc = proc.wait()
+    except BaseException:
+        proc.terminate()
+        proc.wait()
+        raise
+    tail = "\n".join(lines[-40:])
+    return Result(tuple(argv), rc, "", tail)
+
+
+def run_interactive(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> int:
+    """Run argv on this terminal (stdin/stdout/stderr inherited) and return its exit code."""
+    argv = [str(a) for a in argv]
+    log.debug("run (interactive): %s", " ".join(redact_argv(argv)))
+    try:
+        return subprocess.call(argv, env=_env(env))
+    except FileNotFoundError as exc:
+        raise _missing(argv) from exc

@@ -1,0 +1,205 @@
+"""Bottle state on the host: ~/.claude-bottle/state/<slug>/ with an atomic, versioned bottle.json."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import secrets
+import shutil
+import string
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import BottleError, NotFoundError
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "BottleRecord",
+    "StateDir",
+    "bottle_home",
+    "list_state_dirs",
+    "new_slug",
+    "resolve_slug",
+    "state_root",
+    "write_private",
+]
+
+SCHEMA_VERSION = 1
+SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,29}-[a-z0-9]{5}$")
+_ALPHABET = string.ascii_lowercase + string.digits
+
+Status = Literal["creating", "running", "stopped", "failed", "crashed"]
+
+
+def bottle_home() -> Path:
+    return Path(os.environ.get("CLAUDE_BOTTLE_HOME") or Path.home() / ".claude-bottle").expanduser()
+
+
+def state_root() -> Path:
+    return bottle_home() / "state"
+
+
+def new_slug(agent: str) -> str:
+    return f"{agent}-{''.join(secrets.choice(_ALPHABET) for _ in range(5))}"
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def write_private(path: Path, data: str | bytes, *, mode: int = 0o600) -> None:
+    """Write atomically (temp file in the same dir, fsync, rename) with the given mode."""
+    raw = data.encode() if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        Path(tmp).replace(path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            Path(tmp).unlink()
+        raise
+
+
+class BottleRecord(BaseModel):
+    """bottle.json: everything needed to find, show, stop or resume a bottle."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    schema_version: int = SCHEMA_VERSION
+    slug: str
+    agent: str
+    bottle: str
+    backend: str
+    status: Status = "creating"
+    created: str = Field(default_factory=now_iso)
+    updated: str = Field(default_factory=now_iso)
+    manifest_path: str | None = None
+    manifest: dict[str, Any] = Field(default_factory=dict)
+    workspace: str | None = None
+    images: dict[str, str] = Field(default_factory=dict)
+    session_id: str | None = None
+    owner_pid: int | None = None
+    owner_started: float | None = None
+    generation: int = 1
+    error: str | None = None
+
+
+class StateDir:
+    """One bottle's state directory (mode 0700)."""
+
+    def __init__(self, slug: str, root: Path | None = None) -> None:
+        if not SLUG_RE.match(slug):
+            raise BottleError(f"{slug!r} is not a bottle slug (expected AGENT-xxxxx)")
+        self.slug = slug
+        self.path = (root or state_root()) / slug
+
+    # Layout.
+    @property
+    def record_path(self) -> Path:
+        return self.path / "bottle.json"
+
+    @property
+    def audit_path(self) -> Path:
+        return self.path / "egress.jsonl"
+
+    @property
+    def claude_home(self) -> Path:
+        return self.path / "claude-home"
+
+    @property
+    def preserve_path(self) -> Path:
+        return self.path / ".preserve"
+
+    def create(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.path.parent, 0o700)
+        self.path.mkdir(mode=0o700)  # fails if it exists: slugs are never reused
+
+    def exists(self) -> bool:
+        return self.record_path.is_file()
+
+    def read(self) -> BottleRecord:
+        try:
+            data = json.loads(self.record_path.read_text(encoding="utf-8"))
+            return BottleRecord.model_validate(data)
+        except FileNotFoundError:
+            raise NotFoundError(f"no bottle {self.slug!r}: `claude-bottle ls` lists them") from None
+        except (ValueError, ValidationError):
+            # A torn or hand-edited file must not make the bottle unmanageable: keep the bad copy
+            # aside and carry on with what the directory name tells us.
+            bad = self.record_path.with_suffix(f".corrupt-{int(time.time())}")
+            shutil.copy2(self.record_path, bad)
+            agent = self.slug.rsplit("-", 1)[0]
+            return BottleRecord(slug=self.slug, agent=agent, bottle="?", backend="docker", status="failed",
+                                error=f"bottle.json was unreadable (kept as {bad.name})")
+
+    def write(self, record: BottleRecord) -> None:
+        record.updated = now_iso()
+        write_private(self.record_path, record.model_dump_json(indent=2) + "\n")
+
+    def update(self, **changes: Any) -> BottleRecord:
+        record = self.read()
+        for k, v in changes.items():
+            setattr(record, k, v)
+        self.write(record)
+        return record
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Per-bottle lock so two CLIs do not start/stop the same bottle at once."""
+        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise BottleError(f"bottle {self.slug} is busy: another claude-bottle command holds it") from None
+            yield
+        finally:
+            os.close(fd)
+
+    def preserved(self) -> str | None:
+        try:
+            return self.preserve_path.read_text(encoding="utf-8").strip() or "kept"
+        except FileNotFoundError:
+            return None
+
+    def preserve(self, reason: str) -> None:
+        write_private(self.preserve_path, reason + "\n")
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path)
+
+
+def list_state_dirs(root: Path | None = None) -> list[StateDir]:
+    base = root or state_root()
+    if not base.is_dir():
+        return []
+    return [StateDir(p.name, base) for p in sorted(base.iterdir()) if p.is_dir() and SLUG_RE.match(p.name)]
+
+
+def resolve_slug(text: str, root: Path | None = None) -> StateDir:
+    """A full slug, or a prefix that names exactly one bottle."""
+    dirs = list_state_dirs(root)
+    exact = [d for d in dirs if d.slug == text]
+    if exact:
+        return exact[0]
+    matches = [d for d in dirs if d.slug.startswith(text)] if text else []
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise NotFoundError(f"no bottle matches {text!r}: `claude-bottle ls` lists them")
+    names = ", ".join(d.slug for d in matches[:5])
+    raise NotFoundError(f"{text!r} matches {len(matches)} bottles ({names}): type more of the slug")
