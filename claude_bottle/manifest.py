@@ -9,7 +9,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from .egress.policy import DEFAULT_PORTS, normalise_host
 from .errors import ManifestError
@@ -187,7 +187,7 @@ class AgentSpec(_Strict):
 class Manifest(_Strict):
     bottles: dict[str, BottleSpec] = Field(default_factory=dict)
     agents: dict[str, AgentSpec] = Field(default_factory=dict)
-    path: Path | None = Field(None, exclude=True)
+    _path: Path | None = PrivateAttr(None)
 
     @field_validator("bottles", "agents")
     @classmethod
@@ -204,6 +204,10 @@ class Manifest(_Strict):
                 defined = ", ".join(sorted(self.bottles)) or "none"
                 raise ValueError(f"agents.{name}.bottle: no bottle named {agent.bottle!r} (defined: {defined})")
         return self
+
+    @property
+    def path(self) -> Path | None:
+        return self._path
 
     @property
     def directory(self) -> Path:
@@ -244,7 +248,8 @@ def parse_manifest(text: str, *, path: Path | None = None) -> Manifest:
         manifest = Manifest.model_validate(data)
     except ValidationError as exc:
         raise ManifestError(_format_error(source, exc)) from None
-    return manifest.model_copy(update={"path": path})
+    manifest._path = path
+    return manifest
 
 
 def find_manifest(start: Path | None = None, *, home: Path | None = None) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -47,6 +48,20 @@ def docker(*args: str, what: str, input: str | None = None, timeout: float | Non
     return process.check(result, what)
 
 
+def image_ids(refs: Sequence[str]) -> dict[str, str]:
+    """Ids of the given image references that exist, from one engine call."""
+    if not refs:
+        return {}
+    result = process.run(["docker", "image", "inspect", "--format", "{{.Id}}", *refs])
+    if not result.ok and _UNREACHABLE.search(result.stderr):
+        raise BackendError(_engine_hint())
+    # Output has one id per found image, in order; missing ones are named on stderr.
+    missing = {r for r in refs if f"No such image: {r}" in result.stderr}
+    found = [r for r in refs if r not in missing]
+    ids = result.stdout.split()
+    return dict(zip(found, ids, strict=False)) if len(ids) == len(found) else {}
+
+
 def _parse_labels(text: str) -> dict[str, str]:
     out = {}
     for part in text.split(","):
@@ -75,12 +90,18 @@ class DockerBottleBackend(BottleBackend):
         return [guard_image_spec(), agent_image_spec(plan.bottle, RuntimeIds.for_host(), manifest_dir=manifest_dir)]
 
     def prepare_images(self, *, plan: BottlePlan, progress: Progress) -> dict[str, str]:
+        specs = self._specs(plan)
+        bases = image_ids(sorted({s.base for s in specs}))
+        for base in sorted({s.base for s in specs} - set(bases)):
+            if not process.run(["docker", "pull", "-q", base], timeout=600).ok:
+                raise BackendError(f"base image {base} is not present and cannot be pulled: run ./scripts/setup "
+                                   "(it builds it from Debian packages) or set base_image to an image you have")
+            bases.update(image_ids([base]))
+        specs = [dataclasses.replace(s, base_id=bases[s.base]) for s in specs]
+        present = image_ids([s.tag for s in specs])
         images = {}
-        for spec in self._specs(plan):
-            found = process.run(["docker", "image", "inspect", "--format", "{{.Id}}", spec.tag])
-            if not found.ok and _UNREACHABLE.search(found.stderr):
-                raise BackendError(_engine_hint())
-            if not found.ok:
+        for spec in specs:
+            if spec.tag not in present:
                 self._build(spec, progress)
             images[spec.role] = spec.tag
             if spec.role == "agent":
@@ -88,12 +109,6 @@ class DockerBottleBackend(BottleBackend):
         return images
 
     def _build(self, spec: ImageSpec, progress: Progress) -> None:
-        base = spec.dockerfile.split("FROM ", 1)[1].split()[0]
-        if not process.run(["docker", "image", "inspect", "--format", "{{.Id}}", base]).ok:
-            pulled = process.run(["docker", "pull", "-q", base], timeout=600)
-            if not pulled.ok:
-                raise BackendError(f"base image {base} is not present and cannot be pulled: run ./scripts/setup "
-                                   "(it builds it from Debian packages) or set base_image to an image you have")
         progress(f"building {spec.role} image {spec.tag}")
         with build_dir() as tmp:
             spec.write_context(Path(tmp))
@@ -133,15 +148,21 @@ class DockerBottleBackend(BottleBackend):
         self._compose(state, "up", "-d", "--no-build", "--pull", "never", "--quiet-pull", what="docker compose up")
 
     def wait_ready(self, *, state: StateDir, timeout: float = 30.0) -> None:
+        """One exec that returns as soon as the guard answers; re-tried briefly so a dead guard fails fast."""
         deadline = time.monotonic() + timeout
-        result = process.run(
-            ["docker", "exec", "-e", f"BOTTLE_GUARD_WAIT={int(timeout)}", container_name(state.slug, "agent"),
-             "/usr/local/bin/bottle-wait-guard"], timeout=timeout + 10)
-        if not result.ok:
-            logs = process.run(["docker", "logs", "--tail", "5", container_name(state.slug, "egress")])
-            detail = (logs.stdout + logs.stderr).strip().splitlines()[-1:] or [result.stderr.strip()]
-            raise BackendError(f"bottle {state.slug} did not become ready within {timeout:.0f}s: {detail[0]}")
-        del deadline
+        agent, guard = container_name(state.slug, "agent"), container_name(state.slug, "egress")
+        while True:
+            result = process.run(["docker", "exec", "-e", "BOTTLE_GUARD_WAIT=3", agent,
+                                  "/usr/local/bin/bottle-wait-guard"], timeout=30)
+            if result.ok:
+                return
+            states = process.run(["docker", "inspect", "--format", "{{.Name}} {{.State.Status}}", agent, guard])
+            dead = [ln.split()[0].lstrip("/") for ln in states.stdout.splitlines() if not ln.endswith(" running")]
+            if dead or not states.ok or time.monotonic() > deadline:
+                logs = process.run(["docker", "logs", "--tail", "3", guard])
+                last = (logs.stdout + logs.stderr).strip().splitlines()[-1:] or [result.stderr.strip()]
+                why = f"{', '.join(dead)} exited" if dead else f"not ready within {timeout:.0f}s"
+                raise BackendError(f"bottle {state.slug} failed to start ({why}); guard said: {last[0]}")
 
     def _compose(self, state: StateDir, *args: str, what: str, timeout: float = 300) -> process.Result:
         return docker("compose", "-p", project_name(state.slug), "-f", str(state.path / COMPOSE_FILE),

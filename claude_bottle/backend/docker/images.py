@@ -29,10 +29,15 @@ class ImageSpec:
     role: str
     dockerfile: str
     files: dict[str, bytes] = field(default_factory=dict)
+    base_id: str = ""  # the base image's id: a rebuilt base means a rebuilt image
+
+    @property
+    def base(self) -> str:
+        return self.dockerfile.split("\nFROM ", 1)[1].split()[0]
 
     @property
     def tag(self) -> str:
-        h = hashlib.sha256(self.dockerfile.encode())
+        h = hashlib.sha256(self.dockerfile.encode() + b"\0" + self.base_id.encode())
         for name in sorted(self.files):
             h.update(name.encode() + b"\0" + self.files[name] + b"\0")
         return f"claude-bottle-{self.role}:{h.hexdigest()[:16]}"

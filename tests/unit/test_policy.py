@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from claude_bottle.egress.policy import Policy, PolicyFile, Rule, is_public_address, normalise_host
+
+
+@pytest.mark.parametrize(
+    ("raw", "canonical"),
+    [
+        ("API.Example.COM", "api.example.com"),
+        ("api.example.com.", "api.example.com"),
+        ("[::1]", "::1"),
+        ("[0:0:0:0:0:0:0:1]", "::1"),
+        ("2130706433", "127.0.0.1"),
+        ("0177.0.0.1", "127.0.0.1"),
+        ("0x7f.1", "127.0.0.1"),
+        ("127.1", "127.0.0.1"),
+        ("bücher.example", "xn--bcher-kva.example"),
+    ],
+)
+def test_normalise_host(raw: str, canonical: str) -> None:
+    assert normalise_host(raw) == canonical
+
+
+@given(st.text(alphabet="abcXYZ019.-[]:", max_size=30))
+def test_normalise_is_idempotent(raw: str) -> None:
+    once = normalise_host(raw)
+    assert normalise_host(once) == once
+
+
+POLICY = Policy.from_dict({
+    "bottle": "b",
+    "allow": [{"host": "api.example.com"}, {"host": "*.cdn.example", "ports": [443]},
+              {"host": "svc.lan", "ports": [8080], "private": True}],
+    "deny": [{"host": "bad.cdn.example"}],
+})
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "allowed", "reason"),
+    [
+        ("api.example.com", 443, True, "allowed by rule api.example.com"),
+        ("API.EXAMPLE.COM.", 80, True, "allowed by rule api.example.com"),
+        ("api.example.com", 22, False, "port 22 not allowed for api.example.com"),
+        ("a.cdn.example", 443, True, "allowed by rule *.cdn.example"),
+        ("a.b.cdn.example", 443, True, "allowed by rule *.cdn.example"),
+        ("cdn.example", 443, False, "host not in allow list"),
+        ("evilcdn.example", 443, False, "host not in allow list"),
+        ("bad.cdn.example", 443, False, "denied by rule bad.cdn.example"),
+        ("api.example.com.evil.test", 443, False, "host not in allow list"),
+        ("svc.lan", 8080, True, "allowed by rule svc.lan"),
+    ],
+)
+def test_policy_check(host: str, port: int, allowed: bool, reason: str) -> None:
+    d = POLICY.check(host, port)
+    assert (d.allowed, d.reason) == (allowed, reason)
+
+
+@pytest.mark.parametrize(
+    ("addr", "public"),
+    [("8.8.8.8", True), ("10.1.2.3", False), ("172.20.0.2", False), ("192.168.1.1", False),
+     ("127.0.0.1", False), ("169.254.169.254", False), ("::1", False), ("fe80::1", False),
+     ("::ffff:10.0.0.1", False), ("224.0.0.1", False), ("0.0.0.0", False), ("100.64.0.1", False),
+     ("2606:4700::1111", True), ("fd00::1", False)],
+)
+def test_public_addresses(addr: str, public: bool) -> None:
+    assert is_public_address(addr) is public
+
+
+def test_policy_file_reloads_on_change_and_keeps_last_good(tmp_path: Path) -> None:
+    path = tmp_path / "policy.json"
+    path.write_text(json.dumps({"bottle": "b", "allow": [{"host": "a.example"}]}))
+    pf = PolicyFile(path, check_every=0)
+    assert pf.current().check("a.example", 443).allowed
+    assert not pf.current().check("b.example", 443).allowed
+    path.write_text(json.dumps({"bottle": "b", "allow": [{"host": "b.example"}]}))
+    os.utime(path, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+    assert pf.current().check("b.example", 443).allowed
+    path.write_text("{not json")
+    os.utime(path, ns=(time.time_ns() + 2 * 10**9, time.time_ns() + 2 * 10**9))
+    assert pf.current().check("b.example", 443).allowed  # half-written file: last good policy
+
+
+def test_missing_policy_file_allows_nothing(tmp_path: Path) -> None:
+    pf = PolicyFile(tmp_path / "absent.json")
+    assert not pf.current().check("api.example.com", 443).allowed
+    assert Rule("x.example").matches("x.example", 443)
