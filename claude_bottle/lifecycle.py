@@ -35,8 +35,15 @@ class Started:
     plan: BottlePlan
 
 
-def start_bottle(manifest: Manifest, agent_name: str, *, backend_flag: str | None, progress: Progress,
-                 show_plan: Progress | None = None, root: Path | None = None) -> Started:
+def start_bottle(
+    manifest: Manifest,
+    agent_name: str,
+    *,
+    backend_flag: str | None,
+    progress: Progress,
+    show_plan: Progress | None = None,
+    root: Path | None = None,
+) -> Started:
     agent = manifest.agent(agent_name)
     bottle = manifest.bottles[agent.bottle]
     workspace = manifest.workspace(agent_name)
@@ -48,16 +55,28 @@ def start_bottle(manifest: Manifest, agent_name: str, *, backend_flag: str | Non
     state = StateDir(slug, root)
     state.create()
     record = BottleRecord(
-        slug=slug, agent=agent_name, bottle=agent.bottle, backend=backend_name,
+        slug=slug,
+        agent=agent_name,
+        bottle=agent.bottle,
+        backend=backend_name,
         manifest_path=str(manifest.path) if manifest.path else None,
         manifest={"bottle": bottle.model_dump(mode="json"), "agent": agent.model_dump(mode="json")},
-        workspace=str(workspace), owner_pid=os.getpid(),
+        workspace=str(workspace),
+        owner_pid=os.getpid(),
     )
     state.write(record)
     try:
         with state.lock():
-            plan = backend.plan(slug=slug, agent_name=agent_name, agent=agent, bottle_name=agent.bottle,
-                                bottle=bottle, workspace=workspace, state=state, manifest_path=manifest.path)
+            plan = backend.plan(
+                slug=slug,
+                agent_name=agent_name,
+                agent=agent,
+                bottle_name=agent.bottle,
+                bottle=bottle,
+                workspace=workspace,
+                state=state,
+                manifest_path=manifest.path,
+            )
             if show_plan:
                 show_plan(slug)
             images = backend.prepare_images(plan=plan, progress=progress)
@@ -119,8 +138,15 @@ class BottleRow:
     preserved: str | None
 
     def as_json(self) -> dict[str, object]:
-        return {"slug": self.slug, "agent": self.agent, "backend": self.backend, "status": self.status,
-                "created": self.created, "workspace": self.workspace, "preserved": self.preserved}
+        return {
+            "slug": self.slug,
+            "agent": self.agent,
+            "backend": self.backend,
+            "status": self.status,
+            "created": self.created,
+            "workspace": self.workspace,
+            "preserved": self.preserved,
+        }
 
 
 def list_bottles(root: Path | None = None) -> list[BottleRow]:
@@ -135,7 +161,7 @@ def list_bottles(root: Path | None = None) -> list[BottleRow]:
             live[name] = {}
     rows = []
     for d, r in records:
-        status = r.status
+        status: str = r.status
         engine = live.get(r.backend, {}).get(r.slug)
         if r.status == "running":
             status = engine or "gone"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 import tomllib
 from pathlib import Path
@@ -79,7 +78,7 @@ class EgressRule(_Strict):
                 host, port = data.split(":")
             if port is not None:
                 if not port.isdigit():
-                    raise ValueError(f"{data!r}: port must be a number, like \"host:8080\"")
+                    raise ValueError(f'{data!r}: port must be a number, like "host:8080"')
                 return {"host": host, "ports": (int(port),)}
             return {"host": host}
         return data
@@ -89,7 +88,7 @@ class EgressRule(_Strict):
     def _host(cls, v: str) -> str:
         h = normalise_host(v)
         if not _valid_pattern(h):
-            raise ValueError(f"{v!r} is not a host pattern: expected \"api.example.com\", \"*.example.com\" or an IP")
+            raise ValueError(f'{v!r} is not a host pattern: expected "api.example.com", "*.example.com" or an IP')
         return h
 
     @field_validator("ports")
@@ -146,7 +145,7 @@ class BottleSpec(_Strict):
     claude_code_version: str = Field("latest", pattern=r"^(latest|stable|[0-9]+\.[0-9]+\.[0-9]+)$")
     env: dict[str, str] = Field(default_factory=dict)
     mounts: tuple[Mount, ...] = ()
-    resources: Resources = Field(default_factory=Resources)  # type: ignore[arg-type]
+    resources: Resources = Field(default_factory=Resources)
     egress: EgressSpec = Field(default_factory=EgressSpec)
     backend: str | None = None
 
@@ -222,7 +221,7 @@ class Manifest(_Strict):
     def workspace(self, name: str) -> Path:
         ws = self.agent(name).workspace
         base = self.directory
-        return (base / os.path.expanduser(ws)).resolve() if ws else base.resolve()
+        return (base / Path(ws).expanduser()).resolve() if ws else base.resolve()
 
 
 def _format_error(source: str, err: ValidationError) -> str:

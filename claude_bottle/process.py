@@ -8,6 +8,7 @@ import re
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from .errors import BackendError
 
@@ -53,7 +54,7 @@ def _env(env: Mapping[str, str] | None) -> dict[str, str]:
 
 def _missing(argv: Sequence[str]) -> BackendError:
     tool = argv[0]
-    hint = _INSTALL_HINTS.get(os.path.basename(tool), f"install {tool} or put it on PATH")
+    hint = _INSTALL_HINTS.get(Path(tool).name, f"install {tool} or put it on PATH")
     return BackendError(f"`{tool}` not found: {hint}")
 
 
@@ -61,7 +62,7 @@ def run(
     argv: Sequence[str],
     *,
     env: Mapping[str, str] | None = None,
-    input: str | None = None,  # noqa: A002 - mirrors subprocess.run
+    input: str | None = None,
     timeout: float | None = None,
     cwd: str | os.PathLike[str] | None = None,
 ) -> Result:
@@ -119,17 +120,18 @@ def run_streaming(
         )
     except FileNotFoundError as exc:
         raise _missing(argv) from exc
-    assert proc.stdout is not None  # noqa: S101 - set by PIPE above
-    try:
-        for line in proc.stdout:
-            line = line.rstrip("\n")
-            lines.append(line)
-            on_line(line)
-        rc = proc.wait()
-    except BaseException:
-        proc.terminate()
-        proc.wait()
-        raise
+    with proc:
+        assert proc.stdout is not None  # noqa: S101 - set by PIPE above
+        try:
+            for raw in proc.stdout:
+                line = raw.rstrip("\n")
+                lines.append(line)
+                on_line(line)
+            rc = proc.wait()
+        except BaseException:
+            proc.terminate()
+            proc.wait()
+            raise
     tail = "\n".join(lines[-40:])
     return Result(tuple(argv), rc, "", tail)
 

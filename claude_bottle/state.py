@@ -125,7 +125,7 @@ class StateDir:
 
     def create(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(self.path.parent, 0o700)
+        self.path.parent.chmod(0o700)
         self.path.mkdir(mode=0o700)  # fails if it exists: slugs are never reused
 
     def exists(self) -> bool:
@@ -143,8 +143,14 @@ class StateDir:
             bad = self.record_path.with_suffix(f".corrupt-{int(time.time())}")
             shutil.copy2(self.record_path, bad)
             agent = self.slug.rsplit("-", 1)[0]
-            return BottleRecord(slug=self.slug, agent=agent, bottle="?", backend="docker", status="failed",
-                                error=f"bottle.json was unreadable (kept as {bad.name})")
+            return BottleRecord(
+                slug=self.slug,
+                agent=agent,
+                bottle="?",
+                backend="docker",
+                status="failed",
+                error=f"bottle.json was unreadable (kept as {bad.name})",
+            )
 
     def write(self, record: BottleRecord) -> None:
         record.updated = now_iso()

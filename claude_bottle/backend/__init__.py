@@ -57,8 +57,10 @@ class BottlePlan:
     actions: list[str] = field(default_factory=list)
 
     def print(self, console: Console) -> None:
-        console.print(f"[bold]{self.slug}[/]: agent [cyan]{self.agent_name}[/] in bottle "
-                      f"[cyan]{self.bottle_name}[/] on {self.backend}")
+        console.print(
+            f"[bold]{self.slug}[/]: agent [cyan]{self.agent_name}[/] in bottle "
+            f"[cyan]{self.bottle_name}[/] on {self.backend}"
+        )
         console.print(f"  workspace {self.workspace} -> /workspace")
         allowed = ", ".join(r.label() for r in self.bottle.egress.allow) or "(nothing)"
         console.print(f"  egress allowed: {allowed}")
@@ -101,8 +103,18 @@ class BottleBackend(ABC):
     name: ClassVar[str]
 
     @abstractmethod
-    def plan(self, *, slug: str, agent_name: str, agent: AgentSpec, bottle_name: str, bottle: BottleSpec,
-             workspace: Path, state: StateDir, manifest_path: Path | None) -> BottlePlan: ...
+    def plan(
+        self,
+        *,
+        slug: str,
+        agent_name: str,
+        agent: AgentSpec,
+        bottle_name: str,
+        bottle: BottleSpec,
+        workspace: Path,
+        state: StateDir,
+        manifest_path: Path | None,
+    ) -> BottlePlan: ...
 
     @abstractmethod
     def prepare_images(self, *, plan: BottlePlan, progress: Progress) -> dict[str, str]:
@@ -119,8 +131,16 @@ class BottleBackend(ABC):
         """Stop and remove the bottle's containers and networks; the state dir stays."""
 
     @abstractmethod
-    def exec(self, *, state: StateDir, argv: Sequence[str], tty: bool, interactive: bool,
-             workdir: str | None = None, env: dict[str, str] | None = None) -> int: ...
+    def exec(
+        self,
+        *,
+        state: StateDir,
+        argv: Sequence[str],
+        tty: bool,
+        interactive: bool,
+        workdir: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> int: ...
 
     @abstractmethod
     def logs(self, *, state: StateDir, follow: bool) -> int: ...
@@ -151,15 +171,21 @@ def get_bottle_backend(name: str | None = None) -> BottleBackend:
     return backend_cls()
 
 
-def resolve_backend_name(*, flag: str | None, recorded: str | None = None,
-                         manifest: str | None = None) -> tuple[str, str]:
+def resolve_backend_name(
+    *, flag: str | None, recorded: str | None = None, manifest: str | None = None
+) -> tuple[str, str]:
     """The backend to use and where the choice came from: flag, record, manifest, env, default."""
-    for value, source in ((flag, "--backend"), (recorded, "bottle.json"), (manifest, "manifest"),
-                          (os.environ.get(ENV_VAR), ENV_VAR)):
+    for value, source in (
+        (flag, "--backend"),
+        (recorded, "bottle.json"),
+        (manifest, "manifest"),
+        (os.environ.get(ENV_VAR), ENV_VAR),
+    ):
         if value:
             if value not in _BACKENDS:
-                raise BottleError(f"unknown backend {value!r} (from {source}): choose one of "
-                                  f"{', '.join(known_backend_names())}")
+                raise BottleError(
+                    f"unknown backend {value!r} (from {source}): choose one of {', '.join(known_backend_names())}"
+                )
             return value, source
     return DEFAULT_BACKEND, "default"
 

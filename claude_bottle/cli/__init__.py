@@ -20,8 +20,7 @@ VERBS = (init, start, ls, attach, exec_, shell, logs, stop, doctor)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="claude-bottle",
-                                     description="Run Claude Code agents in sealed bottles.")
+    parser = argparse.ArgumentParser(prog="claude-bottle", description="Run Claude Code agents in sealed bottles.")
     parser.add_argument("--version", action="version", version=f"claude-bottle {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every command run")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)

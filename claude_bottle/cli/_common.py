@@ -33,9 +33,12 @@ def confirm(question: str) -> bool:
 
 
 def add_manifest_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--manifest", metavar="PATH", type=Path,
-                        help="manifest file (default: claude-bottle.toml here or above, then "
-                             "~/.claude-bottle/manifest.toml)")
+    parser.add_argument(
+        "--manifest",
+        metavar="PATH",
+        type=Path,
+        help="manifest file (default: claude-bottle.toml here or above, then ~/.claude-bottle/manifest.toml)",
+    )
 
 
 def load(args: argparse.Namespace) -> Manifest:

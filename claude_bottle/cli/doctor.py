@@ -20,8 +20,14 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     checks = get_bottle_backend("docker").doctor()
     kvm = os.access("/dev/kvm", os.R_OK | os.W_OK)
-    checks.append(Check("kvm", kvm, "/dev/kvm usable" if kvm else "/dev/kvm missing",
-                        "only the smolmachines backend needs it: enable virtualisation / load kvm"))
+    checks.append(
+        Check(
+            "kvm",
+            kvm,
+            "/dev/kvm usable" if kvm else "/dev/kvm missing",
+            "only the smolmachines backend needs it: enable virtualisation / load kvm",
+        )
+    )
     for c in checks:
         mark = "[green]ok[/]  " if c.ok else "[red]fail[/]"
         fix = "" if c.ok else f"  -> {escape(c.fix)}"

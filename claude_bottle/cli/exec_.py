@@ -28,5 +28,6 @@ def run(args: argparse.Namespace) -> int:
         raise BottleError("no command given: claude-bottle exec SLUG -- CMD [ARGS...]")
     state = state_for(args)
     backend = get_bottle_backend(state.read().backend)
-    return backend.exec(state=state, argv=cmd, tty=args.tty, interactive=not sys.stdin.isatty() or args.tty,
-                        workdir=args.workdir)
+    return backend.exec(
+        state=state, argv=cmd, tty=args.tty, interactive=not sys.stdin.isatty() or args.tty, workdir=args.workdir
+    )

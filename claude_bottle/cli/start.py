@@ -17,8 +17,9 @@ def register(sub: Any) -> None:
     p.add_argument("agent", metavar="AGENT", help="agent name from the manifest")
     p.add_argument("--detach", "-d", action="store_true", help="leave the bottle running and return")
     p.add_argument("--prompt", "-p", metavar="TEXT", help="run claude headless with this prompt")
-    p.add_argument("--backend", metavar="NAME", help="backend to use (default: manifest, then "
-                   "CLAUDE_BOTTLE_BACKEND, then docker)")
+    p.add_argument(
+        "--backend", metavar="NAME", help="backend to use (default: manifest, then CLAUDE_BOTTLE_BACKEND, then docker)"
+    )
     p.add_argument("--json", action="store_true", help="print a JSON object instead of the slug")
     add_manifest_arg(p)
     p.set_defaults(run=run)
@@ -28,14 +29,19 @@ def run(args: argparse.Namespace) -> int:
     manifest = load(args)
     quiet = args.json
     started = start_bottle(
-        manifest, args.agent, backend_flag=args.backend,
+        manifest,
+        args.agent,
+        backend_flag=args.backend,
         progress=(lambda _line: None) if quiet else progress,
         show_plan=None if quiet else (lambda slug: err.print(f"starting [bold]{escape(slug)}[/]")),
     )
     slug, state = started.slug, started.state
     if args.json:
-        out.print_json(json.dumps({"slug": slug, "backend": started.backend.name, "status": "running",
-                                   "state_dir": str(state.path)}))
+        out.print_json(
+            json.dumps(
+                {"slug": slug, "backend": started.backend.name, "status": "running", "state_dir": str(state.path)}
+            )
+        )
     else:
         out.print(slug)
     agent = manifest.agent(args.agent)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import socket
 import time
 from dataclasses import dataclass, field
@@ -28,9 +27,13 @@ def _legacy_ipv4(h: str) -> str | None:
 
 def normalise_host(host: str) -> str:
     """Canonical spelling of a host name or IP literal: lower case, no trailing dot, IDNA, bare IPv6."""
-    h = host.strip().rstrip(".").lower()
+    h = host.strip().lower()
     if h.startswith("[") and h.endswith("]"):
-        h = h[1:-1]
+        try:
+            return str(ipaddress.IPv6Address(h[1:-1]))
+        except ValueError:
+            return h  # brackets around anything but IPv6: matches no rule
+    h = h.rstrip(".")
     try:
         return str(ipaddress.ip_address(h))
     except ValueError:
@@ -80,8 +83,11 @@ class Rule:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Rule:
-        return cls(normalise_host(str(d["host"])), tuple(int(p) for p in d.get("ports", DEFAULT_PORTS)),
-                   bool(d.get("private", False)))
+        return cls(
+            normalise_host(str(d["host"])),
+            tuple(int(p) for p in d.get("ports", DEFAULT_PORTS)),
+            bool(d.get("private", False)),
+        )
 
 
 @dataclass(frozen=True)
@@ -133,7 +139,7 @@ class PolicyFile:
         if now - self._checked >= self.check_every or self._stamp is None:
             self._checked = now
             try:
-                st = os.stat(self.path)
+                st = self.path.stat()
             except FileNotFoundError:
                 return self._policy
             stamp = (st.st_mtime_ns, st.st_size)

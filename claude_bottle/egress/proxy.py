@@ -20,8 +20,16 @@ HEAD_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 10.0
 CHUNK = 256 * 1024
 # Hop-by-hop headers and the proxy's own: never forwarded upstream.
-_HOP = {"connection", "keep-alive", "proxy-connection", "proxy-authorization", "proxy-authenticate",
-        "te", "trailer", "upgrade"}
+_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "upgrade",
+}
 
 
 class Refused(Exception):
@@ -113,7 +121,7 @@ class Guard:
         try:
             try:
                 raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
-            except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+            except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
                 return
             except asyncio.LimitOverrunError:
                 raise Refused(431, "request head too large") from None
@@ -134,8 +142,9 @@ class Guard:
                 host, port = split_host_port(url.netloc, 80)
                 path = url.path or "/"
                 entry.update(host=host, port=port, path=path)
-                await self._forward(req, host, port, path + (f"?{url.query}" if url.query else ""),
-                                    reader, writer, entry)
+                await self._forward(
+                    req, host, port, path + (f"?{url.query}" if url.query else ""), reader, writer, entry
+                )
         except Refused as exc:
             entry.setdefault("decision", "deny")
             entry["reason"] = exc.reason
@@ -159,8 +168,9 @@ class Guard:
             raise Refused(403, decision.reason)
         return decision
 
-    async def _open(self, host: str, port: int, decision: Decision,
-                    entry: dict[str, object]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def _open(
+        self, host: str, port: int, decision: Decision, entry: dict[str, object]
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         if is_ip(host):
             addrs = [host]
         else:
@@ -179,7 +189,7 @@ class Guard:
         for addr in usable:  # connect to the very address that was checked: no second lookup
             try:
                 conn = await asyncio.wait_for(asyncio.open_connection(addr, port, limit=CHUNK), CONNECT_TIMEOUT)
-            except (OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError) as exc:
                 last = exc
                 continue
             entry["addr"] = addr
@@ -187,16 +197,31 @@ class Guard:
         entry["decision"] = "deny"
         raise Refused(502, f"cannot connect to {host}:{port} ({type(last).__name__})")
 
-    async def _connect(self, req: Request, host: str, port: int, reader: asyncio.StreamReader,
-                       writer: asyncio.StreamWriter, entry: dict[str, object]) -> None:
+    async def _connect(
+        self,
+        req: Request,
+        host: str,
+        port: int,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        entry: dict[str, object],
+    ) -> None:
         decision = self._decide(host, port, entry)
         up_r, up_w = await self._open(host, port, decision, entry)
         writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
         await writer.drain()
         await self._relay(reader, writer, up_r, up_w, entry, b"")
 
-    async def _forward(self, req: Request, host: str, port: int, path: str, reader: asyncio.StreamReader,
-                       writer: asyncio.StreamWriter, entry: dict[str, object]) -> None:
+    async def _forward(
+        self,
+        req: Request,
+        host: str,
+        port: int,
+        path: str,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        entry: dict[str, object],
+    ) -> None:
         decision = self._decide(host, port, entry)
         up_r, up_w = await self._open(host, port, decision, entry)
         authority = (f"[{host}]" if ":" in host else host) + ("" if port == 80 else f":{port}")
@@ -207,9 +232,15 @@ class Guard:
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         await self._relay(reader, writer, up_r, up_w, entry, head)
 
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     up_r: asyncio.StreamReader, up_w: asyncio.StreamWriter,
-                     entry: dict[str, object], first: bytes) -> None:
+    async def _relay(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        up_r: asyncio.StreamReader,
+        up_w: asyncio.StreamWriter,
+        entry: dict[str, object],
+        first: bytes,
+    ) -> None:
         counts = {"up": 0, "down": 0}
         if first:
             up_w.write(first)
@@ -239,21 +270,28 @@ class Guard:
             body = json.dumps({"status": "ok", "bottle": self.policy.current().bottle}).encode() + b"\n"
             await self._respond(writer, 200, "OK", body, "application/json")
         else:
-            await self._respond(writer, 404, "Not Found",
-                                b"claude-bottle egress guard: not a proxy request\n", "text/plain")
+            await self._respond(
+                writer, 404, "Not Found", b"claude-bottle egress guard: not a proxy request\n", "text/plain"
+            )
 
     async def _refuse(self, writer: asyncio.StreamWriter, status: int, reason: str) -> None:
-        phrase = {400: "Bad Request", 403: "Forbidden", 431: "Request Header Fields Too Large",
-                  502: "Bad Gateway"}.get(status, "Error")
+        phrase = {400: "Bad Request", 403: "Forbidden", 431: "Request Header Fields Too Large", 502: "Bad Gateway"}.get(
+            status, "Error"
+        )
         body = f"claude-bottle egress guard: {reason}\n".encode()
         with contextlib.suppress(ConnectionError, OSError):
             await self._respond(writer, status, phrase, body, "text/plain", reason)
 
     @staticmethod
-    async def _respond(writer: asyncio.StreamWriter, status: int, phrase: str, body: bytes, ctype: str,
-                       reason: str | None = None) -> None:
-        head = [f"HTTP/1.1 {status} {phrase}", f"Content-Type: {ctype}", f"Content-Length: {len(body)}",
-                "Connection: close"]
+    async def _respond(
+        writer: asyncio.StreamWriter, status: int, phrase: str, body: bytes, ctype: str, reason: str | None = None
+    ) -> None:
+        head = [
+            f"HTTP/1.1 {status} {phrase}",
+            f"Content-Type: {ctype}",
+            f"Content-Length: {len(body)}",
+            "Connection: close",
+        ]
         if reason:
             head.append(f"X-Claude-Bottle-Reason: {reason}")
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)

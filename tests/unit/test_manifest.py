@@ -38,16 +38,21 @@ def test_defaults() -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("[bottles.default]\nbase_imag = 'x'\n[agents.a]\n",
-         "m.toml: bottles.default: unknown key 'base_imag' (valid keys: backend, base_image,"),
+        (
+            "[bottles.default]\nbase_imag = 'x'\n[agents.a]\n",
+            "m.toml: bottles.default: unknown key 'base_imag' (valid keys: backend, base_image,",
+        ),
         ("[bottles.default.egress]\nallow = [1]\n[agents.a]\n", "m.toml: bottles.default.egress.allow[0]"),
-        ("[bottles.default.egress]\nallow = ['bad host!']\n[agents.a]\n",
-         "'bad host!' is not a host pattern"),
+        ("[bottles.default.egress]\nallow = ['bad host!']\n[agents.a]\n", "'bad host!' is not a host pattern"),
         ("[bottles.default.egress]\nallow = ['h.example:http']\n[agents.a]\n", "port must be a number"),
-        ("[bottles.default.egress]\nallow = [{ host = 'h.example', ports = [0] }]\n[agents.a]\n",
-         "ports must be a non-empty list"),
-        ("[bottles.default]\n[agents.a]\nbottle = 'nope'\n",
-         "agents.a.bottle: no bottle named 'nope' (defined: default)"),
+        (
+            "[bottles.default.egress]\nallow = [{ host = 'h.example', ports = [0] }]\n[agents.a]\n",
+            "ports must be a non-empty list",
+        ),
+        (
+            "[bottles.default]\n[agents.a]\nbottle = 'nope'\n",
+            "agents.a.bottle: no bottle named 'nope' (defined: default)",
+        ),
         ("[bottles.Default]\n", "'Default' is not a valid name"),
         ("[bottles.default\n", "m.toml: not valid TOML"),
         ("[bottles.default.resources]\nmemory = 'lots'\n", "bottles.default.resources.memory"),

@@ -36,12 +36,17 @@ def test_normalise_is_idempotent(raw: str) -> None:
     assert normalise_host(once) == once
 
 
-POLICY = Policy.from_dict({
-    "bottle": "b",
-    "allow": [{"host": "api.example.com"}, {"host": "*.cdn.example", "ports": [443]},
-              {"host": "svc.lan", "ports": [8080], "private": True}],
-    "deny": [{"host": "bad.cdn.example"}],
-})
+POLICY = Policy.from_dict(
+    {
+        "bottle": "b",
+        "allow": [
+            {"host": "api.example.com"},
+            {"host": "*.cdn.example", "ports": [443]},
+            {"host": "svc.lan", "ports": [8080], "private": True},
+        ],
+        "deny": [{"host": "bad.cdn.example"}],
+    }
+)
 
 
 @pytest.mark.parametrize(
@@ -66,10 +71,22 @@ def test_policy_check(host: str, port: int, allowed: bool, reason: str) -> None:
 
 @pytest.mark.parametrize(
     ("addr", "public"),
-    [("8.8.8.8", True), ("10.1.2.3", False), ("172.20.0.2", False), ("192.168.1.1", False),
-     ("127.0.0.1", False), ("169.254.169.254", False), ("::1", False), ("fe80::1", False),
-     ("::ffff:10.0.0.1", False), ("224.0.0.1", False), ("0.0.0.0", False), ("100.64.0.1", False),
-     ("2606:4700::1111", True), ("fd00::1", False)],
+    [
+        ("8.8.8.8", True),
+        ("10.1.2.3", False),
+        ("172.20.0.2", False),
+        ("192.168.1.1", False),
+        ("127.0.0.1", False),
+        ("169.254.169.254", False),
+        ("::1", False),
+        ("fe80::1", False),
+        ("::ffff:10.0.0.1", False),
+        ("224.0.0.1", False),
+        ("0.0.0.0", False),
+        ("100.64.0.1", False),
+        ("2606:4700::1111", True),
+        ("fd00::1", False),
+    ],
 )
 def test_public_addresses(addr: str, public: bool) -> None:
     assert is_public_address(addr) is public

@@ -138,7 +138,8 @@ def test_absolute_uri_http_forwarded_with_checked_host(make_env: Any) -> None:
     async def go(env: Env) -> None:
         resp = await env.request(
             f"GET http://127.0.0.1:{env.upstream_port}/a/b?q=1 HTTP/1.1\r\nHost: evil.test\r\n"
-            "Proxy-Authorization: Basic Zm9vOmJhcg==\r\n\r\n".encode())
+            "Proxy-Authorization: Basic Zm9vOmJhcg==\r\n\r\n".encode()
+        )
         assert resp.startswith(b"HTTP/1.1 200")
         assert b"upstream saw: GET /a/b?q=1 HTTP/1.1" in resp
         assert f"Host: 127.0.0.1:{env.upstream_port}".encode() in resp

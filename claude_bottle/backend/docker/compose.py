@@ -65,24 +65,37 @@ class Identity:
 def _mounts(bottle: BottleSpec, base: Path) -> list[dict[str, Any]]:
     out = []
     for m in bottle.mounts:
-        src = (base / os.path.expanduser(m.host)).resolve()
+        src = (base / Path(m.host).expanduser()).resolve()
         if not src.exists():
             raise BottleError(f"mount source {src} does not exist: create it or fix bottles.*.mounts")
         out.append({"type": "bind", "source": str(src), "target": m.guest, "read_only": m.mode == "ro"})
     return out
 
 
-def render_compose(*, identity: Identity, bottle: BottleSpec, agent: AgentSpec, workspace: Path,
-                   state_path: Path, manifest_dir: Path, agent_image: str, guard_image: str,
-                   ids: RuntimeIds) -> dict[str, Any]:
+def render_compose(
+    *,
+    identity: Identity,
+    bottle: BottleSpec,
+    agent: AgentSpec,
+    workspace: Path,
+    state_path: Path,
+    manifest_dir: Path,
+    agent_image: str,
+    guard_image: str,
+    ids: RuntimeIds,
+) -> dict[str, Any]:
     del agent  # agent-level keys (prompt, model, ...) apply to the claude command, not to the box
     slug = identity.slug
     labels = identity.labels()
     internal = f"{project_name(slug)}-internal"
     res = bottle.resources
     proxy_env = {
-        "HTTP_PROXY": GUARD_URL, "HTTPS_PROXY": GUARD_URL, "http_proxy": GUARD_URL, "https_proxy": GUARD_URL,
-        "NO_PROXY": "localhost,127.0.0.1,::1,egress", "no_proxy": "localhost,127.0.0.1,::1,egress",
+        "HTTP_PROXY": GUARD_URL,
+        "HTTPS_PROXY": GUARD_URL,
+        "http_proxy": GUARD_URL,
+        "https_proxy": GUARD_URL,
+        "NO_PROXY": "localhost,127.0.0.1,::1,egress",
+        "no_proxy": "localhost,127.0.0.1,::1,egress",
     }
     agent_env = {**bottle.env, **proxy_env, "CLAUDE_BOTTLE_SLUG": slug, "HOME": AGENT_HOME}
     hardening: dict[str, Any] = {
@@ -100,26 +113,38 @@ def render_compose(*, identity: Identity, bottle: BottleSpec, agent: AgentSpec, 
     guard = {
         "image": guard_image,
         "container_name": container_name(slug, "egress"),
-        "command": ["--policy", "/etc/claude-bottle/policy.json",
-                    "--audit", "/var/log/claude-bottle/egress.jsonl",
-                    "--listen", f"0.0.0.0:{GUARD_PORT}"],
+        "command": [
+            "--policy",
+            "/etc/claude-bottle/policy.json",
+            "--audit",
+            "/var/log/claude-bottle/egress.jsonl",
+            "--listen",
+            f"0.0.0.0:{GUARD_PORT}",
+        ],
         "user": f"{ids.guard_uid}:{ids.guard_gid}",
         "read_only": True,
         "mem_limit": "256m",
         "pids_limit": 256,
         **hardening,
         "volumes": [
-            {"type": "bind", "source": str(state_path / "guard"), "target": "/etc/claude-bottle",
-             "read_only": True},
-            {"type": "bind", "source": str(state_path / "egress.jsonl"),
-             "target": "/var/log/claude-bottle/egress.jsonl"},
+            {"type": "bind", "source": str(state_path / "guard"), "target": "/etc/claude-bottle", "read_only": True},
+            {
+                "type": "bind",
+                "source": str(state_path / "egress.jsonl"),
+                "target": "/var/log/claude-bottle/egress.jsonl",
+            },
         ],
         "networks": {"internal": {"aliases": ["egress"]}, **{n: {} for n in outbound_nets}},
         "healthcheck": {
-            "test": ["CMD", "python3", "-c",
-                     "import urllib.request as u; "
-                     f"u.urlopen('http://127.0.0.1:{GUARD_PORT}{HEALTH_PATH}', timeout=2)"],
-            "interval": "10s", "timeout": "3s", "retries": 3,
+            "test": [
+                "CMD",
+                "python3",
+                "-c",
+                f"import urllib.request as u; u.urlopen('http://127.0.0.1:{GUARD_PORT}{HEALTH_PATH}', timeout=2)",
+            ],
+            "interval": "10s",
+            "timeout": "3s",
+            "retries": 3,
         },
     }
     agent_svc = {

@@ -65,21 +65,26 @@ def agent_image_spec(bottle: BottleSpec, ids: RuntimeIds, *, manifest_dir: Path)
             raise BottleError(f"ca_certs {ca_path} holds no PEM certificate: point it at a CA bundle (.crt/.pem)")
         ca_copy = f"COPY {CA_NAME} /usr/local/share/ca-certificates/{CA_NAME}"
         ca_update = "update-ca-certificates >/dev/null && "
-        ca_env = (f"ENV NODE_EXTRA_CA_CERTS=/usr/local/share/ca-certificates/{CA_NAME} "
-                  "PIP_CERT=/etc/ssl/certs/ca-certificates.crt")
+        ca_env = (
+            f"ENV NODE_EXTRA_CA_CERTS=/usr/local/share/ca-certificates/{CA_NAME} "
+            "PIP_CERT=/etc/ssl/certs/ca-certificates.crt"
+        )
     pip_run = ""
     apt = list(bottle.packages)
     if bottle.pip:
         apt.append("python3-pip")
-        pip_run = ("RUN pip install --no-cache-dir --break-system-packages " + " ".join(bottle.pip))
+        pip_run = "RUN pip install --no-cache-dir --break-system-packages " + " ".join(bottle.pip)
     dockerfile = Template(_template("agent.Dockerfile")).substitute(
         base_image=bottle.base_image,
-        ca_copy=ca_copy, ca_update=ca_update, ca_env=ca_env,
+        ca_copy=ca_copy,
+        ca_update=ca_update,
+        ca_env=ca_env,
         apt_packages=" ".join(apt),
         claude_code_version=bottle.claude_code_version,
         npm_packages=" ".join(bottle.npm),
         pip_run=pip_run,
-        uid=ids.agent_uid, gid=ids.agent_gid,
+        uid=ids.agent_uid,
+        gid=ids.agent_gid,
     )
     return ImageSpec("agent", dockerfile, files)
 

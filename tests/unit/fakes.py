@@ -1,0 +1,96 @@
+"""A fake backend implementing the real ABC, for CLI and lifecycle tests without an engine."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar
+
+from claude_bottle.backend import BottleBackend, BottlePlan, BottleStatus, Check, Progress
+from claude_bottle.errors import BackendError
+from claude_bottle.manifest import AgentSpec, BottleSpec
+from claude_bottle.state import StateDir
+
+
+class FakeBackend(BottleBackend):
+    name = "fake"
+    # Class-level so the test can see what instances created by the registry did.
+    calls: ClassVar[list[str]] = []
+    live: ClassVar[dict[str, str]] = {}
+    fail_at: ClassVar[str | None] = None
+    interrupt_at: ClassVar[str | None] = None
+    exec_rc: ClassVar[int] = 0
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.calls, cls.live, cls.fail_at, cls.interrupt_at, cls.exec_rc = [], {}, None, None, 0
+
+    def _step(self, what: str) -> None:
+        self.calls.append(what)
+        if self.interrupt_at == what:
+            raise KeyboardInterrupt
+        if self.fail_at == what:
+            raise BackendError(f"fake {what} failed")
+
+    def plan(
+        self,
+        *,
+        slug: str,
+        agent_name: str,
+        agent: AgentSpec,
+        bottle_name: str,
+        bottle: BottleSpec,
+        workspace: Path,
+        state: StateDir,
+        manifest_path: Path | None,
+    ) -> BottlePlan:
+        self._step("plan")
+        return BottlePlan(
+            slug=slug,
+            agent_name=agent_name,
+            agent=agent,
+            bottle_name=bottle_name,
+            bottle=bottle,
+            backend=self.name,
+            workspace=workspace,
+            state=state,
+            manifest_path=manifest_path,
+        )
+
+    def prepare_images(self, *, plan: BottlePlan, progress: Progress) -> dict[str, str]:
+        self._step("images")
+        progress("building fake image")
+        return {"agent": "fake-agent:1", "guard": "fake-guard:1"}
+
+    def start(self, *, plan: BottlePlan, images: dict[str, str], progress: Progress) -> None:
+        self._step("start")
+        self.live[plan.slug] = "running"
+
+    def wait_ready(self, *, state: StateDir, timeout: float = 30.0) -> None:
+        self._step("wait")
+
+    def stop(self, *, state: StateDir) -> None:
+        self._step("stop")
+        self.live.pop(state.slug, None)
+
+    def exec(
+        self,
+        *,
+        state: StateDir,
+        argv: Sequence[str],
+        tty: bool,
+        interactive: bool,
+        workdir: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> int:
+        self.calls.append("exec " + " ".join(argv))
+        return self.exec_rc
+
+    def logs(self, *, state: StateDir, follow: bool) -> int:
+        return 0
+
+    def statuses(self) -> dict[str, BottleStatus]:
+        return {s: BottleStatus(s, self.name, st) for s, st in self.live.items()}
+
+    def doctor(self) -> list[Check]:
+        return [Check("fake", True, "ok")]

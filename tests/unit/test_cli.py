@@ -1,0 +1,177 @@
+"""The CLI end to end in-process through main(argv), on a fake backend."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from claude_bottle.backend import _BACKENDS
+from claude_bottle.cli import main
+from claude_bottle.state import list_state_dirs
+
+from .fakes import FakeBackend
+
+MANIFEST = """
+[bottles.default]
+backend = "fake"
+[bottles.default.egress]
+allow = ["api.example.com"]
+[agents.claude]
+bottle = "default"
+"""
+
+
+@pytest.fixture(autouse=True)
+def fake_backend(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[FakeBackend]]:
+    monkeypatch.setitem(_BACKENDS, "fake", "tests.unit.fakes:FakeBackend")
+    FakeBackend.reset()
+    yield FakeBackend
+    FakeBackend.reset()
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    d = tmp_path / "proj"
+    d.mkdir()
+    (d / "claude-bottle.toml").write_text(MANIFEST)
+    monkeypatch.chdir(d)
+    return d
+
+
+def slugs() -> list[str]:
+    return [d.slug for d in list_state_dirs()]
+
+
+def test_init_writes_a_valid_starter_and_refuses_to_overwrite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["init"]) == 0
+    text = (tmp_path / "claude-bottle.toml").read_text()
+    assert "[agents.claude]" in text and "api.anthropic.com" in text
+    assert main(["init"]) == 1
+    assert "already exists: edit it, or pass --force" in capsys.readouterr().err
+    assert main(["init", "--force"]) == 0
+
+
+def test_start_detach_ls_exec_stop(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["start", "claude", "--detach", "--json"]) == 0
+    slug = json.loads(capsys.readouterr().out)["slug"]
+    assert slug.startswith("claude-") and slugs() == [slug]
+    assert FakeBackend.calls == ["plan", "images", "start", "wait"]
+
+    assert main(["ls", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert (row["slug"], row["agent"], row["backend"], row["status"]) == (slug, "claude", "fake", "running")
+
+    FakeBackend.exec_rc = 7
+    assert main(["exec", slug[:9], "--", "false", "x"]) == 7
+    assert FakeBackend.calls[-1] == "exec false x"
+
+    assert main(["stop", slug]) == 0
+    assert main(["ls", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out.split("\n", 1)[1] if not out.startswith("[") else out)[0]["status"] == "stopped"
+    assert main(["stop", slug, "--rm"]) == 0
+    assert slugs() == []
+
+
+def test_start_runs_claude_then_stops(project: Path) -> None:
+    FakeBackend.exec_rc = 3
+    assert main(["start", "claude", "--prompt", "do it"]) == 3
+    assert FakeBackend.calls[-2] == "exec claude --dangerously-skip-permissions -p do it"
+    assert FakeBackend.calls[-1] == "stop"
+
+
+@pytest.mark.parametrize("step", ["images", "start", "wait"])
+def test_failed_start_rolls_back(project: Path, step: str, capsys: pytest.CaptureFixture[str]) -> None:
+    FakeBackend.fail_at = step
+    assert main(["start", "claude", "--detach"]) == 3
+    assert f"fake {step} failed" in capsys.readouterr().err
+    assert FakeBackend.calls[-1] == "stop"
+    assert slugs() == [] and FakeBackend.live == {}
+
+
+def test_ctrl_c_mid_start_rolls_back(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    FakeBackend.interrupt_at = "wait"
+    assert main(["start", "claude", "--detach"]) == 130
+    assert FakeBackend.calls[-1] == "stop" and slugs() == [] and FakeBackend.live == {}
+
+
+def test_rollback_that_cannot_remove_keeps_a_record_for_cleanup(project: Path) -> None:
+    FakeBackend.fail_at = "wait"
+    original_stop = FakeBackend.stop
+
+    def broken_stop(self: FakeBackend, *, state: object) -> None:
+        raise __import__("claude_bottle.errors").errors.BackendError("engine went away")
+
+    FakeBackend.stop = broken_stop  # type: ignore[method-assign]
+    try:
+        assert main(["start", "claude", "--detach"]) == 3
+    finally:
+        FakeBackend.stop = original_stop  # type: ignore[method-assign]
+    (sd,) = list_state_dirs()
+    rec = sd.read()
+    assert rec.status == "failed" and "engine went away" in (rec.error or "")
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (["start", "nobody"], 1, "no agent named 'nobody' (defined: claude)"),
+        (["stop", "claude-zzzzz"], 1, "no bottle matches 'claude-zzzzz'"),
+        (["exec", "x"], 1, "no command given"),
+        (["start", "claude", "--backend", "nope"], 1, "unknown backend 'nope' (from --backend): choose one of"),
+        (["frobnicate"], 2, ""),
+        (["start"], 2, ""),
+    ],
+)
+def test_user_errors_are_one_line_with_exit_codes(
+    project: Path, capsys: pytest.CaptureFixture[str], argv: list[str], code: int, message: str
+) -> None:
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    if message:
+        assert message in err
+        assert err.count("\n") == 1 and err.startswith("error: ")
+    assert slugs() == []
+
+
+def test_bad_manifest_is_reported_with_its_path(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (project / "claude-bottle.toml").write_text("[bottles.default]\nimage = 'x'\n")
+    assert main(["start", "claude"]) == 1
+    err = capsys.readouterr().err
+    assert "claude-bottle.toml: bottles.default: unknown key 'image'" in err
+
+
+def test_no_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["start", "claude"]) == 1
+    assert "run `claude-bottle init`" in capsys.readouterr().err
+
+
+def test_missing_workspace(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (project / "claude-bottle.toml").write_text(MANIFEST + "workspace = 'nope'\n")
+    assert main(["start", "claude"]) == 1
+    assert "workspace" in capsys.readouterr().err and slugs() == []
+
+
+def test_env_var_selects_backend(
+    project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (project / "claude-bottle.toml").write_text(MANIFEST.replace('backend = "fake"\n', ""))
+    monkeypatch.setenv("CLAUDE_BOTTLE_BACKEND", "fake")
+    assert main(["start", "claude", "--detach"]) == 0
+    assert FakeBackend.calls[0] == "plan"
+
+
+def test_help_is_exit_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    assert "doctor" in capsys.readouterr().out
+
+
+def _unused(_: Callable[[], None]) -> None:  # pragma: no cover
+    pass

@@ -1,0 +1,121 @@
+"""The rendered Compose project carries the sealing and hardening the spec promises."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from claude_bottle.backend.docker.compose import Identity, RuntimeIds, render_compose
+from claude_bottle.errors import BottleError
+from claude_bottle.manifest import parse_manifest
+
+MANIFEST = """
+[bottles.default]
+env = { FOO = "bar" }
+[bottles.default.resources]
+cpus = 1.5
+memory = "2g"
+pids = 300
+[bottles.default.egress]
+allow = ["api.example.com"]
+[agents.claude]
+"""
+
+
+def render(tmp_path: Path, text: str = MANIFEST, ids: RuntimeIds | None = None) -> dict[str, Any]:
+    m = parse_manifest(text, path=tmp_path / "claude-bottle.toml")
+    return render_compose(
+        identity=Identity("claude-abcde", 4242, 12.5, "2026-01-01T00:00:00+00:00"),
+        bottle=m.bottles["default"],
+        agent=m.agents["claude"],
+        workspace=tmp_path,
+        state_path=tmp_path / "s",
+        manifest_dir=tmp_path,
+        agent_image="agent:x",
+        guard_image="guard:y",
+        ids=ids or RuntimeIds(1000, 1000, 10001, 10001),
+    )
+
+
+def test_agent_is_only_on_the_internal_network(tmp_path: Path) -> None:
+    doc = render(tmp_path)
+    assert doc["name"] == "claude-bottle-claude-abcde"
+    assert doc["services"]["agent"]["networks"] == ["internal"]
+    nets = doc["networks"]
+    assert nets["internal"] == {
+        "name": "claude-bottle-claude-abcde-internal",
+        "internal": True,
+        "labels": doc["services"]["agent"]["labels"],
+    }
+    assert not nets["outbound"].get("internal")
+    assert set(doc["services"]["egress"]["networks"]) == {"internal", "outbound"}
+    assert doc["services"]["egress"]["networks"]["internal"] == {"aliases": ["egress"]}
+
+
+def test_agent_env_points_at_the_guard_and_keeps_manifest_env(tmp_path: Path) -> None:
+    env = render(tmp_path)["services"]["agent"]["environment"]
+    for key in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        assert env[key] == "http://egress:3128"
+    assert "egress" in env["NO_PROXY"]
+    assert env["FOO"] == "bar"
+
+
+@pytest.mark.parametrize("service", ["agent", "egress"])
+def test_hardening(tmp_path: Path, service: str) -> None:
+    svc = render(tmp_path)["services"][service]
+    assert svc["cap_drop"] == ["ALL"]
+    assert svc["security_opt"] == ["no-new-privileges:true"]
+    assert svc["init"] is True
+    assert svc["stop_grace_period"] == "1s"
+    assert not svc["user"].startswith("0:")
+    assert "privileged" not in svc
+    assert svc["labels"]["claude-bottle.owner-pid"] == "4242"
+    for vol in svc["volumes"]:
+        assert "docker.sock" not in vol["source"]
+
+
+def test_limits_and_guard_read_only(tmp_path: Path) -> None:
+    doc = render(tmp_path)
+    agent, guard = doc["services"]["agent"], doc["services"]["egress"]
+    assert (agent["cpus"], agent["mem_limit"], agent["pids_limit"]) == (1.5, "2g", 300)
+    assert guard["read_only"] is True
+    assert guard["healthcheck"]["test"][0] == "CMD"
+    assert agent["depends_on"] == {"egress": {"condition": "service_started"}}
+
+
+def test_external_networks_replace_the_outbound_one(tmp_path: Path) -> None:
+    text = MANIFEST.replace('allow = ["api.example.com"]', 'allow = ["api.example.com"]\nnetworks = ["lan"]')
+    doc = render(tmp_path, text)
+    assert doc["networks"]["lan"] == {"name": "lan", "external": True}
+    assert "outbound" not in doc["networks"]
+    assert set(doc["services"]["egress"]["networks"]) == {"internal", "lan"}
+
+
+def test_mounts_default_read_only_and_must_exist(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    text = (
+        MANIFEST + ""
+        if False
+        else MANIFEST.replace(
+            "[bottles.default.resources]",
+            'mounts = [{ host = "data", guest = "/data" }, { host = "data", guest = "/rw", mode = "rw" }]\n'
+            "[bottles.default.resources]",
+        )
+    )
+    vols = render(tmp_path, text)["services"]["agent"]["volumes"]
+    extra = {v["target"]: v["read_only"] for v in vols if v["target"] in ("/data", "/rw")}
+    assert extra == {"/data": True, "/rw": False}
+    with pytest.raises(BottleError, match="does not exist"):
+        render(tmp_path, text.replace('host = "data", guest = "/data"', 'host = "nope", guest = "/data"'))
+
+
+def test_root_host_maps_to_unprivileged_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.getuid", lambda: 0)
+    monkeypatch.setattr("os.getgid", lambda: 0)
+    ids = RuntimeIds.for_host()
+    assert 0 not in (ids.agent_uid, ids.agent_gid, ids.guard_uid, ids.guard_gid)
+    monkeypatch.setattr("os.getuid", lambda: 1234)
+    monkeypatch.setattr("os.getgid", lambda: 99)
+    assert RuntimeIds.for_host() == RuntimeIds(1234, 99, 1234, 99)

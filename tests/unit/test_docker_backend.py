@@ -1,0 +1,75 @@
+"""The Docker backend's engine-facing parsing, from saved samples and a fake `docker` on PATH."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from claude_bottle.backend import known_backend_names
+from claude_bottle.backend.docker.backend import DockerBottleBackend, image_ids
+from claude_bottle.cli import main
+from claude_bottle.errors import BackendError
+
+SAMPLES = Path(__file__).parent / "samples"
+
+
+def fake_docker_printing(fake_exe: Callable[[str, str], Path], sample: str) -> None:
+    fake_exe("docker", f"sys.stdout.write(open({str(SAMPLES / sample)!r}).read())")
+
+
+def test_statuses_from_a_running_bottle(fake_exe: Callable[[str, str], Path]) -> None:
+    fake_docker_printing(fake_exe, "docker-ps-bottle.jsonl")
+    (st,) = DockerBottleBackend().statuses().values()
+    assert st.slug == "claude-v9ugh" and st.status == "running" and st.owner_pid == 26346
+
+
+def test_statuses_when_the_agent_exited(fake_exe: Callable[[str, str], Path]) -> None:
+    fake_docker_printing(fake_exe, "docker-ps-agent-exited.jsonl")
+    (st,) = DockerBottleBackend().statuses().values()
+    assert st.status == "exited"
+
+
+UNREACHABLE = (
+    "sys.stderr.write('Cannot connect to the Docker daemon at unix:///var/run/docker.sock. "
+    "Is the docker daemon running?\\n'); sys.exit(1)"
+)
+
+
+def test_missing_engine_is_one_clear_line(
+    fake_exe: Callable[[str, str], Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_exe("docker", UNREACHABLE)
+    with pytest.raises(BackendError, match=r"Docker engine not reachable at .*: start it"):
+        DockerBottleBackend().statuses()
+    assert main(["doctor"]) == 3
+    out = capsys.readouterr().out
+    assert "fail engine: Docker engine not reachable" in out
+
+
+def test_missing_docker_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(BackendError, match="`docker` not found: install Docker"):
+        DockerBottleBackend().statuses()
+
+
+def test_image_ids_one_call(fake_exe: Callable[[str, str], Path]) -> None:
+    fake_exe(
+        "docker",
+        """
+refs = sys.argv[5:]
+for r in refs:
+    if r.startswith('missing'):
+        print(f'Error: No such image: {r}', file=sys.stderr)
+    else:
+        print('sha256:' + r)
+sys.exit(1 if any(r.startswith('missing') for r in refs) else 0)
+""",
+    )
+    assert image_ids(["a:1", "missing:2", "b:3"]) == {"a:1": "sha256:a:1", "b:3": "sha256:b:3"}
+    assert image_ids([]) == {}
+
+
+def test_registry() -> None:
+    assert "docker" in known_backend_names()
