@@ -65,6 +65,7 @@ def start_bottle(
         owner_pid=os.getpid(),
     )
     state.write(record)
+    engine_touched = False
     try:
         with state.lock():
             plan = backend.plan(
@@ -81,13 +82,17 @@ def start_bottle(
                 show_plan(slug)
             images = backend.prepare_images(plan=plan, progress=progress)
             state.update(images=images)
+            engine_touched = True
             backend.start(plan=plan, images=images, progress=progress)
             progress("waiting for the guard")
             backend.wait_ready(state=state)
             state.update(status="running")
     except BaseException as exc:
         with _no_interrupts():
-            _roll_back(backend, state, exc)
+            if engine_touched:
+                _roll_back(backend, state, exc)
+            else:  # nothing was created but images (which are cache, not leftovers)
+                state.remove()
         raise
     return Started(slug, state, backend, plan)
 

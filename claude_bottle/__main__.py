@@ -1,0 +1,7 @@
+"""python -m claude_bottle: the same CLI as `claude-bottle`."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

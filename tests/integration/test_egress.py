@@ -1,0 +1,78 @@
+"""The sealed network: through the guard to allowed hosts only, no way around it, every decision audited."""
+
+from __future__ import annotations
+
+import json
+
+from .conftest import Cli, Internet, docker
+
+
+def sh(cli: Cli, slug: str, script: str) -> tuple[int, str]:
+    r = cli.run("exec", slug, "--", "sh", "-c", script)
+    return r.returncode, r.stdout + r.stderr
+
+
+def audit(cli: Cli, slug: str) -> list[dict[str, object]]:
+    r = cli.run("logs", slug, "--egress", check=True)
+    return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+
+
+def test_allowed_host_through_the_guard(cli: Cli, bottle: str) -> None:
+    rc, out = sh(cli, bottle, "curl -sS -m 10 http://allowed.test/")
+    assert rc == 0 and "hello from allowed" in out
+    rc, out = sh(cli, bottle, "curl -sS -m 10 --proxytunnel http://allowed.test/")  # CONNECT
+    assert rc == 0 and "hello from allowed" in out
+    lines = audit(cli, bottle)
+    allowed = [ln for ln in lines if ln["host"] == "allowed.test" and ln["decision"] == "allow"]
+    assert {ln["kind"] for ln in allowed} >= {"http", "connect"}
+    for ln in allowed:
+        assert ln["bottle"] == bottle and ln["port"] == 80 and int(ln["bytes_down"]) > 0  # type: ignore[call-overload]
+
+
+def test_forbidden_host_refused_and_audited(cli: Cli, bottle: str) -> None:
+    rc, out = sh(cli, bottle, "curl -sS -m 10 -o /dev/null -w '%{http_code}' http://forbidden.test/")
+    assert out.startswith("403")
+    rc, out = sh(cli, bottle, "curl -sS -m 10 https://forbidden.test/")
+    assert rc != 0 and "403" in out
+    denied = [ln for ln in audit(cli, bottle) if ln["host"] == "forbidden.test"]
+    assert {ln["decision"] for ln in denied} == {"deny"}
+    assert {ln["kind"] for ln in denied} == {"http", "connect"}
+    assert all(ln["reason"] == "host not in allow list" for ln in denied)
+
+
+def test_allowed_host_on_another_port_refused(cli: Cli, bottle: str) -> None:
+    rc, out = sh(cli, bottle, "curl -sS -m 10 https://allowed.test:8443/")
+    assert rc != 0 and "403" in out
+
+
+def test_no_route_around_the_guard(cli: Cli, bottle: str, internet: Internet) -> None:
+    # By name without the proxy: the agent's network has no resolver for outside names.
+    rc, out = sh(cli, bottle, "curl -sS -m 5 --noproxy '*' http://allowed.test/")
+    assert rc != 0 and "hello" not in out
+    # By address without the proxy: the internal network has no route anywhere.
+    for ip in (internet.allowed_ip, internet.forbidden_ip):
+        rc, out = sh(cli, bottle, f"curl -sS -m 5 --noproxy '*' http://{ip}/")
+        assert rc != 0 and "hello" not in out, out
+    # Through the proxy by IP: the IP is not in the allow list.
+    rc, out = sh(cli, bottle, f"curl -sS -m 5 -o /dev/null -w '%{{http_code}}' http://{internet.allowed_ip}/")
+    assert out.startswith("403")
+
+
+def test_hardening_visible_in_docker_inspect(bottle: str) -> None:
+    agent = json.loads(docker("inspect", f"claude-bottle-{bottle}-agent").stdout)[0]
+    guard = json.loads(docker("inspect", f"claude-bottle-{bottle}-egress").stdout)[0]
+    for c in (agent, guard):
+        hc = c["HostConfig"]
+        assert hc["CapDrop"] == ["ALL"] and not hc.get("CapAdd")
+        assert "no-new-privileges:true" in hc["SecurityOpt"]
+        assert hc["Privileged"] is False and hc["Init"] is True
+        assert c["Config"]["User"] and not c["Config"]["User"].startswith("0")
+        assert not any("docker.sock" in m["Source"] for m in c["Mounts"])
+    assert guard["HostConfig"]["ReadonlyRootfs"] is True
+    assert agent["HostConfig"]["PidsLimit"] == 1024 and agent["HostConfig"]["Memory"] == 4 * 1024**3
+    assert agent["HostConfig"]["NanoCpus"] == 2 * 10**9
+    (net,) = agent["NetworkSettings"]["Networks"]
+    assert net == f"claude-bottle-{bottle}-internal"
+    assert json.loads(docker("network", "inspect", net).stdout)[0]["Internal"] is True
+    env = dict(e.split("=", 1) for e in agent["Config"]["Env"])
+    assert env["HTTPS_PROXY"] == env["http_proxy"] == "http://egress:3128"
