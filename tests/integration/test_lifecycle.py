@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -48,7 +47,7 @@ def test_start_ls_exec_stop(cli: Cli) -> None:
         assert "Claude Code" in r.stdout
 
         state = cli.home / "state" / slug
-        assert (os.stat(state).st_mode & 0o777) == 0o700
+        assert (state.stat().st_mode & 0o777) == 0o700
         record = json.loads((state / "bottle.json").read_text())
         assert record["schema_version"] == 1 and record["status"] == "running"
         assert (state / "compose.json").is_file() and (state / "egress.jsonl").is_file()
