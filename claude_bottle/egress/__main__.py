@@ -1,4 +1,4 @@
-"""Run the guard: python3 -m claude_bottle.egress --policy FILE --audit FILE [--listen HOST:PORT]."""
+"""Run the guard: python3 -m claude_bottle.egress --policy FILE [--secrets FILE] [--audit FILE] ..."""
 
 from __future__ import annotations
 
@@ -9,31 +9,51 @@ import sys
 from pathlib import Path
 
 from .audit import AuditLog
+from .config import load_secrets
+from .dns import DnsServer
 from .policy import PolicyFile
 from .proxy import Guard
 
 
+def _hostport(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host or "0.0.0.0", int(port)  # noqa: S104 - the guard serves its bottle's network
+
+
 async def _main(args: argparse.Namespace) -> None:
     policy = PolicyFile(Path(args.policy))
+    secrets_path = Path(args.secrets) if args.secrets else None
+    secrets = load_secrets(secrets_path)
     audit = AuditLog(Path(args.audit) if args.audit else None, bottle=policy.current().bottle)
-    guard = Guard(policy, audit)
-    host, _, port = args.listen.rpartition(":")
-    server = await guard.serve(host or "0.0.0.0", int(port))  # noqa: S104 - the guard serves its bottle's network
+    guard = Guard(policy, audit, secrets, cafile=args.cafile if args.cafile and Path(args.cafile).exists() else None)
+    server = await guard.serve(*_hostport(args.listen))
+    dns_transport = None
+    if args.dns:
+        local = {"egress": args.guard_ip} if args.guard_ip else {}
+        dns = DnsServer(audit, lambda: {**local, **policy.current().local_names}, lambda: guard.scanner)
+        dns_transport, dns_tcp = await dns.serve(*_hostport(args.dns))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(f"claude-bottle guard listening on {args.listen}", flush=True)
+    print(f"claude-bottle guard listening on {args.listen}" + (f", dns on {args.dns}" if args.dns else ""), flush=True)
     async with server:
         await stop.wait()
+    if dns_transport is not None:
+        dns_transport.close()
+        dns_tcp.close()
     audit.close()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="claude-bottle-guard")
-    parser.add_argument("--policy", required=True)
-    parser.add_argument("--audit")
+    parser.add_argument("--policy", required=True, help="policy JSON, re-read when it changes")
+    parser.add_argument("--secrets", help="credential routes and honeytokens (JSON)")
+    parser.add_argument("--audit", help="audit log (JSON lines); stdout if unset")
     parser.add_argument("--listen", default="0.0.0.0:3128")
+    parser.add_argument("--dns", help="serve DNS on HOST:PORT (udp and tcp)")
+    parser.add_argument("--guard-ip", help="the address `egress` resolves to")
+    parser.add_argument("--cafile", help="CA bundle for upstream TLS (credential routes)")
     args = parser.parse_args(argv)
     asyncio.run(_main(args))
     return 0

@@ -102,11 +102,13 @@ class Policy:
     bottle: str = ""
     allow: tuple[Rule, ...] = ()
     deny: tuple[Rule, ...] = ()
+    local_names: dict[str, str] = field(default_factory=dict)  # names the bottle's DNS answers
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Policy:
         return cls(
             bottle=str(d.get("bottle", "")),
+            local_names={normalise_host(k): str(v) for k, v in d.get("local_names", {}).items()},
             allow=tuple(Rule.from_dict(r) for r in d.get("allow", ())),
             deny=tuple(Rule.from_dict(r) for r in d.get("deny", ())),
         )
