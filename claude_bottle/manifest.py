@@ -103,7 +103,7 @@ class EgressRule(_Strict):
 
 
 class EgressSpec(_Strict):
-    engine: Literal["guard"] = "guard"
+    engine: Literal["guard", "pipelock"] = "guard"
     allow: tuple[EgressRule, ...] = ()
     deny: tuple[EgressRule, ...] = ()
     networks: tuple[str, ...] = ()
@@ -115,6 +115,33 @@ class EgressSpec(_Strict):
             if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", n):
                 raise ValueError(f"{n!r} is not a Docker network name")
         return v
+
+
+class CredentialSpec(_Strict):
+    """Where a credential comes from on the host, and where its route forwards to."""
+
+    source: str | None = None  # "env:VAR" or "file:PATH"; default depends on the credential
+    upstream: str | None = None  # base URL; default depends on the credential
+    kind: Literal["api-key", "oauth"] | None = None  # Anthropic only; default from the source
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"env:[A-Za-z_][A-Za-z0-9_]*|file:.+", v):
+            raise ValueError(f'{v!r}: expected "env:VARIABLE" or "file:PATH"')
+        return v
+
+    @field_validator("upstream")
+    @classmethod
+    def _upstream(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+(/[^\s?#]*)?", v):
+            raise ValueError(f'{v!r}: expected an http(s) base URL like "https://api.anthropic.com"')
+        return v
+
+
+class Credentials(_Strict):
+    anthropic: CredentialSpec | None = None
+    github: CredentialSpec | None = None
 
 
 class Mount(_Strict):
@@ -147,6 +174,7 @@ class BottleSpec(_Strict):
     mounts: tuple[Mount, ...] = ()
     resources: Resources = Field(default_factory=Resources)
     egress: EgressSpec = Field(default_factory=EgressSpec)
+    credentials: Credentials = Field(default_factory=Credentials)
     backend: str | None = None
 
     @field_validator("packages", "pip", "npm")

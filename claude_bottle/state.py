@@ -57,11 +57,18 @@ def now_iso() -> str:
 
 
 def write_private(path: Path, data: str | bytes, *, mode: int = 0o600) -> None:
-    """Write atomically (temp file in the same dir, fsync, rename) with the given mode."""
+    """Write atomically (temp file in the same dir, fsync, rename) with the given mode and the old owner."""
     raw = data.encode() if isinstance(data, str) else data
+    try:
+        owner = path.stat()
+    except FileNotFoundError:
+        owner = None
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, mode)
+        if owner is not None and os.getuid() == 0:
+            # A rewrite keeps the file's owner (e.g. the guard's uid on its policy file).
+            os.fchown(fd, owner.st_uid, owner.st_gid)
         with os.fdopen(fd, "wb") as f:
             f.write(raw)
             f.flush()

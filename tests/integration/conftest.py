@@ -7,9 +7,12 @@ import os
 import secrets
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,26 +44,77 @@ def engine() -> None:
         )
 
 
+FAKES = Path(__file__).parents[1] / "fakes"
+TEST_KEY = "sk-ant-api03-TESTONLY-" + "k" * 40  # the "real" key: only the guard and the fake upstream see it
+TEST_GITHUB_TOKEN = "ghp_TESTONLY" + "g" * 30
+
+
 @dataclass
 class Internet:
-    """A test-made network with two web hosts; nothing here is a real address."""
+    """A test-made network with fake hosts; nothing here is a real address."""
 
     network: str
-    allowed_ip: str
-    forbidden_ip: str
+    ips: dict[str, str]
+
+    @property
+    def allowed_ip(self) -> str:
+        return self.ips["allowed"]
+
+    @property
+    def forbidden_ip(self) -> str:
+        return self.ips["forbidden"]
+
+    def requests(self, host: str) -> list[dict[str, Any]]:
+        """What a fake host has seen (fetched from the test host, straight to the container)."""
+        url = f"http://{self.ips[host]}:80/_requests"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            data: list[dict[str, Any]] = json.load(resp)
+        return data
+
+
+def _bare_repo(root: Path) -> Path:
+    """A git repository served over git's dumb HTTP protocol (static files) by the fake github host."""
+    work, srv = root / "repo-work", root / "srv"
+    srv.mkdir()
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
+    subprocess.run(["git", "init", "-q", "-b", "main", str(work)], check=True, env=env)
+    (work / "README").write_text("cloned through the guard\n")
+    subprocess.run(["git", "-C", str(work), "add", "README"], check=True, env=env)
+    subprocess.run(["git", "-C", str(work), "commit", "-qm", "init"], check=True, env=env)
+    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(srv / "repo.git")], check=True, env=env)
+    subprocess.run(["git", "-C", str(srv / "repo.git"), "update-server-info"], check=True, env=env)
+    for p in srv.rglob("*"):
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    srv.chmod(0o755)
+    return srv
 
 
 @pytest.fixture(scope="session")
-def internet() -> Iterator[Internet]:
+def internet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Internet]:
     tag = secrets.token_hex(3)
     net = f"cbtest-inet-{tag}"
     docker("network", "create", "--label", "claude-bottle-test=1", net)
+    srv = _bare_repo(tmp_path_factory.mktemp("github"))
     names = []
+    hosts = {  # role -> extra aliases
+        "allowed": ["private.test"],
+        "forbidden": [],
+        "anthropic": [],
+        "github": [],
+    }
     try:
         ips = {}
-        for role in ("allowed", "forbidden"):
+        for role, aliases in hosts.items():
             name = f"cbtest-{role}-{tag}"
             names.append(name)
+            alias_args = [a for alias in [f"{role}.test", *aliases] for a in ("--network-alias", alias)]
+            mounts = ["-v", f"{FAKES}:/fake:ro"] + (["-v", f"{srv}:/srv:ro"] if role == "github" else [])
             docker(
                 "run",
                 "-d",
@@ -70,18 +124,31 @@ def internet() -> Iterator[Internet]:
                 "claude-bottle-test=1",
                 "--network",
                 net,
-                "--network-alias",
-                f"{role}.test",
+                *alias_args,
+                *mounts,
                 TEST_IMAGE,
-                "sh",
-                "-c",
-                f"mkdir -p /srv && echo 'hello from {role}' > /srv/index.html && cd /srv && "
-                "exec python3 -m http.server 80",
+                "python3",
+                "/fake/upstream.py",
+                "--port",
+                "80",
+                "--name",
+                f"{role}.test",
             )
             ips[role] = docker(
                 "inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", name
             ).stdout.strip()
-        yield Internet(net, ips["allowed"], ips["forbidden"])
+        inet = Internet(net, ips)
+        deadline = time.monotonic() + 30
+        for role in hosts:
+            while True:
+                try:
+                    inet.requests(role)
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
+        yield inet
     finally:
         if names:
             docker("rm", "-f", *names, check=False)
@@ -94,8 +161,10 @@ class Cli:
     cwd: Path
 
     def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
-        env.update(CLAUDE_BOTTLE_HOME=str(self.home), **extra)
+        drop = ("PYTEST_", "ANTHROPIC_", "CLAUDE_CODE_OAUTH_TOKEN", "GITHUB_TOKEN", "GH_TOKEN")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+        env.update(CLAUDE_BOTTLE_HOME=str(self.home), ANTHROPIC_API_KEY=TEST_KEY, GITHUB_TOKEN=TEST_GITHUB_TOKEN)
+        env.update(extra)
         return env
 
     def run(
@@ -123,13 +192,23 @@ class Cli:
 
 
 def write_manifest(directory: Path, internet: Internet) -> Path:
-    """The starter manifest from `init`, plus the two edits the README's demo makes."""
+    """The starter manifest from `init`, plus the demo's two edits and credential routes to fake upstreams."""
     from claude_bottle.cli.init import write_starter
 
     path = write_starter(directory / "claude-bottle.toml", force=True)
     text = path.read_text()
-    text = text.replace("allow = [\n", 'allow = [\n  { host = "allowed.test", ports = [80], private = true },\n')
+    text = text.replace(
+        "allow = [\n",
+        'allow = [\n  { host = "allowed.test", ports = [80], private = true },\n  "private.test:80",\n',
+    )
     text = text.replace('# networks = ["my-services"]', f'networks = ["{internet.network}"]')
+    # Credential routes to the fake upstreams; the keys come from the CLI's environment (Cli.env).
+    text += (
+        "\n[bottles.default.credentials.anthropic]\n"
+        'source = "env:ANTHROPIC_API_KEY"\nupstream = "http://anthropic.test"\n'
+        "\n[bottles.default.credentials.github]\n"
+        'source = "env:GITHUB_TOKEN"\nupstream = "http://github.test"\n'
+    )
     path.write_text(text)
     return path
 

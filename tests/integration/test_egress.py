@@ -59,20 +59,28 @@ def test_no_route_around_the_guard(cli: Cli, bottle: str, internet: Internet) ->
 
 
 def test_hardening_visible_in_docker_inspect(bottle: str) -> None:
-    agent = json.loads(docker("inspect", f"claude-bottle-{bottle}-agent").stdout)[0]
-    guard = json.loads(docker("inspect", f"claude-bottle-{bottle}-egress").stdout)[0]
+    agent, guard, net = (
+        json.loads(docker("inspect", f"claude-bottle-{bottle}-{svc}").stdout)[0] for svc in ("agent", "egress", "net")
+    )
     for c in (agent, guard):
         hc = c["HostConfig"]
         assert hc["CapDrop"] == ["ALL"] and not hc.get("CapAdd")
         assert "no-new-privileges:true" in hc["SecurityOpt"]
         assert hc["Privileged"] is False and hc["Init"] is True
         assert c["Config"]["User"] and not c["Config"]["User"].startswith("0")
+    for c in (agent, guard, net):
         assert not any("docker.sock" in m["Source"] for m in c["Mounts"])
     assert guard["HostConfig"]["ReadonlyRootfs"] is True
     assert agent["HostConfig"]["PidsLimit"] == 1024 and agent["HostConfig"]["Memory"] == 4 * 1024**3
     assert agent["HostConfig"]["NanoCpus"] == 2 * 10**9
-    (net,) = agent["NetworkSettings"]["Networks"]
-    assert net == f"claude-bottle-{bottle}-internal"
-    assert json.loads(docker("network", "inspect", net).stdout)[0]["Internal"] is True
+    # The agent has no network of its own: it lives in the net container's namespace, which is on the
+    # internal network only and firewalled to the guard.
+    assert agent["HostConfig"]["NetworkMode"] == f"container:{net['Id']}"
+    (netname,) = net["NetworkSettings"]["Networks"]
+    assert netname == f"claude-bottle-{bottle}-internal"
+    assert json.loads(docker("network", "inspect", netname).stdout)[0]["Internal"] is True
+    assert net["HostConfig"]["CapDrop"] == ["ALL"] and "no-new-privileges:true" in net["HostConfig"]["SecurityOpt"]
+    top = docker("top", f"claude-bottle-{bottle}-net").stdout.splitlines()[1:]
+    assert top and all(line.split()[0] in ("nobody", "65534") for line in top), top
     env = dict(e.split("=", 1) for e in agent["Config"]["Env"])
     assert env["HTTPS_PROXY"] == env["http_proxy"] == "http://egress:3128"

@@ -25,7 +25,7 @@ def networks(slug: str) -> list[str]:
 def test_start_ls_exec_stop(cli: Cli) -> None:
     slug = cli.start()
     try:
-        assert sorted(containers(slug)) == [f"claude-bottle-{slug}-agent", f"claude-bottle-{slug}-egress"]
+        assert sorted(containers(slug)) == [f"claude-bottle-{slug}-{s}" for s in ("agent", "egress", "net")]
         row = cli.ls()[slug]
         assert (row["agent"], row["backend"], row["status"]) == ("claude", "docker", "running")
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from claude_bottle.backend.docker.compose import Identity, RuntimeIds, render_compose
+from claude_bottle.backend.docker.compose import Identity, NetPlan, RuntimeIds, render_compose
 from claude_bottle.errors import BottleError
 from claude_bottle.manifest import parse_manifest
 
@@ -29,29 +29,65 @@ def render(tmp_path: Path, text: str = MANIFEST, ids: RuntimeIds | None = None) 
     return render_compose(
         identity=Identity("claude-abcde", 4242, 12.5, "2026-01-01T00:00:00+00:00"),
         bottle=m.bottles["default"],
-        agent=m.agents["claude"],
         workspace=tmp_path,
         state_path=tmp_path / "s",
         manifest_dir=tmp_path,
         agent_image="agent:x",
         guard_image="guard:y",
         ids=ids or RuntimeIds(1000, 1000, 10001, 10001),
+        net=NetPlan("10.213.7.16/28"),
+        agent_env={"ANTHROPIC_BASE_URL": "http://egress:3128/anthropic"},
+        honey_files=(".npmrc",),
     )
 
 
 def test_agent_is_only_on_the_internal_network(tmp_path: Path) -> None:
     doc = render(tmp_path)
     assert doc["name"] == "claude-bottle-claude-abcde"
-    assert doc["services"]["agent"]["networks"] == ["internal"]
+    # The agent joins the namespace of the `net` container, which is on the internal network only.
+    assert doc["services"]["agent"]["network_mode"] == "service:net"
+    assert "networks" not in doc["services"]["agent"]
+    assert doc["services"]["net"]["networks"] == {"internal": {}}
     nets = doc["networks"]
     assert nets["internal"] == {
         "name": "claude-bottle-claude-abcde-internal",
         "internal": True,
         "labels": doc["services"]["agent"]["labels"],
+        "ipam": {"config": [{"subnet": "10.213.7.16/28"}]},
     }
     assert not nets["outbound"].get("internal")
     assert set(doc["services"]["egress"]["networks"]) == {"internal", "outbound"}
-    assert doc["services"]["egress"]["networks"]["internal"] == {"aliases": ["egress"]}
+    assert doc["services"]["egress"]["networks"]["internal"] == {"aliases": ["egress"], "ipv4_address": "10.213.7.30"}
+
+
+def test_the_guard_is_the_agents_dns(tmp_path: Path) -> None:
+    doc = render(tmp_path)
+    agent, guard = doc["services"]["agent"], doc["services"]["egress"]
+    assert doc["services"]["net"]["dns"] == ["10.213.7.30"]
+    assert "dns" not in agent
+    assert guard["command"][guard["command"].index("--dns") + 1] == "0.0.0.0:53"
+    assert guard["sysctls"] == {"net.ipv4.ip_unprivileged_port_start": 0}
+    assert "cap_add" not in guard
+
+
+def test_credentials_are_placeholders_and_honeytokens_read_only(tmp_path: Path) -> None:
+    agent = render(tmp_path)["services"]["agent"]
+    assert agent["environment"]["ANTHROPIC_BASE_URL"] == "http://egress:3128/anthropic"
+    honey = [v for v in agent["volumes"] if v["target"] == "/home/claude/.npmrc"]
+    assert honey and honey[0]["read_only"] is True
+
+
+def test_pipelock_engine(tmp_path: Path) -> None:
+    doc = render(
+        tmp_path, MANIFEST.replace('allow = ["api.example.com"]', 'allow = ["api.example.com"]\nengine = "pipelock"')
+    )
+    guard, agent = doc["services"]["egress"], doc["services"]["agent"]
+    assert guard["image"] == "ghcr.io/luckypipewrench/pipelock"
+    assert guard["command"] == ["run", "--listen", "0.0.0.0:8888", "--config", "/etc/pipelock/pipelock.yaml"]
+    assert agent["environment"]["HTTPS_PROXY"] == "http://egress:8888"
+    assert agent["environment"]["BOTTLE_GUARD_HEALTH"] == "http://egress:8888/health"
+    assert "dns" not in agent and "dns" not in doc["services"]["net"]
+    assert doc["services"]["net"]["command"] == ["10.213.7.30", "8888"]
 
 
 def test_agent_env_points_at_the_guard_and_keeps_manifest_env(tmp_path: Path) -> None:
@@ -82,7 +118,17 @@ def test_limits_and_guard_read_only(tmp_path: Path) -> None:
     assert (agent["cpus"], agent["mem_limit"], agent["pids_limit"]) == (1.5, "2g", 300)
     assert guard["read_only"] is True
     assert guard["healthcheck"]["test"][0] == "CMD"
-    assert agent["depends_on"] == {"egress": {"condition": "service_started"}}
+    assert agent["depends_on"] == {"egress": {"condition": "service_started"}, "net": {"condition": "service_started"}}
+
+
+def test_net_container_firewalls_then_drops_everything(tmp_path: Path) -> None:
+    net = render(tmp_path)["services"]["net"]
+    assert net["entrypoint"] == ["/usr/local/sbin/bottle-firewall"]
+    assert net["command"] == ["10.213.7.30", "3128", "53"]
+    assert net["cap_drop"] == ["ALL"] and set(net["cap_add"]) == {"NET_ADMIN", "SETUID", "SETGID", "SETPCAP"}
+    assert net["init"] is False
+    script = (Path(__file__).parents[2] / "claude_bottle" / "images" / "bottle-firewall").read_text()
+    assert "--bounding-set=-all" in script and "--reuid=65534" in script
 
 
 def test_external_networks_replace_the_outbound_one(tmp_path: Path) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
 import re
+import secrets
 import shutil
 import time
 from collections.abc import Sequence
@@ -14,15 +16,47 @@ from typing import Any
 
 from ... import process
 from ...errors import BackendError, BottleError
+from ...guard_config import (
+    GuardFiles,
+    agent_credential_env,
+    honeytoken_files,
+    load_grants,
+    make_honeytokens,
+    policy_document,
+    resolve_credentials,
+    secrets_document,
+)
 from ...manifest import AgentSpec, BottleSpec
 from ...state import StateDir, now_iso, write_private
 from .. import BottleBackend, BottlePlan, BottleStatus, Check, Progress
-from .compose import GUARD_PORT, Identity, RuntimeIds, container_name, project_name, render_compose
+from .compose import (
+    GUARD_PORT,
+    Identity,
+    NetPlan,
+    RuntimeIds,
+    container_name,
+    project_name,
+    render_compose,
+)
 from .images import GUARD_BASE_IMAGE, ImageSpec, agent_image_spec, build_dir, guard_image_spec
+from .pipelock import pipelock_config, to_yaml
 
 __all__ = ["DockerBottleBackend", "owner_started"]
 
 COMPOSE_FILE = "compose.json"
+SUBNET_ATTEMPTS = 6
+DEFAULT_SUBNET_POOL = "10.213.0.0/16"
+HONEY_FILES = (".aws/credentials", ".npmrc")
+
+
+def pick_subnet() -> str:
+    """A random /28 from CLAUDE_BOTTLE_SUBNET_POOL (default 10.213.0.0/16) for a bottle's internal network."""
+    pool = ipaddress.ip_network(os.environ.get("CLAUDE_BOTTLE_SUBNET_POOL") or DEFAULT_SUBNET_POOL)
+    count = 2 ** (28 - pool.prefixlen) if pool.prefixlen <= 28 else 1
+    base = int(pool.network_address) + secrets.randbelow(count) * 16
+    return f"{ipaddress.ip_address(base)}/28"
+
+
 _UNREACHABLE = re.compile(
     r"Cannot connect to the Docker daemon|Is the docker daemon running|"
     r"error during connect|connect: no such file or directory|permission denied while trying"
@@ -145,40 +179,81 @@ class DockerBottleBackend(BottleBackend):
             )
 
     def start(self, *, plan: BottlePlan, images: dict[str, str], progress: Progress) -> None:
-        state = plan.state
+        state, bottle = plan.state, plan.bottle
         ids = RuntimeIds.for_host()
         identity = Identity(plan.slug, os.getpid(), owner_started(os.getpid()) or 0.0, now_iso())
-        guard_dir = state.path / "guard"
-        guard_dir.mkdir(mode=0o700, exist_ok=True)
-        write_private(guard_dir / "policy.json", json.dumps(policy_document(plan.slug, plan.bottle), indent=2))
+        manifest_dir = plan.manifest_path.parent if plan.manifest_path else Path.cwd()
+        for name in bottle.egress.networks:
+            if not process.run(["docker", "network", "inspect", "--format", "{{.Name}}", name]).ok:
+                raise BottleError(
+                    f"egress.networks: Docker network {name!r} does not exist: create it "
+                    f"(docker network create {name}) or remove it from the manifest"
+                )
+        pipelock = bottle.egress.engine == "pipelock"
+        creds = [] if pipelock else resolve_credentials(bottle, environ=os.environ, base=manifest_dir)
+        files = GuardFiles(state)
+        files.dir.mkdir(mode=0o700, exist_ok=True)
+        guard_owned = [files.dir, state.audit_path]
+        if pipelock:
+            cfg = files.dir / "pipelock.yaml"
+            write_private(cfg, to_yaml(pipelock_config(bottle, load_grants(state))) + "\n")
+            guard_owned.append(cfg)
+        else:
+            honey = make_honeytokens()
+            honey_dir = state.path / "honey"
+            honey_dir.mkdir(mode=0o700, exist_ok=True)
+            for name, content in honeytoken_files(honey).items():
+                write_private(honey_dir / name.replace("/", "_"), content)
+            files.write_policy(policy_document(plan.slug, bottle, load_grants(state)))
+            files.write_secrets(secrets_document(creds, honey))
+            guard_owned += [files.policy, files.secrets]
+            if bottle.ca_certs:
+                shutil.copyfile((manifest_dir / bottle.ca_certs).expanduser(), files.dir / "ca.crt")
+                guard_owned.append(files.dir / "ca.crt")
+        run_dir = state.path / "run"
+        shutil.rmtree(run_dir, ignore_errors=True)  # a stale "firewall-ready" must never be trusted
+        run_dir.mkdir()
+        run_dir.chmod(0o777)  # root in the net container has no DAC override; the state dir stays 0700
         state.audit_path.touch(mode=0o600, exist_ok=True)
         state.claude_home.mkdir(mode=0o700, exist_ok=True)
         if os.getuid() == 0:
-            # The containers run unprivileged: hand them exactly the paths they write.
-            for p in (guard_dir, guard_dir / "policy.json", state.audit_path):
+            # The containers run unprivileged: hand each exactly the paths it reads or writes.
+            for p in guard_owned:
                 os.chown(p, ids.guard_uid, ids.guard_gid)
-            os.chown(state.claude_home, ids.agent_uid, ids.agent_gid)
-        manifest_dir = plan.manifest_path.parent if plan.manifest_path else Path.cwd()
-        doc = render_compose(
-            identity=identity,
-            bottle=plan.bottle,
-            agent=plan.agent,
-            workspace=plan.workspace,
-            state_path=state.path,
-            manifest_dir=manifest_dir,
-            agent_image=images["agent"],
-            guard_image=images["guard"],
-            ids=ids,
-        )
-        for net in plan.bottle.egress.networks:
-            if not process.run(["docker", "network", "inspect", "--format", "{{.Name}}", net]).ok:
-                raise BottleError(
-                    f"egress.networks: Docker network {net!r} does not exist: create it "
-                    f"(docker network create {net}) or remove it from the manifest"
-                )
-        write_private(state.path / COMPOSE_FILE, json.dumps(doc, indent=2) + "\n")
+            agent_owned = (
+                [state.claude_home, *(state.path / "honey").glob("*")] if not pipelock else [state.claude_home]
+            )
+            for p in agent_owned:
+                os.chown(p, ids.agent_uid, ids.agent_gid)
+        agent_env = agent_credential_env(creds, f"http://egress:{GUARD_PORT}")
         progress("starting containers")
-        self._compose(state, "up", "-d", "--no-build", "--pull", "never", "--quiet-pull", what="docker compose up")
+        for attempt in range(SUBNET_ATTEMPTS):
+            net = NetPlan(pick_subnet())
+            doc = render_compose(
+                identity=identity,
+                bottle=bottle,
+                workspace=plan.workspace,
+                state_path=state.path,
+                manifest_dir=manifest_dir,
+                agent_image=images["agent"],
+                guard_image=images["guard"],
+                ids=ids,
+                net=net,
+                agent_env=agent_env,
+                honey_files=() if pipelock else tuple(HONEY_FILES),
+                guard_cafile=bool(bottle.ca_certs) and not pipelock,
+            )
+            write_private(state.path / COMPOSE_FILE, json.dumps(doc, indent=2) + "\n")
+            result = self._compose_run(state, "up", "-d", "--no-build", "--pull", "never", "--quiet-pull")
+            if result.ok:
+                return
+            if "overlap" in result.stderr.lower() and attempt + 1 < SUBNET_ATTEMPTS:
+                # Another network holds that subnet: clear the partial project and draw again.
+                self._compose_run(state, "down", "--volumes", "--remove-orphans", "--timeout", "1")
+                continue
+            if _UNREACHABLE.search(result.stderr):
+                raise BackendError(_engine_hint())
+            process.check(result, "docker compose up")
 
     def wait_ready(self, *, state: StateDir, timeout: float = 30.0) -> None:
         """One exec that returns as soon as the guard answers; re-tried briefly so a dead guard fails fast."""
@@ -198,8 +273,9 @@ class DockerBottleBackend(BottleBackend):
                 why = f"{', '.join(dead)} exited" if dead else f"not ready within {timeout:.0f}s"
                 raise BackendError(f"bottle {state.slug} failed to start ({why}); guard said: {last[0]}")
 
-    def _compose(self, state: StateDir, *args: str, what: str, timeout: float = 300) -> process.Result:
-        return docker(
+    @staticmethod
+    def _compose_argv(state: StateDir, *args: str) -> list[str]:
+        return [
             "compose",
             "-p",
             project_name(state.slug),
@@ -208,9 +284,13 @@ class DockerBottleBackend(BottleBackend):
             "--project-directory",
             str(state.path),
             *args,
-            what=what,
-            timeout=timeout,
-        )
+        ]
+
+    def _compose(self, state: StateDir, *args: str, what: str, timeout: float = 300) -> process.Result:
+        return docker(*self._compose_argv(state, *args), what=what, timeout=timeout)
+
+    def _compose_run(self, state: StateDir, *args: str, timeout: float = 300) -> process.Result:
+        return process.run(["docker", *self._compose_argv(state, *args)], timeout=timeout)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def stop(self, *, state: StateDir) -> None:
@@ -327,18 +407,3 @@ class DockerBottleBackend(BottleBackend):
                     )
                 )
         return checks
-
-
-def policy_document(slug: str, bottle: BottleSpec) -> dict[str, Any]:
-    """The guard's policy file: what the manifest allows, in the guard's own plain format."""
-
-    def rules(items: Sequence[Any]) -> list[dict[str, Any]]:
-        return [{"host": r.host, "ports": list(r.ports), "private": r.private} for r in items]
-
-    return {
-        "version": 1,
-        "bottle": slug,
-        "allow": rules(bottle.egress.allow),
-        "deny": rules(bottle.egress.deny),
-        "guard_port": GUARD_PORT,
-    }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,9 +10,9 @@ from typing import Any
 
 from ...egress.proxy import HEALTH_PATH
 from ...errors import BottleError
-from ...manifest import AgentSpec, BottleSpec
+from ...manifest import BottleSpec
 
-__all__ = ["GUARD_PORT", "Identity", "RuntimeIds", "container_name", "project_name", "render_compose"]
+__all__ = ["GUARD_PORT", "Identity", "NetPlan", "RuntimeIds", "container_name", "project_name", "render_compose"]
 
 GUARD_PORT = 3128
 GUARD_URL = f"http://egress:{GUARD_PORT}"
@@ -72,32 +73,55 @@ def _mounts(bottle: BottleSpec, base: Path) -> list[dict[str, Any]]:
     return out
 
 
+@dataclass(frozen=True)
+class NetPlan:
+    """The internal network's subnet, fixed so the guard has a known address to be the agent's DNS."""
+
+    subnet: str
+
+    @property
+    def guard_ip(self) -> str:
+        # The last usable address: Docker hands out the others from the bottom (.1 is the bridge's gateway),
+        # so a container started first can never take the guard's address.
+        return str(ipaddress.ip_network(self.subnet)[-2])
+
+
+PIPELOCK_IMAGE = "ghcr.io/luckypipewrench/pipelock"
+PIPELOCK_PORT = 8888
+
+
 def render_compose(
     *,
     identity: Identity,
     bottle: BottleSpec,
-    agent: AgentSpec,
     workspace: Path,
     state_path: Path,
     manifest_dir: Path,
     agent_image: str,
     guard_image: str,
     ids: RuntimeIds,
+    net: NetPlan,
+    agent_env: dict[str, str] | None = None,
+    honey_files: tuple[str, ...] = (),
+    guard_cafile: bool = False,
 ) -> dict[str, Any]:
-    del agent  # agent-level keys (prompt, model, ...) apply to the claude command, not to the box
     slug = identity.slug
     labels = identity.labels()
     internal = f"{project_name(slug)}-internal"
     res = bottle.resources
+    pipelock = bottle.egress.engine == "pipelock"
+    guard_url = f"http://egress:{PIPELOCK_PORT}" if pipelock else GUARD_URL
     proxy_env = {
-        "HTTP_PROXY": GUARD_URL,
-        "HTTPS_PROXY": GUARD_URL,
-        "http_proxy": GUARD_URL,
-        "https_proxy": GUARD_URL,
+        "HTTP_PROXY": guard_url,
+        "HTTPS_PROXY": guard_url,
+        "http_proxy": guard_url,
+        "https_proxy": guard_url,
         "NO_PROXY": "localhost,127.0.0.1,::1,egress",
         "no_proxy": "localhost,127.0.0.1,::1,egress",
     }
-    agent_env = {**bottle.env, **proxy_env, "CLAUDE_BOTTLE_SLUG": slug, "HOME": AGENT_HOME}
+    agent_env = {**bottle.env, **(agent_env or {}), **proxy_env, "CLAUDE_BOTTLE_SLUG": slug, "HOME": AGENT_HOME}
+    if pipelock:
+        agent_env["BOTTLE_GUARD_HEALTH"] = f"{guard_url}/health"
     hardening: dict[str, Any] = {
         "init": True,
         "stop_grace_period": "1s",
@@ -109,48 +133,100 @@ def render_compose(
         outbound_nets = {n: {"name": n, "external": True} for n in bottle.egress.networks}
     else:
         outbound_nets = {"outbound": {"name": f"{project_name(slug)}-outbound", "labels": labels}}
-
-    guard = {
-        "image": guard_image,
+    guard_nets = {"internal": {"aliases": ["egress"], "ipv4_address": net.guard_ip}, **{n: {} for n in outbound_nets}}
+    guard_common = {
         "container_name": container_name(slug, "egress"),
-        "command": [
-            "--policy",
-            "/etc/claude-bottle/policy.json",
-            "--audit",
-            "/var/log/claude-bottle/egress.jsonl",
-            "--listen",
-            f"0.0.0.0:{GUARD_PORT}",
-        ],
         "user": f"{ids.guard_uid}:{ids.guard_gid}",
         "read_only": True,
         "mem_limit": "256m",
         "pids_limit": 256,
         **hardening,
-        "volumes": [
-            {"type": "bind", "source": str(state_path / "guard"), "target": "/etc/claude-bottle", "read_only": True},
-            {
-                "type": "bind",
-                "source": str(state_path / "egress.jsonl"),
-                "target": "/var/log/claude-bottle/egress.jsonl",
-            },
-        ],
-        "networks": {"internal": {"aliases": ["egress"]}, **{n: {} for n in outbound_nets}},
-        "healthcheck": {
-            "test": [
-                "CMD",
-                "python3",
-                "-c",
-                f"import urllib.request as u; u.urlopen('http://127.0.0.1:{GUARD_PORT}{HEALTH_PATH}', timeout=2)",
-            ],
-            "interval": "10s",
-            "timeout": "3s",
-            "retries": 3,
-        },
+        "networks": guard_nets,
     }
-    agent_svc = {
+    if pipelock:
+        guard = {
+            "image": PIPELOCK_IMAGE,
+            "command": ["run", "--listen", f"0.0.0.0:{PIPELOCK_PORT}", "--config", "/etc/pipelock/pipelock.yaml"],
+            **guard_common,
+            "volumes": [
+                {"type": "bind", "source": str(state_path / "guard"), "target": "/etc/pipelock", "read_only": True}
+            ],
+        }
+    else:
+        command = [
+            "--policy",
+            "/etc/claude-bottle/policy.json",
+            "--secrets",
+            "/etc/claude-bottle/secrets.json",
+            "--audit",
+            "/var/log/claude-bottle/egress.jsonl",
+            "--listen",
+            f"0.0.0.0:{GUARD_PORT}",
+            "--dns",
+            "0.0.0.0:53",
+            "--guard-ip",
+            net.guard_ip,
+        ]
+        if guard_cafile:
+            command += ["--cafile", "/etc/claude-bottle/ca.crt"]
+        guard = {
+            "image": guard_image,
+            "command": command,
+            **guard_common,
+            # The guard answers DNS on port 53 without any capability: lower the unprivileged port floor
+            # inside its own network namespace only.
+            "sysctls": {"net.ipv4.ip_unprivileged_port_start": 0},
+            "volumes": [
+                {
+                    "type": "bind",
+                    "source": str(state_path / "guard"),
+                    "target": "/etc/claude-bottle",
+                    "read_only": True,
+                },
+                {
+                    "type": "bind",
+                    "source": str(state_path / "egress.jsonl"),
+                    "target": "/var/log/claude-bottle/egress.jsonl",
+                },
+            ],
+            "healthcheck": {
+                "test": [
+                    "CMD",
+                    "python3",
+                    "-c",
+                    f"import urllib.request as u; u.urlopen('http://127.0.0.1:{GUARD_PORT}{HEALTH_PATH}', timeout=2)",
+                ],
+                "interval": "10s",
+                "timeout": "3s",
+                "retries": 3,
+            },
+        }
+    fw_port = PIPELOCK_PORT if pipelock else GUARD_PORT
+    run_mount = {"type": "bind", "source": str(state_path / "run"), "target": "/bottle-run"}
+    # The network namespace holder: firewalls it so only the guard is reachable, then idles as nobody.
+    net_svc: dict[str, Any] = {
+        "image": agent_image,
+        "container_name": container_name(slug, "net"),
+        "hostname": slug,
+        "user": "0:0",
+        "entrypoint": ["/usr/local/sbin/bottle-firewall"],
+        "command": [net.guard_ip, str(fw_port), *([] if pipelock else ["53"])],
+        **hardening,
+        "init": False,  # no root init left behind: PID 1 becomes the capability-less idler
+        "cap_add": ["NET_ADMIN", "SETUID", "SETGID", "SETPCAP"],
+        "mem_limit": "32m",
+        "pids_limit": 16,
+        "volumes": [run_mount],
+        "networks": {"internal": {}},
+    }
+    if not pipelock:
+        # Docker's resolver in the bottle answers container names and forwards the rest to the guard,
+        # which answers NXDOMAIN: outside names never reach an outside resolver.
+        net_svc["dns"] = [net.guard_ip]
+    agent_svc: dict[str, Any] = {
         "image": agent_image,
         "container_name": container_name(slug, "agent"),
-        "hostname": slug,
+        "network_mode": "service:net",
         "user": f"{ids.agent_uid}:{ids.agent_gid}",
         "environment": agent_env,
         "working_dir": "/workspace",
@@ -161,18 +237,32 @@ def render_compose(
         "volumes": [
             {"type": "bind", "source": str(workspace), "target": "/workspace"},
             {"type": "bind", "source": str(state_path / "claude-home"), "target": f"{AGENT_HOME}/.claude"},
+            *(
+                {
+                    "type": "bind",
+                    "source": str(state_path / "honey" / name.replace("/", "_")),
+                    "target": f"{AGENT_HOME}/{name}",
+                    "read_only": True,
+                }
+                for name in honey_files
+            ),
             *_mounts(bottle, manifest_dir),
+            {**run_mount, "read_only": True},
         ],
-        "networks": ["internal"],
-        # Ordering only: the agent's entrypoint itself waits until the guard answers (50 ms polls),
-        # which is faster than waiting on a healthcheck interval.
-        "depends_on": {"egress": {"condition": "service_started"}},
+        # Ordering only: the agent's entrypoint itself waits until the firewall is in place and the guard
+        # answers (50 ms polls), which is faster than waiting on a healthcheck interval.
+        "depends_on": {"egress": {"condition": "service_started"}, "net": {"condition": "service_started"}},
     }
     return {
         "name": project_name(slug),
-        "services": {"egress": guard, "agent": agent_svc},
+        "services": {"egress": guard, "net": net_svc, "agent": agent_svc},
         "networks": {
-            "internal": {"name": internal, "internal": True, "labels": labels},
+            "internal": {
+                "name": internal,
+                "internal": True,
+                "labels": labels,
+                "ipam": {"config": [{"subnet": net.subnet}]},
+            },
             **outbound_nets,
         },
     }

@@ -48,12 +48,13 @@ class ImageSpec:
             target = directory / name
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
-            if name == "bottle-wait-guard":
+            if name in ("bottle-wait-guard", "bottle-firewall"):
                 target.chmod(0o755)
 
 
 def agent_image_spec(bottle: BottleSpec, ids: RuntimeIds, *, manifest_dir: Path) -> ImageSpec:
-    files = {"bottle-wait-guard": resources.files("claude_bottle.images").joinpath("bottle-wait-guard").read_bytes()}
+    images = resources.files("claude_bottle.images")
+    files = {name: images.joinpath(name).read_bytes() for name in ("bottle-wait-guard", "bottle-firewall")}
     ca_copy = ca_update = ca_env = ""
     if bottle.ca_certs:
         ca_path = (manifest_dir / bottle.ca_certs).expanduser()
