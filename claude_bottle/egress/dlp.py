@@ -20,6 +20,7 @@ PATTERNS: dict[str, re.Pattern[str]] = {
     "private-key": re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----"),
     "npm-token": re.compile(r"\bnpm_[A-Za-z0-9]{36}\b"),
 }
+PATTERNS_CI = {name: re.compile(rx.pattern, re.IGNORECASE) for name, rx in PATTERNS.items()}
 MIN_SECRET = 8  # shorter "secrets" would match everywhere
 
 
@@ -60,7 +61,9 @@ class Scanner:
     secrets: Iterable[str] = ()
     honeytokens: Iterable[str] = ()
     _literal: dict[str, str] = field(default_factory=dict)
+    _lower: dict[str, str] = field(default_factory=dict)
     _regex: re.Pattern[str] | None = None
+    _regex_ci: re.Pattern[str] | None = None
 
     def __post_init__(self) -> None:
         for s in self.secrets:
@@ -70,15 +73,19 @@ class Scanner:
             if len(t) >= MIN_SECRET:
                 self._literal.update(dict.fromkeys(encodings(t), "honeytoken"))
         if self._literal:
-            alts = sorted(self._literal, key=len, reverse=True)
-            self._regex = re.compile("|".join(re.escape(a) for a in alts))
+            alts = "|".join(re.escape(a) for a in sorted(self._literal, key=len, reverse=True))
+            self._regex = re.compile(alts)
+            self._regex_ci = re.compile(alts, re.IGNORECASE)
+            self._lower = {k.lower(): v for k, v in self._literal.items()}
 
-    def find(self, text: str) -> Hit | None:
-        if self._regex is not None:
-            m = self._regex.search(text)
+    def find(self, text: str, *, ignore_case: bool = False) -> Hit | None:
+        regex = self._regex_ci if ignore_case else self._regex
+        if regex is not None:
+            m = regex.search(text)
             if m:
-                return Hit(self._literal[m.group(0)], m.start(), m.end())
-        for name, rx in PATTERNS.items():
+                kind = self._lower[m.group(0).lower()] if ignore_case else self._literal[m.group(0)]
+                return Hit(kind, m.start(), m.end())
+        for name, rx in (PATTERNS_CI if ignore_case else PATTERNS).items():
             m = rx.search(text)
             if m:
                 return Hit(name, m.start(), m.end())
@@ -88,8 +95,8 @@ class Scanner:
         return self.find(data.decode("latin-1"))
 
     def find_host(self, host: str) -> Hit | None:
-        """Secrets in a host name, and labels shaped like encoded data (DNS tunnels)."""
-        hit = self.find(host)
+        """Secrets in a host name (names are case-blind), and labels shaped like encoded data (DNS tunnels)."""
+        hit = self.find(host, ignore_case=True)
         if hit:
             return hit
         pos = 0
@@ -102,7 +109,7 @@ class Scanner:
     def redact(self, text: str) -> str:
         """Text with every hit replaced, for the audit log: a secret never lands on disk."""
         for _ in range(64):
-            hit = self.find(text)
+            hit = self.find(text) or self.find(text, ignore_case=True)
             if hit is None:
                 break
             text = text[: hit.start] + f"[REDACTED:{hit.pattern}]" + text[hit.end :]

@@ -187,6 +187,24 @@ class Cli:
         out = self.run("start", agent, "--detach", "--json", check=True).stdout
         return str(json.loads(out)["slug"])
 
+    def sh(self, slug: str, script: str, *, stdin: str | None = None) -> tuple[int, str]:
+        """Run a shell script in the bottle as the agent; (exit code, stdout+stderr)."""
+        proc = subprocess.run(
+            [sys.executable, "-m", "claude_bottle", "exec", slug, "--", "sh", "-c", script],
+            cwd=self.cwd,
+            env=self.env(),
+            input=stdin or "",
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        return proc.returncode, proc.stdout + proc.stderr
+
+    def audit(self, slug: str) -> list[dict[str, Any]]:
+        out = self.run("logs", slug, "--egress", check=True).stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
     def ls(self) -> dict[str, dict[str, object]]:
         return {r["slug"]: r for r in json.loads(self.run("ls", "--json", check=True).stdout)}
 
