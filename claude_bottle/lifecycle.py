@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .backend import BottleBackend, BottlePlan, Progress, get_bottle_backend, resolve_backend_name
 from .errors import BottleError
-from .manifest import AgentSpec, Manifest
-from .state import BottleRecord, StateDir, list_state_dirs, new_slug
+from .guard_config import GuardFiles, load_grants, policy_document, save_grants
+from .manifest import AgentSpec, BottleSpec, EgressRule, Manifest
+from .pipelock import pipelock_config, to_yaml
+from .state import BottleRecord, StateDir, list_state_dirs, new_slug, write_private
 
-__all__ = ["BottleRow", "claude_argv", "list_bottles", "start_bottle", "stop_bottle"]
+__all__ = ["BottleRow", "claude_argv", "grant_egress", "list_bottles", "start_bottle", "stop_bottle"]
 
 
 @contextlib.contextmanager
@@ -174,3 +178,50 @@ def list_bottles(root: Path | None = None) -> list[BottleRow]:
             status = "creating (no containers)"
         rows.append(BottleRow(r.slug, r.agent, r.backend, status, r.created, r.workspace, d.preserved()))
     return rows
+
+
+def grant_egress(state: StateDir, rules: Sequence[EgressRule], *, revoke: bool = False) -> list[EgressRule]:
+    """Add (or remove) live egress grants. The guard re-reads its policy file within half a second, so a
+    running bottle changes policy without a restart; grants.json keeps them for the bottle's next generation."""
+    record = state.read()
+    bottle = BottleSpec.model_validate(record.manifest.get("bottle", {}))
+    with state.lock():
+        grants = load_grants(state)
+        for rule in rules:
+            # A grant is named by host and ports; `private` is how it is held, not which one it is.
+            same = [g for g in grants if (g.host, g.ports) == (rule.host, rule.ports)]
+            if revoke:
+                if not same:
+                    held = ", ".join(g.label() for g in grants) or "none"
+                    raise BottleError(f"{rule.label()} was never granted to {state.slug} (grants: {held})")
+                grants = [g for g in grants if g not in same]
+            else:
+                grants = [g for g in grants if g not in same] + [rule]
+        save_grants(state, grants)
+        files = GuardFiles(state)
+        if bottle.egress.engine == "pipelock":
+            write_private(files.dir / "pipelock.yaml", to_yaml(pipelock_config(bottle, grants)) + "\n")
+        elif files.policy.exists():
+            files.write_policy(policy_document(state.slug, bottle, grants))
+        _record_operator_action(state, "revoke" if revoke else "grant", [r.label() for r in rules])
+    return grants
+
+
+def _record_operator_action(state: StateDir, action: str, what: list[str]) -> None:
+    """Operator changes go on the bottle's audit record too (appended; the guard appends alongside)."""
+    line = json.dumps(
+        {
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "bottle": state.slug,
+            "kind": "operator",
+            "action": action,
+            "egress": what,
+            "decision": action,
+            "reason": f"claude-bottle {action} by uid {os.getuid()}",
+        }
+    )
+    fd = os.open(state.audit_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 from .conftest import Cli, Internet, docker
 
@@ -84,3 +85,24 @@ def test_hardening_visible_in_docker_inspect(bottle: str) -> None:
     assert top and all(line.split()[0] in ("nobody", "65534") for line in top), top
     env = dict(e.split("=", 1) for e in agent["Config"]["Env"])
     assert env["HTTPS_PROXY"] == env["http_proxy"] == "http://egress:3128"
+
+
+def test_live_grant_and_revoke_without_restart(cli: Cli, bottle: str) -> None:
+    probe = "curl -sS -m 10 -o /dev/null -w '%{http_code}' http://forbidden.test/"
+    assert sh(cli, bottle, probe)[1].startswith("403")
+    agent_id = docker("inspect", "--format", "{{.Id}}", f"claude-bottle-{bottle}-agent").stdout
+    r = cli.run("grant", bottle, "--egress", "forbidden.test:80", "--private")
+    assert r.returncode == 0, r.stderr
+    deadline = time.monotonic() + 5
+    while not sh(cli, bottle, probe)[1].startswith("200"):
+        assert time.monotonic() < deadline, "grant did not apply within 5 s"
+    assert cli.run("grant", bottle, "--egress", "forbidden.test:80", "--revoke").returncode == 0
+    deadline = time.monotonic() + 5
+    while not sh(cli, bottle, probe)[1].startswith("403"):
+        assert time.monotonic() < deadline, "revoke did not apply within 5 s"
+    # Same containers throughout: no restart.
+    assert docker("inspect", "--format", "{{.Id}}", f"claude-bottle-{bottle}-agent").stdout == agent_id
+    ops = [ln for ln in audit(cli, bottle) if ln["kind"] == "operator"]
+    assert [o["action"] for o in ops][-2:] == ["grant", "revoke"]
+    r = cli.run("grant", bottle)
+    assert r.returncode == 1 and "nothing to grant" in r.stderr

@@ -27,6 +27,7 @@ from ...guard_config import (
     secrets_document,
 )
 from ...manifest import AgentSpec, BottleSpec
+from ...pipelock import pipelock_config, to_yaml
 from ...state import StateDir, now_iso, write_private
 from .. import BottleBackend, BottlePlan, BottleStatus, Check, Progress
 from .compose import (
@@ -39,7 +40,6 @@ from .compose import (
     render_compose,
 )
 from .images import GUARD_BASE_IMAGE, ImageSpec, agent_image_spec, build_dir, guard_image_spec
-from .pipelock import pipelock_config, to_yaml
 
 __all__ = ["DockerBottleBackend", "owner_started"]
 
