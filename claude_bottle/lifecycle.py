@@ -16,7 +16,7 @@ from .errors import BottleError
 from .guard_config import GuardFiles, load_grants, policy_document, save_grants
 from .manifest import AgentSpec, BottleSpec, EgressRule, Manifest
 from .pipelock import pipelock_config, to_yaml
-from .state import BottleRecord, StateDir, list_state_dirs, new_slug, write_private
+from .state import BottleRecord, StateDir, list_state_dirs, new_slug, process_started, write_private
 
 __all__ = ["BottleRow", "claude_argv", "grant_egress", "list_bottles", "start_bottle", "stop_bottle"]
 
@@ -67,6 +67,7 @@ def start_bottle(
         manifest={"bottle": bottle.model_dump(mode="json"), "agent": agent.model_dump(mode="json")},
         workspace=str(workspace),
         owner_pid=os.getpid(),
+        owner_started=process_started(os.getpid()),
     )
     state.write(record)
     engine_touched = False
@@ -174,8 +175,8 @@ def list_bottles(root: Path | None = None) -> list[BottleRow]:
         engine = live.get(r.backend, {}).get(r.slug)
         if r.status == "running":
             status = engine or "gone"
-        elif r.status == "creating" and engine is None:
-            status = "creating (no containers)"
+        elif r.status == "creating" and d.abandoned(r):
+            status = "abandoned (owner died mid-start)"
         rows.append(BottleRow(r.slug, r.agent, r.backend, status, r.created, r.workspace, d.preserved()))
     return rows
 
@@ -225,3 +226,15 @@ def _record_operator_action(state: StateDir, action: str, what: list[str]) -> No
         os.write(fd, (line + "\n").encode())
     finally:
         os.close(fd)
+
+
+def leftovers_hint(root: Path | None = None) -> str | None:
+    """One line for `start` when earlier runs left things behind (state dirs only: no engine calls)."""
+    count = 0
+    for d in list_state_dirs(root):
+        r = d.read()
+        if r.status == "failed" or (r.status == "creating" and d.abandoned(r)):
+            count += 1
+    if not count:
+        return None
+    return f"note: {count} leftover bottle{'s' * (count > 1)} from earlier runs; `claude-bottle cleanup` reaps them"

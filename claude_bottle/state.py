@@ -13,6 +13,7 @@ import string
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +29,8 @@ __all__ = [
     "bottle_home",
     "list_state_dirs",
     "new_slug",
+    "pid_alive",
+    "process_started",
     "resolve_slug",
     "state_root",
     "write_private",
@@ -102,6 +105,30 @@ class BottleRecord(BaseModel):
     owner_started: float | None = None
     generation: int = 1
     error: str | None = None
+    rebuilt: bool = False  # the Dockerfile was rewritten by a capability rebuild
+
+
+def pid_alive(pid: int | None, started: float | None = None) -> bool:
+    """Is this process still the one that was recorded (same pid and, when known, same start time)?"""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, someone else's
+    now_started = process_started(pid) if started else None
+    return now_started is None or abs(now_started - (started or 0.0)) < 1.0
+
+
+def process_started(pid: int) -> float | None:
+    """Start time of a process (seconds since boot), to tell a live owner from a reused pid."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 class StateDir:
@@ -194,6 +221,76 @@ class StateDir:
 
     def remove(self) -> None:
         shutil.rmtree(self.path)
+
+    def busy(self) -> bool:
+        """Does another claude-bottle process hold this bottle's lock right now?"""
+        try:
+            with self.lock():
+                return False
+        except BottleError:
+            return True
+
+    def abandoned(self, record: BottleRecord | None = None) -> bool:
+        """A start whose owning CLI died before it finished (crash, SIGKILL)."""
+        record = record or self.read()
+        return record.status == "creating" and not pid_alive(record.owner_pid, record.owner_started)
+
+    def summary(self) -> StateSummary:
+        record = self.read()
+        home = self.claude_home
+        sessions = list(home.glob("projects/*/*.jsonl")) if home.is_dir() else []
+        snapshots = (self.path / "transcript").is_dir() and any((self.path / "transcript").iterdir())
+        size = 0
+        for p in self.path.rglob("*"):
+            with contextlib.suppress(OSError):
+                if p.is_file() and not p.is_symlink():
+                    size += p.stat().st_size
+        return StateSummary(
+            slug=self.slug,
+            path=self.path,
+            status=record.status,
+            resumable=bool(record.session_id or sessions),
+            transcript=bool(sessions or snapshots),
+            rebuilt_dockerfile=record.rebuilt and (self.path / "Dockerfile").exists(),
+            preserved=self.preserved(),
+            size=size,
+        )
+
+
+@dataclass(frozen=True)
+class StateSummary:
+    """What removing a state dir would lose."""
+
+    slug: str
+    path: Path
+    status: str
+    resumable: bool
+    transcript: bool
+    rebuilt_dockerfile: bool
+    preserved: str | None
+    size: int
+
+    def describe(self) -> str:
+        flags = [
+            f
+            for f, on in (
+                ("resumable", self.resumable),
+                ("transcript", self.transcript),
+                ("rebuilt Dockerfile", self.rebuilt_dockerfile),
+                (f".preserve ({self.preserved})", bool(self.preserved)),
+            )
+            if on
+        ]
+        return f"{self.slug} [{self.status}] {human_size(self.size)}" + (f": {', '.join(flags)}" if flags else "")
+
+
+def human_size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
 
 
 def list_state_dirs(root: Path | None = None) -> list[StateDir]:

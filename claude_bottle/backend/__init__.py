@@ -152,6 +152,14 @@ class BottleBackend(ABC):
     @abstractmethod
     def doctor(self) -> list[Check]: ...
 
+    @abstractmethod
+    def prepare_cleanup(self) -> BottleCleanupPlan:
+        """Everything of this backend's that `cleanup` would remove (and what it keeps), changing nothing."""
+
+    @abstractmethod
+    def cleanup(self, plan: BottleCleanupPlan, *, console: Console) -> list[str]:
+        """Remove what the plan lists, best effort; returns one line per failure."""
+
     def enumerate_active(self) -> set[str]:
         """Slugs of bottles that are live (anything still present in the engine)."""
         return set(self.statuses())
@@ -190,12 +198,16 @@ def resolve_backend_name(
     return DEFAULT_BACKEND, "default"
 
 
-def enumerate_active_bottles() -> dict[str, set[str]]:
-    """Live slugs per backend. A backend whose tool is missing contributes nothing; it does not fail."""
+def enumerate_active_bottles(*, skip: str | None = None) -> dict[str, set[str]]:
+    """Live slugs per backend. A backend whose tool is missing contributes nothing (and says so on
+    stderr); it does not fail the call. `skip` leaves out a backend the caller has already asked."""
     active: dict[str, set[str]] = {}
     for name in known_backend_names():
+        if name == skip:
+            continue
         try:
             active[name] = get_bottle_backend(name).enumerate_active()
-        except BottleError:
+        except BottleError as exc:
+            Console(stderr=True).print(f"[dim]{name} backend: no live bottles listed ({exc})[/]")
             active[name] = set()
     return active

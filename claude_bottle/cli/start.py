@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.markup import escape
 
-from ..lifecycle import claude_argv, start_bottle, stop_bottle
+from ..lifecycle import claude_argv, leftovers_hint, start_bottle, stop_bottle
 from ._common import add_manifest_arg, err, is_tty, load, out, progress
 
 
@@ -28,6 +28,9 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     manifest = load(args)
     quiet = args.json
+    hint = leftovers_hint()
+    if hint:
+        err.print(f"[dim]{hint}[/]")
     started = start_bottle(
         manifest,
         args.agent,

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from claude_bottle.backend import BottleBackend, BottlePlan, BottleStatus, Check, Progress
+from rich.console import Console
+
+from claude_bottle.backend import BottleBackend, BottleCleanupPlan, BottlePlan, BottleStatus, Check, Progress
 from claude_bottle.errors import BackendError
 from claude_bottle.manifest import AgentSpec, BottleSpec
 from claude_bottle.state import StateDir
@@ -20,10 +23,13 @@ class FakeBackend(BottleBackend):
     fail_at: ClassVar[str | None] = None
     interrupt_at: ClassVar[str | None] = None
     exec_rc: ClassVar[int] = 0
+    leftovers: ClassVar[set[str]] = set()
+    unremovable: ClassVar[set[str]] = set()
 
     @classmethod
     def reset(cls) -> None:
         cls.calls, cls.live, cls.fail_at, cls.interrupt_at, cls.exec_rc = [], {}, None, None, 0
+        cls.leftovers, cls.unremovable = set(), set()
 
     def _step(self, what: str) -> None:
         self.calls.append(what)
@@ -94,3 +100,30 @@ class FakeBackend(BottleBackend):
 
     def doctor(self) -> list[Check]:
         return [Check("fake", True, "ok")]
+
+    def prepare_cleanup(self) -> FakeCleanupPlan:
+        self.calls.append("prepare_cleanup")
+        return FakeCleanupPlan(sorted(self.leftovers))
+
+    def cleanup(self, plan: BottleCleanupPlan, *, console: Console) -> list[str]:
+        assert isinstance(plan, FakeCleanupPlan)
+        self.calls.append("cleanup")
+        failures = [f"fake {x}: refused" for x in plan.items if x in self.unremovable]
+        for x in plan.items:
+            if x not in self.unremovable:
+                self.leftovers.discard(x)
+        return failures
+
+
+@dataclass
+class FakeCleanupPlan(BottleCleanupPlan):
+    items: list[str]
+    backend: str = "fake"
+
+    def print(self, console: Console) -> None:
+        console.print("--- fake backend ---")
+        for x in self.items:
+            console.print(f"fake leftover: {x}")
+
+    def empty(self) -> bool:
+        return not self.items

@@ -176,3 +176,13 @@ def test_help_is_exit_zero(capsys: pytest.CaptureFixture[str]) -> None:
 
 def _unused(_: Callable[[], None]) -> None:  # pragma: no cover
     pass
+
+
+def test_start_hints_at_leftovers(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from claude_bottle.state import BottleRecord, StateDir
+
+    sd = StateDir("claude-zzzzz")
+    sd.create()
+    sd.write(BottleRecord(slug=sd.slug, agent="claude", bottle="default", backend="fake", status="failed"))
+    assert main(["start", "claude", "--detach"]) == 0
+    assert "1 leftover bottle from earlier runs; `claude-bottle cleanup` reaps them" in capsys.readouterr().err

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+
 from ... import process
 from ...errors import BackendError, BottleError
 from ...guard_config import (
@@ -28,8 +30,17 @@ from ...guard_config import (
 )
 from ...manifest import AgentSpec, BottleSpec
 from ...pipelock import pipelock_config, to_yaml
-from ...state import StateDir, now_iso, write_private
-from .. import BottleBackend, BottlePlan, BottleStatus, Check, Progress
+from ...state import StateDir, now_iso, process_started, write_private
+from .. import (
+    BottleBackend,
+    BottleCleanupPlan,
+    BottlePlan,
+    BottleStatus,
+    Check,
+    Progress,
+    enumerate_active_bottles,
+)
+from .cleanup import PREFIX, DockerBottleCleanupPlan, plan_from_engine, run_cleanup
 from .compose import (
     GUARD_PORT,
     Identity,
@@ -41,7 +52,7 @@ from .compose import (
 )
 from .images import GUARD_BASE_IMAGE, ImageSpec, agent_image_spec, build_dir, guard_image_spec
 
-__all__ = ["DockerBottleBackend", "owner_started"]
+__all__ = ["DockerBottleBackend"]
 
 COMPOSE_FILE = "compose.json"
 SUBNET_ATTEMPTS = 6
@@ -61,15 +72,6 @@ _UNREACHABLE = re.compile(
     r"Cannot connect to the Docker daemon|Is the docker daemon running|"
     r"error during connect|connect: no such file or directory|permission denied while trying"
 )
-
-
-def owner_started(pid: int) -> float | None:
-    """Start time of a process (seconds since boot), to tell a live owner from a reused pid."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return int(fields[19]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def _engine_hint() -> str:
@@ -181,7 +183,7 @@ class DockerBottleBackend(BottleBackend):
     def start(self, *, plan: BottlePlan, images: dict[str, str], progress: Progress) -> None:
         state, bottle = plan.state, plan.bottle
         ids = RuntimeIds.for_host()
-        identity = Identity(plan.slug, os.getpid(), owner_started(os.getpid()) or 0.0, now_iso())
+        identity = Identity(plan.slug, os.getpid(), process_started(os.getpid()) or 0.0, now_iso())
         manifest_dir = plan.manifest_path.parent if plan.manifest_path else Path.cwd()
         for name in bottle.egress.networks:
             if not process.run(["docker", "network", "inspect", "--format", "{{.Name}}", name]).ok:
@@ -357,6 +359,24 @@ class DockerBottleBackend(BottleBackend):
             owner = int(e["owner"]) if str(e.get("owner", "")).isdigit() else None
             result[slug] = BottleStatus(slug, self.name, status, owner)
         return result
+
+    def prepare_cleanup(self) -> DockerBottleCleanupPlan:
+        ls = docker("compose", "ls", "--all", "--format", "json", what="docker compose ls")
+        ps = docker("ps", "-a", "--filter", f"name={PREFIX}", "--format", "{{json .}}", what="docker ps")
+        nets = docker("network", "ls", "--filter", f"name={PREFIX}", "--format", "{{json .}}", what="docker network ls")
+        live = {
+            slug
+            for row in ps.stdout.splitlines()
+            if row.strip()
+            if (slug := _parse_labels(json.loads(row).get("Labels", "")).get("claude-bottle.slug"))
+        }
+        for slugs in enumerate_active_bottles(skip=self.name).values():
+            live |= slugs
+        return plan_from_engine(compose_ls=ls.stdout, ps=ps.stdout, networks=nets.stdout, live=live)
+
+    def cleanup(self, plan: BottleCleanupPlan, *, console: Console) -> list[str]:
+        assert isinstance(plan, DockerBottleCleanupPlan)  # noqa: S101 - plans go back to their backend
+        return run_cleanup(plan, console)
 
     def doctor(self) -> list[Check]:
         checks = []

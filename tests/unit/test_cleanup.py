@@ -1,0 +1,240 @@
+"""cleanup: plans from saved engine JSON, the one prompt, ordering, failures, preserve and cross-backend rules."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from claude_bottle.backend import _BACKENDS
+from claude_bottle.backend.docker.backend import DockerBottleBackend
+from claude_bottle.backend.docker.cleanup import plan_from_engine
+from claude_bottle.cli import main
+from claude_bottle.state import BottleRecord, StateDir, list_state_dirs
+
+from .fakes import FakeBackend
+
+SAMPLES = Path(__file__).parent / "samples"
+LIVE_PROJECTS = {"claude-rqih3", "claude-z710w"}  # the slugs in the saved samples
+
+FAKE_DOCKER = """
+log = os.environ["FAKE_DOCKER_LOG"]
+samples = os.environ["FAKE_DOCKER_SAMPLES"]
+fail = set(filter(None, os.environ.get("FAKE_DOCKER_FAIL", "").split(",")))
+args = sys.argv[1:]
+with open(log, "a") as f:
+    f.write(json.dumps(args) + "\\n")
+def out(name):
+    sys.stdout.write(open(os.path.join(samples, name)).read())
+if args[:2] == ["compose", "ls"]:
+    out("compose-ls.json")
+elif args[:1] == ["ps"]:
+    out("cleanup-ps.jsonl")
+elif args[:2] == ["network", "ls"]:
+    out("cleanup-networks.jsonl")
+elif any(a in fail for a in args):
+    sys.stderr.write("Error response from daemon: refused for the test\\n")
+    sys.exit(1)
+"""
+
+
+@pytest.fixture
+def fake_docker(fake_exe: Callable[[str, str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    log = tmp_path / "docker.log"
+    log.touch()
+    monkeypatch.setenv("FAKE_DOCKER_LOG", str(log))
+    monkeypatch.setenv("FAKE_DOCKER_SAMPLES", str(SAMPLES))
+    fake_exe("docker", FAKE_DOCKER)
+    return log
+
+
+@pytest.fixture(autouse=True)
+def only_docker(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Cleanup walks every registered backend; the tests choose which exist."""
+    monkeypatch.setattr("claude_bottle.backend._BACKENDS", dict(_BACKENDS))
+    FakeBackend.reset()
+    yield
+    FakeBackend.reset()
+
+
+def calls(log: Path) -> list[list[str]]:
+    return [json.loads(x) for x in log.read_text().splitlines()]
+
+
+def make_state(slug: str, *, status: str = "stopped", preserve: str | None = None, session: bool = False) -> StateDir:
+    sd = StateDir(slug)
+    sd.create()
+    sd.write(
+        BottleRecord(
+            slug=slug,
+            agent=slug.rsplit("-", 1)[0],
+            bottle="default",
+            backend="docker",
+            status=status,
+            session_id="s-1" if session else None,
+        )
+    )
+    if preserve:
+        sd.preserve(preserve)
+    return sd
+
+
+def read(name: str) -> str:
+    return (SAMPLES / name).read_text()
+
+
+def test_plan_from_saved_samples() -> None:
+    make_state("claude-rqih3", status="running")
+    make_state("old-aaaaa", session=True)
+    make_state("kept-bbbbb", preserve="crash")
+    plan = plan_from_engine(
+        compose_ls=read("compose-ls.json"),
+        ps=read("cleanup-ps.jsonl"),
+        networks=read("cleanup-networks.jsonl"),
+        live={"claude-rqih3", "claude-z710w"},
+    )
+    assert [p.name for p in plan.projects] == ["claude-bottle-claude-rqih3", "claude-bottle-claude-z710w"]
+    assert [c.name for c in plan.containers] == ["claude-bottle-stray-abcde"]  # compose-managed ones are not strays
+    assert [n.name for n in plan.networks] == ["claude-bottle-stray-abcde-net"]
+    assert [s.slug for s in plan.state_dirs] == ["old-aaaaa"]
+    assert plan.state_dirs[0].resumable
+    assert sorted(s.slug for s in plan.kept) == ["claude-rqih3", "kept-bbbbb"]
+    assert not plan.empty()
+
+
+def test_cleanup_yes_runs_in_order_and_removes_exactly_the_plan(
+    fake_docker: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_state("claude-rqih3", status="running")
+    make_state("old-aaaaa")
+    make_state("kept-bbbbb", preserve="kept by the operator")
+    assert main(["cleanup", "--yes"]) == 0
+    argvs = calls(fake_docker)
+    # A fixed number of inventory calls, whatever the number of objects.
+    assert [a[:2] for a in argvs[:3]] == [["compose", "ls"], ["ps", "-a"], ["network", "ls"]]
+    removals = argvs[3:]
+    downs = [a for a in removals if a[0] == "compose"]
+    assert sorted(a[2] for a in downs) == ["claude-bottle-claude-rqih3", "claude-bottle-claude-z710w"]
+    assert all(a[-5:] == ["down", "--volumes", "--remove-orphans", "--timeout", "1"] for a in downs)
+    kinds = [a[0] for a in removals if a[0] != "compose"]
+    assert kinds == ["rm", "network"]  # containers before networks, after every project
+    assert removals.index(next(a for a in removals if a[0] == "rm")) > max(removals.index(d) for d in downs)
+    assert [d.slug for d in list_state_dirs()] == ["claude-rqih3", "kept-bbbbb"]
+    assert StateDir("claude-rqih3").read().status == "stopped"  # its containers are gone now
+    out = capsys.readouterr().out
+    assert "kept state dir: kept-bbbbb" in out and "preserved: kept by the operator" in out
+
+
+def test_one_failure_is_reported_and_the_rest_goes_on(
+    fake_docker: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_state("old-aaaaa")
+    monkeypatch.setenv("FAKE_DOCKER_FAIL", "claude-bottle-claude-z710w")
+    assert main(["cleanup", "--yes"]) == 3
+    captured = capsys.readouterr()
+    assert "failed compose project claude-bottle-claude-z710w: Error response from daemon" in captured.out
+    assert "removed compose project claude-bottle-claude-rqih3" in captured.out
+    assert "removed network claude-bottle-stray-abcde-net" in captured.out
+    assert list_state_dirs() == []
+    assert "1 removal(s) failed" in captured.err
+
+
+def test_batch_failure_falls_back_to_one_by_one(
+    fake_docker: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = [json.loads(x) for x in read("cleanup-networks.jsonl").splitlines()]
+    stray_net_id = next(r["ID"] for r in rows if r["Name"] == "claude-bottle-stray-abcde-net")
+    monkeypatch.setenv("FAKE_DOCKER_FAIL", stray_net_id)
+    assert main(["cleanup", "--yes"]) == 3
+    out = capsys.readouterr().out
+    assert "removed container claude-bottle-stray-abcde" in out
+    assert "failed network claude-bottle-stray-abcde-net: Error response from daemon" in out
+    network_calls = [a for a in calls(fake_docker) if a[:2] == ["network", "rm"]]
+    assert len(network_calls) == 2  # the batch, then the one that failed, by itself
+
+
+def test_answering_no_changes_nothing(
+    fake_docker: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_state("old-aaaaa")
+    monkeypatch.setattr("claude_bottle.cli.cleanup.confirm", lambda q: False)
+    assert main(["cleanup"]) == 0
+    assert len(calls(fake_docker)) == 3  # the inventory, nothing removed
+    assert [d.slug for d in list_state_dirs()] == ["old-aaaaa"]
+    assert "aborted" in capsys.readouterr().err
+
+
+def test_no_tty_and_no_yes_refuses(fake_docker: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_state("old-aaaaa")
+    assert main(["cleanup"]) == 1
+    assert "pass --yes" in capsys.readouterr().err
+    assert len(calls(fake_docker)) == 3
+
+
+def test_dry_run_prints_and_changes_nothing(fake_docker: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_state("old-aaaaa")
+    assert main(["cleanup", "--dry-run"]) == 0
+    assert len(calls(fake_docker)) == 3 and [d.slug for d in list_state_dirs()] == ["old-aaaaa"]
+    assert "orphan state dir: old-aaaaa" in capsys.readouterr().out
+
+
+def test_all_empty_short_circuits_without_asking(
+    fake_exe: Callable[[str, str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_exe("docker", "print('[]' if sys.argv[1:3] == ['compose', 'ls'] else '')")
+
+    def never(q: str) -> bool:
+        raise AssertionError("asked although there was nothing to do")
+
+    monkeypatch.setattr("claude_bottle.cli.cleanup.confirm", never)
+    make_state("kept-bbbbb", preserve="crash")
+    assert main(["cleanup"]) == 0
+    assert [d.slug for d in list_state_dirs()] == ["kept-bbbbb"]
+
+
+def test_a_live_bottle_of_another_backend_keeps_its_state(fake_docker: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(_BACKENDS, "fake", "tests.unit.fakes:FakeBackend")
+    monkeypatch.setattr("claude_bottle.backend._BACKENDS", {**_BACKENDS, "fake": "tests.unit.fakes:FakeBackend"})
+    FakeBackend.live = {"vm-ccccc": "running"}
+    FakeBackend.leftovers = {"vm machine claude-bottle-vm-ccccc"}
+    make_state("vm-ccccc", status="running")
+    make_state("old-aaaaa")
+    assert main(["cleanup", "--yes"]) == 0
+    assert [d.slug for d in list_state_dirs()] == ["vm-ccccc"]
+    assert "cleanup" in FakeBackend.calls and FakeBackend.leftovers == set()
+
+
+def test_a_start_in_progress_is_never_reaped(fake_docker: Path) -> None:
+    sd = make_state("new-ddddd", status="creating")
+    sd.update(owner_pid=__import__("os").getpid())
+    with sd.lock():
+        assert main(["cleanup", "--yes"]) == 0
+    assert [d.slug for d in list_state_dirs()] == ["new-ddddd"]
+
+
+def test_abandoned_start_shows_in_ls_and_is_reaped(fake_docker: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sd = make_state("gone-eeeee", status="creating")
+    sd.update(owner_pid=2**22 + 12345)  # no such process
+    assert main(["ls", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["status"] == "abandoned (owner died mid-start)"
+    assert main(["cleanup", "--yes"]) == 0
+    assert list_state_dirs() == []
+
+
+def test_keep_and_release(fake_docker: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_state("old-aaaaa")
+    assert main(["keep", "old-aaaaa"]) == 0
+    assert StateDir("old-aaaaa").preserved() == "kept by the operator"
+    assert main(["cleanup", "--yes"]) == 0
+    assert [d.slug for d in list_state_dirs()] == ["old-aaaaa"]
+    assert main(["keep", "old-aaaaa", "--release"]) == 0
+    assert main(["cleanup", "--yes"]) == 0
+    assert list_state_dirs() == []
+
+
+def test_docker_prepare_cleanup_uses_three_engine_calls(fake_docker: Path) -> None:
+    plan = DockerBottleBackend().prepare_cleanup()
+    assert len(calls(fake_docker)) == 3
+    assert {p.slug for p in plan.projects} == LIVE_PROJECTS
