@@ -124,7 +124,7 @@ def test_cleanup_yes_runs_in_order_and_removes_exactly_the_plan(
     assert [d.slug for d in list_state_dirs()] == ["claude-rqih3", "kept-bbbbb"]
     assert StateDir("claude-rqih3").read().status == "stopped"  # its containers are gone now
     out = capsys.readouterr().out
-    assert "kept state dir: kept-bbbbb" in out and "preserved: kept by the operator" in out
+    assert "kept state dir: kept-bbbbb" in out and ".preserve (kept by the operator)" in out
 
 
 def test_one_failure_is_reported_and_the_rest_goes_on(

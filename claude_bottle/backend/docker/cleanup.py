@@ -70,8 +70,8 @@ class DockerBottleCleanupPlan(BottleCleanupPlan):
         for s in self.state_dirs:
             console.print(f"orphan state dir: {escape(s.describe())} -> removed")
         for s in self.kept:
-            why = f"preserved: {s.preserved}" if s.preserved else "live bottle"
-            console.print(f"[green]kept[/] state dir: {escape(s.describe())} ({escape(why)})")
+            why = "" if s.preserved else " (live bottle)"
+            console.print(f"[green]kept[/] state dir: {escape(s.describe())}{why}")
         if self.empty() and not self.kept:
             console.print("nothing to clean up")
 
