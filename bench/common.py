@@ -41,8 +41,9 @@ def p50(values: Sequence[float]) -> float:
     return statistics.median(values)
 
 
-def timed(argv: Sequence[str], *, env: dict[str, str] | None = None, cwd: Path | None = None,
-          check: bool = True) -> tuple[float, subprocess.CompletedProcess[str]]:
+def timed(
+    argv: Sequence[str], *, env: dict[str, str] | None = None, cwd: Path | None = None, check: bool = True
+) -> tuple[float, subprocess.CompletedProcess[str]]:
     t0 = time.perf_counter()
     proc = subprocess.run(list(argv), env=env, cwd=cwd, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - t0

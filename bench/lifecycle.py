@@ -18,8 +18,17 @@ def docker(*args: str) -> subprocess.CompletedProcess[str]:
 
 def compose_argv(b: Bottles, slug: str, *args: str) -> list[str]:
     state = b.state(slug)
-    return ["docker", "compose", "-p", f"claude-bottle-{slug}", "-f", str(state / "compose.json"),
-            "--project-directory", str(state), *args]
+    return [
+        "docker",
+        "compose",
+        "-p",
+        f"claude-bottle-{slug}",
+        "-f",
+        str(state / "compose.json"),
+        "--project-directory",
+        str(state),
+        *args,
+    ]
 
 
 def bench_start_stop(b: Bottles, reps: int) -> list[Row]:
@@ -41,13 +50,35 @@ def bench_start_stop(b: Bottles, reps: int) -> list[Row]:
         b.run("stop", slug, "--rm", check=False)
     s = p50(ours_start)
     return [
-        Row(SECTION, "start --detach (until ready)", s, p50(bare_wait), "docker compose up -d --wait",
-            goal="<=1.3x, <1.5 s p50", met=s <= 1.3 * p50(bare_wait) and s < 1.5,
-            note="--wait waits out the guard's 10 s healthcheck interval; start does not"),
-        Row(SECTION, "start --detach (until ready)", s, p50(bare_up), "docker compose up -d (no wait)",
-            goal="<=1.3x", met=s <= 1.3 * p50(bare_up)),
-        Row(SECTION, "stop", p50(ours_stop), p50(bare_stop), "docker compose stop", goal="<=1.3x",
-            met=p50(ours_stop) <= 1.3 * p50(bare_stop), note="stop also removes containers and networks"),
+        Row(
+            SECTION,
+            "start --detach (until ready)",
+            s,
+            p50(bare_wait),
+            "docker compose up -d --wait",
+            goal="<=1.3x, <1.5 s p50",
+            met=s <= 1.3 * p50(bare_wait) and s < 1.5,
+            note="--wait waits out the guard's 10 s healthcheck interval; start does not",
+        ),
+        Row(
+            SECTION,
+            "start --detach (until ready)",
+            s,
+            p50(bare_up),
+            "docker compose up -d (no wait)",
+            goal="<=1.3x",
+            met=s <= 1.3 * p50(bare_up),
+        ),
+        Row(
+            SECTION,
+            "stop",
+            p50(ours_stop),
+            p50(bare_stop),
+            "docker compose stop",
+            goal="<=1.3x",
+            met=p50(ours_stop) <= 1.3 * p50(bare_stop),
+            note="stop also removes containers and networks",
+        ),
     ]
 
 
@@ -66,15 +97,24 @@ def bench_ls(b: Bottles, counts: list[int], reps: int) -> list[Row]:
         ours = p50([b.run("ls")[0] for _ in range(reps)])
         bare = p50([timed(["docker", "ps", "-a"])[0] for _ in range(reps)])
         goal_ok = ours <= 1.3 * bare and (n < 30 or ours < 0.5)
-        rows.append(Row(SECTION, f"ls, {n} bottle{'s' * (n > 1)}", ours, bare, "docker ps -a",
-                        goal="<=1.3x" + (", <0.5 s" if n >= 30 else ""), met=goal_ok))
+        rows.append(
+            Row(
+                SECTION,
+                f"ls, {n} bottle{'s' * (n > 1)}",
+                ours,
+                bare,
+                "docker ps -a",
+                goal="<=1.3x" + (", <0.5 s" if n >= 30 else ""),
+                met=goal_ok,
+            )
+        )
     return rows
 
 
 def scale(b: Bottles, n: int) -> list[Row]:
     """Idle bottles: memory per bottle (cgroup usage of its containers) and time to start / clean up all."""
     b.cleanup()
-    t_start, slugs = start_many(b, n)
+    t_start, _ = start_many(b, n)
     time.sleep(2)
     stats = docker("stats", "--no-stream", "--format", "{{json .}}").stdout.splitlines()
     total_mib = 0.0
@@ -90,9 +130,16 @@ def scale(b: Bottles, n: int) -> list[Row]:
     mem_total = int(open("/proc/meminfo").read().split()[1]) / 1024  # noqa: SIM115, PTH123
     return [
         Row("scale", f"start {n} idle bottles (sequential)", t_start, None, "", note=f"{t_start / n:.2f} s each"),
-        Row("scale", "memory per idle bottle", per, None, "", unit="MiB",
+        Row(
+            "scale",
+            "memory per idle bottle",
+            per,
+            None,
+            "",
+            unit="MiB",
             note=f"{n} bottles: {total_mib:.0f} MiB; this machine's {mem_total / 1024:.0f} GiB holds about "
-                 f"{int(mem_total * 0.8 / per)} at this size (80% of RAM)"),
+            f"{int(mem_total * 0.8 / per)} at this size (80% of RAM)",
+        ),
         Row("scale", f"cleanup --yes, {n} bottles", t_cleanup, None, ""),
     ]
 
@@ -112,8 +159,17 @@ def bench_cleanup(b: Bottles, counts: list[int]) -> list[Row]:
         bare = time.perf_counter() - t0
         for slug in slugs:
             shutil.rmtree(b.state(slug), ignore_errors=True)
-        rows.append(Row(SECTION, f"cleanup --yes, {n} bottle{'s' * (n > 1)}", ours, bare,
-                        "docker rm -f + docker network rm", goal="<=1.3x", met=ours <= 1.3 * bare))
+        rows.append(
+            Row(
+                SECTION,
+                f"cleanup --yes, {n} bottle{'s' * (n > 1)}",
+                ours,
+                bare,
+                "docker rm -f + docker network rm",
+                goal="<=1.3x",
+                met=ours <= 1.3 * bare,
+            )
+        )
     return rows
 
 

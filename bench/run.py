@@ -11,7 +11,6 @@ import json
 import platform
 import subprocess
 from datetime import UTC, datetime
-from pathlib import Path
 
 from . import lifecycle
 from .common import ROOT, Row
@@ -47,10 +46,15 @@ def main() -> int:
     for name in args.only or list(SECTIONS):
         rows += SECTIONS[name](quick=args.quick)
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M%SZ")
-    engine = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"], capture_output=True,
-                            text=True, check=False).stdout.strip()
-    result = {"date": stamp, "quick": args.quick, "machine": {"cpus": __import__("os").cpu_count(),
-              "python": platform.python_version(), "engine": engine}, "rows": [r.as_json() for r in rows]}
+    engine = subprocess.run(
+        ["docker", "version", "--format", "{{.Server.Version}}"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    result = {
+        "date": stamp,
+        "quick": args.quick,
+        "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version(), "engine": engine},
+        "rows": [r.as_json() for r in rows],
+    }
     out = ROOT / "bench" / "results" / f"{stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -16,9 +16,9 @@ from .errors import BottleError
 from .guard_config import GuardFiles, load_grants, policy_document, save_grants
 from .manifest import AgentSpec, BottleSpec, EgressRule, Manifest
 from .pipelock import pipelock_config, to_yaml
-from .state import BottleRecord, StateDir, list_state_dirs, new_slug, process_started, write_private
+from .state import BottleRecord, StateDir, new_slug, process_started, write_private
 
-__all__ = ["BottleRow", "claude_argv", "grant_egress", "list_bottles", "start_bottle", "stop_bottle"]
+__all__ = ["claude_argv", "grant_egress", "start_bottle", "stop_bottle"]
 
 
 @contextlib.contextmanager
@@ -137,50 +137,6 @@ def claude_argv(agent: AgentSpec, *, prompt: str | None) -> list[str]:
     return argv
 
 
-@dataclass(frozen=True)
-class BottleRow:
-    slug: str
-    agent: str
-    backend: str
-    status: str
-    created: str
-    workspace: str | None
-    preserved: str | None
-
-    def as_json(self) -> dict[str, object]:
-        return {
-            "slug": self.slug,
-            "agent": self.agent,
-            "backend": self.backend,
-            "status": self.status,
-            "created": self.created,
-            "workspace": self.workspace,
-            "preserved": self.preserved,
-        }
-
-
-def list_bottles(root: Path | None = None) -> list[BottleRow]:
-    """Every bottle with a state dir, its live status from one inventory call per backend in use."""
-    dirs = list_state_dirs(root)
-    records = [(d, d.read()) for d in dirs]
-    live: dict[str, dict[str, str]] = {}
-    for name in {r.backend for _, r in records}:
-        try:
-            live[name] = {slug: s.status for slug, s in get_bottle_backend(name).statuses().items()}
-        except BottleError:
-            live[name] = {}
-    rows = []
-    for d, r in records:
-        status: str = r.status
-        engine = live.get(r.backend, {}).get(r.slug)
-        if r.status == "running":
-            status = engine or "gone"
-        elif r.status == "creating" and d.abandoned(r):
-            status = "abandoned (owner died mid-start)"
-        rows.append(BottleRow(r.slug, r.agent, r.backend, status, r.created, r.workspace, d.preserved()))
-    return rows
-
-
 def grant_egress(state: StateDir, rules: Sequence[EgressRule], *, revoke: bool = False) -> list[EgressRule]:
     """Add (or remove) live egress grants. The guard re-reads its policy file within half a second, so a
     running bottle changes policy without a restart; grants.json keeps them for the bottle's next generation."""
@@ -226,15 +182,3 @@ def _record_operator_action(state: StateDir, action: str, what: list[str]) -> No
         os.write(fd, (line + "\n").encode())
     finally:
         os.close(fd)
-
-
-def leftovers_hint(root: Path | None = None) -> str | None:
-    """One line for `start` when earlier runs left things behind (state dirs only: no engine calls)."""
-    count = 0
-    for d in list_state_dirs(root):
-        r = d.read()
-        if r.status == "failed" or (r.status == "creating" and d.abandoned(r)):
-            count += 1
-    if not count:
-        return None
-    return f"note: {count} leftover bottle{'s' * (count > 1)} from earlier runs; `claude-bottle cleanup` reaps them"

@@ -13,12 +13,10 @@ import string
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from typing import Any
 
 from .errors import BottleError, NotFoundError
 
@@ -39,8 +37,6 @@ __all__ = [
 SCHEMA_VERSION = 1
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,29}-[a-z0-9]{5}$")
 _ALPHABET = string.ascii_lowercase + string.digits
-
-Status = Literal["creating", "running", "stopped", "failed", "crashed"]
 
 
 def bottle_home() -> Path:
@@ -83,29 +79,74 @@ def write_private(path: Path, data: str | bytes, *, mode: int = 0o600) -> None:
         raise
 
 
-class BottleRecord(BaseModel):
+# Field name -> accepted JSON types. bottle.json is read on every `ls`, so it is a plain dataclass
+# checked by hand (importing pydantic costs ~0.2 s, more than the rest of `ls`).
+_RECORD_TYPES: dict[str, tuple[type, ...]] = {
+    "schema_version": (int,),
+    "slug": (str,),
+    "agent": (str,),
+    "bottle": (str,),
+    "backend": (str,),
+    "status": (str,),
+    "created": (str,),
+    "updated": (str,),
+    "manifest_path": (str, type(None)),
+    "manifest": (dict,),
+    "workspace": (str, type(None)),
+    "images": (dict,),
+    "session_id": (str, type(None)),
+    "owner_pid": (int, type(None)),
+    "owner_started": (float, int, type(None)),
+    "generation": (int,),
+    "error": (str, type(None)),
+    "rebuilt": (bool,),
+}
+STATUSES = ("creating", "running", "stopped", "failed", "crashed")
+
+
+@dataclass
+class BottleRecord:
     """bottle.json: everything needed to find, show, stop or resume a bottle."""
 
-    model_config = ConfigDict(extra="ignore")
-
-    schema_version: int = SCHEMA_VERSION
     slug: str
     agent: str
     bottle: str
     backend: str
-    status: Status = "creating"
-    created: str = Field(default_factory=now_iso)
-    updated: str = Field(default_factory=now_iso)
+    schema_version: int = SCHEMA_VERSION
+    status: str = "creating"  # one of STATUSES
+    created: str = field(default_factory=now_iso)
+    updated: str = field(default_factory=now_iso)
     manifest_path: str | None = None
-    manifest: dict[str, Any] = Field(default_factory=dict)
+    manifest: dict[str, Any] = field(default_factory=dict)
     workspace: str | None = None
-    images: dict[str, str] = Field(default_factory=dict)
+    images: dict[str, str] = field(default_factory=dict)
     session_id: str | None = None
     owner_pid: int | None = None
     owner_started: float | None = None
     generation: int = 1
     error: str | None = None
     rebuilt: bool = False  # the Dockerfile was rewritten by a capability rebuild
+
+    @classmethod
+    def from_json(cls, data: Any) -> BottleRecord:
+        """Validate a parsed bottle.json; unknown keys (from newer versions) are ignored."""
+        if not isinstance(data, dict):
+            raise TypeError("bottle.json is not an object")
+        known = {k: v for k, v in data.items() if k in _RECORD_TYPES}
+        for key, value in known.items():
+            if not isinstance(value, _RECORD_TYPES[key]) or (
+                isinstance(value, bool) and bool not in _RECORD_TYPES[key]
+            ):
+                raise ValueError(f"bottle.json: {key} has the wrong type")
+        for key in ("slug", "agent", "bottle", "backend"):
+            if key not in known:
+                raise ValueError(f"bottle.json: {key} is missing")
+        if known.get("status", "creating") not in STATUSES:
+            raise ValueError("bottle.json: unknown status")
+        return cls(**known)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
 
 
 def pid_alive(pid: int | None, started: float | None = None) -> bool:
@@ -168,10 +209,10 @@ class StateDir:
     def read(self) -> BottleRecord:
         try:
             data = json.loads(self.record_path.read_text(encoding="utf-8"))
-            return BottleRecord.model_validate(data)
+            return BottleRecord.from_json(data)
         except FileNotFoundError:
             raise NotFoundError(f"no bottle {self.slug!r}: `claude-bottle ls` lists them") from None
-        except (ValueError, ValidationError):
+        except (ValueError, TypeError):
             # A torn or hand-edited file must not make the bottle unmanageable: keep the bad copy
             # aside and carry on with what the directory name tells us.
             bad = self.record_path.with_suffix(f".corrupt-{int(time.time())}")
@@ -188,7 +229,7 @@ class StateDir:
 
     def write(self, record: BottleRecord) -> None:
         record.updated = now_iso()
-        write_private(self.record_path, record.model_dump_json(indent=2) + "\n")
+        write_private(self.record_path, record.to_json())
 
     def update(self, **changes: Any) -> BottleRecord:
         record = self.read()

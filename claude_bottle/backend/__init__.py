@@ -8,13 +8,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from rich.console import Console
 
 from ..errors import BottleError
-from ..manifest import AgentSpec, BottleSpec
 from ..state import StateDir
+
+if TYPE_CHECKING:  # the manifest's models cost ~0.2 s to import: only for commands that read one
+    from ..manifest import AgentSpec, BottleSpec
 
 __all__ = [
     "DEFAULT_BACKEND",

@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from ..errors import BottleError
-from ..manifest import Manifest, find_manifest, load_manifest
 from ..state import StateDir, bottle_home, resolve_slug
+
+if TYPE_CHECKING:
+    from ..manifest import Manifest
 
 __all__ = ["add_manifest_arg", "confirm", "err", "is_tty", "load", "out", "progress", "slug_arg", "state_for"]
 
@@ -42,6 +45,8 @@ def add_manifest_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def load(args: argparse.Namespace) -> Manifest:
+    from ..manifest import find_manifest, load_manifest
+
     path = args.manifest if getattr(args, "manifest", None) else find_manifest(home=bottle_home())
     return load_manifest(path)
 

@@ -5,9 +5,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..backend import get_bottle_backend
-from ..lifecycle import claude_argv
-from ..manifest import AgentSpec
 from ._common import is_tty, slug_arg, state_for
 
 
@@ -18,6 +15,10 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..backend import get_bottle_backend
+    from ..lifecycle import claude_argv
+    from ..manifest import AgentSpec
+
     state = state_for(args)
     record = state.read()
     agent = AgentSpec.model_validate(record.manifest.get("agent", {}))

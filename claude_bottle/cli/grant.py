@@ -5,11 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pydantic import ValidationError
-
 from ..errors import BottleError
-from ..lifecycle import grant_egress
-from ..manifest import EgressRule
 from ._common import err, out, slug_arg, state_for
 
 
@@ -29,6 +25,11 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from ..lifecycle import grant_egress
+    from ..manifest import EgressRule
+
     if not args.egress:
         raise BottleError("nothing to grant: pass --egress HOST[:PORT] (repeatable)")
     rules = []

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BottleError
-from ..manifest import MANIFEST_NAME, parse_manifest, starter_manifest
 from ..state import write_private
 from ._common import err, out
 
@@ -17,11 +16,15 @@ HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 def register(sub: Any) -> None:
     p = sub.add_parser("init", help="write a starter claude-bottle.toml here")
     p.add_argument("--force", action="store_true", help="overwrite an existing manifest")
-    p.add_argument("--path", type=Path, default=Path(MANIFEST_NAME), help=f"where to write (default {MANIFEST_NAME})")
+    p.add_argument(
+        "--path", type=Path, default=Path("claude-bottle.toml"), help="where to write (default claude-bottle.toml)"
+    )
     p.set_defaults(run=run)
 
 
 def write_starter(path: Path, *, force: bool) -> Path:
+    from ..manifest import parse_manifest, starter_manifest
+
     if path.exists() and not force:
         raise BottleError(f"{path} already exists: edit it, or pass --force to replace it")
     text = starter_manifest(host_ca_bundle=HOST_CA_BUNDLE if HOST_CA_BUNDLE.is_file() else None)

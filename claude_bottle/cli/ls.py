@@ -6,9 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from rich.table import Table
-
-from ..lifecycle import list_bottles
+from ..inventory import list_bottles
 from ._common import out
 
 
@@ -26,6 +24,8 @@ def run(args: argparse.Namespace) -> int:
     if not rows:
         out.print("no bottles (start one with: claude-bottle start AGENT)")
         return 0
+    from rich.table import Table
+
     table = Table(box=None, pad_edge=False)
     for col in ("SLUG", "AGENT", "BACKEND", "STATUS", "CREATED", "KEPT"):
         table.add_column(col)

@@ -8,7 +8,6 @@ from typing import Any
 
 from rich.markup import escape
 
-from ..lifecycle import claude_argv, leftovers_hint, start_bottle, stop_bottle
 from ._common import add_manifest_arg, err, is_tty, load, out, progress
 
 
@@ -26,6 +25,9 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..inventory import leftovers_hint
+    from ..lifecycle import claude_argv, start_bottle, stop_bottle
+
     manifest = load(args)
     quiet = args.json
     hint = leftovers_hint()

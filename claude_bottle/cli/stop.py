@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..lifecycle import stop_bottle
 from ._common import err, out, slug_arg, state_for
 
 
@@ -17,6 +16,8 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..lifecycle import stop_bottle
+
     state = state_for(args)
     stop_bottle(state, remove=args.rm)
     out.print(state.slug)

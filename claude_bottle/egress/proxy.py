@@ -23,7 +23,8 @@ from .tls import NEED_MORE, client_hello_sni
 
 __all__ = ["HEALTH_PATH", "Guard", "Refused"]
 
-HEALTH_PATH = "/__bottle/health"
+from . import HEALTH_PATH
+
 MAX_HEAD = 64 * 1024
 MAX_BODY = 32 * 1024 * 1024
 HEAD_TIMEOUT = 30.0

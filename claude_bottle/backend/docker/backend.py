@@ -12,24 +12,12 @@ import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from ... import process
 from ...errors import BackendError, BottleError
-from ...guard_config import (
-    GuardFiles,
-    agent_credential_env,
-    honeytoken_files,
-    load_grants,
-    make_honeytokens,
-    policy_document,
-    resolve_credentials,
-    secrets_document,
-)
-from ...manifest import AgentSpec, BottleSpec
-from ...pipelock import pipelock_config, to_yaml
 from ...state import StateDir, now_iso, process_started, write_private
 from .. import (
     BottleBackend,
@@ -40,6 +28,10 @@ from .. import (
     Progress,
     enumerate_active_bottles,
 )
+
+if TYPE_CHECKING:
+    from ...manifest import AgentSpec, BottleSpec
+    from .images import ImageSpec
 from .cleanup import PREFIX, DockerBottleCleanupPlan, plan_from_engine, run_cleanup
 from .compose import (
     GUARD_PORT,
@@ -50,7 +42,6 @@ from .compose import (
     project_name,
     render_compose,
 )
-from .images import GUARD_BASE_IMAGE, ImageSpec, agent_image_spec, build_dir, guard_image_spec
 
 __all__ = ["DockerBottleBackend"]
 
@@ -142,6 +133,8 @@ class DockerBottleBackend(BottleBackend):
         return plan
 
     def _specs(self, plan: BottlePlan) -> list[ImageSpec]:
+        from .images import agent_image_spec, guard_image_spec
+
         manifest_dir = plan.manifest_path.parent if plan.manifest_path else Path.cwd()
         return [guard_image_spec(), agent_image_spec(plan.bottle, RuntimeIds.for_host(), manifest_dir=manifest_dir)]
 
@@ -167,6 +160,8 @@ class DockerBottleBackend(BottleBackend):
         return images
 
     def _build(self, spec: ImageSpec, progress: Progress) -> None:
+        from .images import build_dir
+
         progress(f"building {spec.role} image {spec.tag}")
         with build_dir() as tmp:
             spec.write_context(Path(tmp))
@@ -181,6 +176,19 @@ class DockerBottleBackend(BottleBackend):
             )
 
     def start(self, *, plan: BottlePlan, images: dict[str, str], progress: Progress) -> None:
+        # Imported here: commands that do not start a bottle (ls, stop, ...) do not pay for them.
+        from ...guard_config import (
+            GuardFiles,
+            agent_credential_env,
+            honeytoken_files,
+            load_grants,
+            make_honeytokens,
+            policy_document,
+            resolve_credentials,
+            secrets_document,
+        )
+        from ...pipelock import pipelock_config, to_yaml
+
         state, bottle = plan.state, plan.bottle
         ids = RuntimeIds.for_host()
         identity = Identity(plan.slug, os.getpid(), process_started(os.getpid()) or 0.0, now_iso())
@@ -379,6 +387,8 @@ class DockerBottleBackend(BottleBackend):
         return run_cleanup(plan, console)
 
     def doctor(self) -> list[Check]:
+        from .images import GUARD_BASE_IMAGE
+
         checks = []
         docker_bin = shutil.which("docker")
         checks.append(

@@ -6,11 +6,13 @@ import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ...egress.proxy import HEALTH_PATH
+from ...egress import HEALTH_PATH
 from ...errors import BottleError
-from ...manifest import BottleSpec
+
+if TYPE_CHECKING:
+    from ...manifest import BottleSpec
 
 __all__ = ["GUARD_PORT", "Identity", "NetPlan", "RuntimeIds", "container_name", "project_name", "render_compose"]
 

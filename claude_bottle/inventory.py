@@ -1,0 +1,68 @@
+"""What bottles exist: state dirs joined with one inventory call per backend in use. Kept light for `ls`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .backend import get_bottle_backend
+from .errors import BottleError
+from .state import list_state_dirs
+
+__all__ = ["BottleRow", "leftovers_hint", "list_bottles"]
+
+
+@dataclass(frozen=True)
+class BottleRow:
+    slug: str
+    agent: str
+    backend: str
+    status: str
+    created: str
+    workspace: str | None
+    preserved: str | None
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "slug": self.slug,
+            "agent": self.agent,
+            "backend": self.backend,
+            "status": self.status,
+            "created": self.created,
+            "workspace": self.workspace,
+            "preserved": self.preserved,
+        }
+
+
+def list_bottles(root: Path | None = None) -> list[BottleRow]:
+    """Every bottle with a state dir, its live status from one inventory call per backend in use."""
+    dirs = list_state_dirs(root)
+    records = [(d, d.read()) for d in dirs]
+    live: dict[str, dict[str, str]] = {}
+    for name in {r.backend for _, r in records}:
+        try:
+            live[name] = {slug: s.status for slug, s in get_bottle_backend(name).statuses().items()}
+        except BottleError:
+            live[name] = {}
+    rows = []
+    for d, r in records:
+        status: str = r.status
+        engine = live.get(r.backend, {}).get(r.slug)
+        if r.status == "running":
+            status = engine or "gone"
+        elif r.status == "creating" and d.abandoned(r):
+            status = "abandoned (owner died mid-start)"
+        rows.append(BottleRow(r.slug, r.agent, r.backend, status, r.created, r.workspace, d.preserved()))
+    return rows
+
+
+def leftovers_hint(root: Path | None = None) -> str | None:
+    """One line for `start` when earlier runs left things behind (state dirs only: no engine calls)."""
+    count = 0
+    for d in list_state_dirs(root):
+        r = d.read()
+        if r.status == "failed" or (r.status == "creating" and d.abandoned(r)):
+            count += 1
+    if not count:
+        return None
+    return f"note: {count} leftover bottle{'s' * (count > 1)} from earlier runs; `claude-bottle cleanup` reaps them"
