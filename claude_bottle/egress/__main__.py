@@ -37,6 +37,8 @@ async def _main(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     print(f"claude-bottle guard listening on {args.listen}" + (f", dns on {args.dns}" if args.dns else ""), flush=True)
+    if args.ready_file:
+        Path(args.ready_file).write_text("listening\n")  # the CLI waits for this mark, not a healthcheck
     async with server:
         await stop.wait()
     if dns_transport is not None:
@@ -54,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dns", help="serve DNS on HOST:PORT (udp and tcp)")
     parser.add_argument("--guard-ip", help="the address `egress` resolves to")
     parser.add_argument("--cafile", help="CA bundle for upstream TLS (credential routes)")
+    parser.add_argument("--ready-file", help="written once the guard is listening")
     args = parser.parse_args(argv)
     asyncio.run(_main(args))
     return 0

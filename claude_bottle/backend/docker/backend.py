@@ -266,22 +266,45 @@ class DockerBottleBackend(BottleBackend):
             process.check(result, "docker compose up")
 
     def wait_ready(self, *, state: StateDir, timeout: float = 30.0) -> None:
-        """One exec that returns as soon as the guard answers; re-tried briefly so a dead guard fails fast."""
+        """Ready when the net container has sealed the namespace and the guard is listening: both leave a
+        mark in the state dir's run/, so this polls the host filesystem (no `docker exec`), and looks at
+        the containers only when it is slow, to fail fast if one died."""
+        run = state.path / "run"
+        marks = [run / "firewall-ready"]
+        if not (state.path / "guard" / "pipelock.yaml").exists():
+            marks.append(run / "guard-ready")
         deadline = time.monotonic() + timeout
-        agent, guard = container_name(state.slug, "agent"), container_name(state.slug, "egress")
-        while True:
-            result = process.run(
-                ["docker", "exec", "-e", "BOTTLE_GUARD_WAIT=3", agent, "/usr/local/bin/bottle-wait-guard"], timeout=30
-            )
-            if result.ok:
-                return
-            states = process.run(["docker", "inspect", "--format", "{{.Name}} {{.State.Status}}", agent, guard])
-            dead = [ln.split()[0].lstrip("/") for ln in states.stdout.splitlines() if not ln.endswith(" running")]
-            if dead or not states.ok or time.monotonic() > deadline:
-                logs = process.run(["docker", "logs", "--tail", "3", guard])
-                last = (logs.stdout + logs.stderr).strip().splitlines()[-1:] or [result.stderr.strip()]
-                why = f"{', '.join(dead)} exited" if dead else f"not ready within {timeout:.0f}s"
-                raise BackendError(f"bottle {state.slug} failed to start ({why}); guard said: {last[0]}")
+        next_look = time.monotonic() + 1.0
+        while not all(m.exists() for m in marks):
+            now = time.monotonic()
+            if now >= next_look or now > deadline:
+                self._fail_if_dead(state, timed_out=now > deadline, timeout=timeout)
+                next_look = now + 1.0
+            time.sleep(0.01)
+        if len(marks) == 1:  # pipelock writes no mark: ask from inside, once
+            argv = [
+                "docker",
+                "exec",
+                "-e",
+                f"BOTTLE_GUARD_WAIT={int(timeout)}",
+                container_name(state.slug, "agent"),
+                "/usr/local/bin/bottle-wait-guard",
+            ]
+            process.check(process.run(argv, timeout=timeout + 10), f"waiting for {state.slug}'s guard")
+
+    def _fail_if_dead(self, state: StateDir, *, timed_out: bool, timeout: float) -> None:
+        names = [container_name(state.slug, s) for s in ("agent", "egress", "net")]
+        states = process.run(["docker", "inspect", "--format", "{{.Name}} {{.State.Status}}", *names])
+        dead = [ln.split()[0].lstrip("/") for ln in states.stdout.splitlines() if not ln.endswith(" running")]
+        if not dead and states.ok and not timed_out:
+            return
+        logs = process.run(["docker", "logs", "--tail", "3", names[1]])
+        last = (logs.stdout + logs.stderr).strip().splitlines()[-1:] or ["(no output)"]
+        if dead:
+            why = f"{', '.join(dead)} exited"
+        else:
+            why = "containers missing" if not states.ok else f"not ready within {timeout:.0f}s"
+        raise BackendError(f"bottle {state.slug} failed to start ({why}); guard said: {last[0]}")
 
     @staticmethod
     def _compose_argv(state: StateDir, *args: str) -> list[str]:

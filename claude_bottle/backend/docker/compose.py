@@ -135,6 +135,9 @@ def render_compose(
         outbound_nets = {n: {"name": n, "external": True} for n in bottle.egress.networks}
     else:
         outbound_nets = {"outbound": {"name": f"{project_name(slug)}-outbound", "labels": labels}}
+    # Shared with the net container (which marks the firewall applied) and the guard (which marks
+    # itself listening): the CLI sees both marks on the host without a `docker exec`.
+    run_mount = {"type": "bind", "source": str(state_path / "run"), "target": "/bottle-run"}
     guard_nets = {"internal": {"aliases": ["egress"], "ipv4_address": net.guard_ip}, **{n: {} for n in outbound_nets}}
     guard_common = {
         "container_name": container_name(slug, "egress"),
@@ -168,6 +171,8 @@ def render_compose(
             "0.0.0.0:53",
             "--guard-ip",
             net.guard_ip,
+            "--ready-file",
+            "/bottle-run/guard-ready",
         ]
         if guard_cafile:
             command += ["--cafile", "/etc/claude-bottle/ca.crt"]
@@ -190,6 +195,7 @@ def render_compose(
                     "source": str(state_path / "egress.jsonl"),
                     "target": "/var/log/claude-bottle/egress.jsonl",
                 },
+                run_mount,
             ],
             "healthcheck": {
                 "test": [
@@ -204,7 +210,6 @@ def render_compose(
             },
         }
     fw_port = PIPELOCK_PORT if pipelock else GUARD_PORT
-    run_mount = {"type": "bind", "source": str(state_path / "run"), "target": "/bottle-run"}
     # The network namespace holder: firewalls it so only the guard is reachable, then idles as nobody.
     net_svc: dict[str, Any] = {
         "image": agent_image,
