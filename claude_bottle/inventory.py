@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .backend import get_bottle_backend
 from .errors import BottleError
-from .state import list_state_dirs
+from .state import BottleRecord, StateDir, list_state_dirs, pid_alive
 
 __all__ = ["BottleRow", "leftovers_hint", "list_bottles"]
 
@@ -21,6 +21,8 @@ class BottleRow:
     created: str
     workspace: str | None
     preserved: str | None
+    resumable: bool = False
+    session_id: str | None = None
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -31,6 +33,8 @@ class BottleRow:
             "created": self.created,
             "workspace": self.workspace,
             "preserved": self.preserved,
+            "resumable": self.resumable,
+            "session_id": self.session_id,
         }
 
 
@@ -45,15 +49,37 @@ def list_bottles(root: Path | None = None) -> list[BottleRow]:
         except BottleError:
             live[name] = {}
     rows = []
-    for d, r in records:
+    for d, recorded in records:
+        engine = live.get(recorded.backend, {}).get(recorded.slug)
+        r = _notice_crash(d, recorded, engine)
         status: str = r.status
-        engine = live.get(r.backend, {}).get(r.slug)
         if r.status == "running":
             status = engine or "gone"
         elif r.status == "creating" and d.abandoned(r):
             status = "abandoned (owner died mid-start)"
-        rows.append(BottleRow(r.slug, r.agent, r.backend, status, r.created, r.workspace, d.preserved()))
+        resumable = bool(r.session_id) and any((d.claude_home / "projects").glob(f"*/{r.session_id}.jsonl"))
+        rows.append(
+            BottleRow(
+                r.slug, r.agent, r.backend, status, r.created, r.workspace, d.preserved(), resumable, r.session_id
+            )
+        )
     return rows
+
+
+def _notice_crash(state: StateDir, record: BottleRecord, engine: str | None) -> BottleRecord:
+    """A running bottle whose attached CLI died (SIGKILL, lost session) or whose agent container exited is a
+    crash nobody recorded: record it now, with a transcript snapshot and the preserve marker (SPEC S2)."""
+    if record.status != "running":
+        return record
+    why = None
+    if record.attached_pid and not pid_alive(record.attached_pid, record.attached_started):
+        why = f"claude-bottle (pid {record.attached_pid}) died while attached"
+    elif engine is not None and engine.startswith(("exited", "dead")):
+        why = f"agent container {engine}"
+    if why is None or state.busy():
+        return record
+    state.preserve_crash(why)
+    return state.read()
 
 
 def leftovers_hint(root: Path | None = None) -> str | None:

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import signal
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,7 +19,14 @@ from .manifest import AgentSpec, BottleSpec, EgressRule, Manifest
 from .pipelock import pipelock_config, to_yaml
 from .state import BottleRecord, StateDir, new_slug, process_started, write_private
 
-__all__ = ["claude_argv", "grant_egress", "start_bottle", "stop_bottle"]
+__all__ = [
+    "claude_argv",
+    "grant_egress",
+    "resume_bottle",
+    "run_claude",
+    "start_bottle",
+    "stop_bottle",
+]
 
 
 @contextlib.contextmanager
@@ -48,6 +56,7 @@ def start_bottle(
     show_plan: Progress | None = None,
     root: Path | None = None,
 ) -> Started:
+    """A new bottle (generation 1): state dir, images, containers, guard ready. Rolled back on any failure."""
     agent = manifest.agent(agent_name)
     bottle = manifest.bottles[agent.bottle]
     workspace = manifest.workspace(agent_name)
@@ -58,33 +67,81 @@ def start_bottle(
     slug = new_slug(agent_name)
     state = StateDir(slug, root)
     state.create()
-    record = BottleRecord(
-        slug=slug,
-        agent=agent_name,
-        bottle=agent.bottle,
-        backend=backend_name,
-        manifest_path=str(manifest.path) if manifest.path else None,
-        manifest={"bottle": bottle.model_dump(mode="json"), "agent": agent.model_dump(mode="json")},
-        workspace=str(workspace),
+    state.write(
+        BottleRecord(
+            slug=slug,
+            agent=agent_name,
+            bottle=agent.bottle,
+            backend=backend_name,
+            manifest_path=str(manifest.path) if manifest.path else None,
+            manifest={"bottle": bottle.model_dump(mode="json"), "agent": agent.model_dump(mode="json")},
+            workspace=str(workspace),
+            owner_pid=os.getpid(),
+            owner_started=process_started(os.getpid()),
+            session_id=str(uuid.uuid4()),
+        )
+    )
+    if show_plan:
+        show_plan(slug)
+    return _bring_up(state, backend, agent_name, agent, bottle, workspace, manifest.path, progress, fresh=True)
+
+
+def resume_bottle(state: StateDir, *, progress: Progress) -> Started:
+    """A new generation of an existing bottle from its state dir: same slug, same ~/.claude, same grants."""
+    from .manifest import AgentSpec, BottleSpec
+
+    record = state.read()
+    if record.status in ("running", "creating") and not state.abandoned(record):
+        live = get_bottle_backend(record.backend).statuses().get(state.slug)
+        if live is not None and live.status == "running":
+            raise BottleError(f"{state.slug} is running: `claude-bottle attach {state.slug}`, or stop it first")
+    agent = AgentSpec.model_validate(record.manifest.get("agent", {}))
+    bottle = BottleSpec.model_validate(record.manifest.get("bottle", {}))
+    workspace = Path(record.workspace or ".")
+    if not workspace.is_dir():
+        raise BottleError(f"workspace {workspace} of {state.slug} no longer exists: restore it to resume")
+    backend = get_bottle_backend(record.backend)
+    with state.lock():
+        backend.stop(state=state)  # whatever an earlier generation left (a crash keeps its containers)
+    state.update(
+        status="creating",
+        generation=record.generation + 1,
         owner_pid=os.getpid(),
         owner_started=process_started(os.getpid()),
+        error=None,
     )
-    state.write(record)
+    manifest_path = Path(record.manifest_path) if record.manifest_path else None
+    started = _bring_up(state, backend, record.agent, agent, bottle, workspace, manifest_path, progress, fresh=False)
+    if state.preserved() in ("crash", "capability-block"):
+        state.preserve_path.unlink(missing_ok=True)  # live again; an operator's `keep` stays
+    return started
+
+
+def _bring_up(
+    state: StateDir,
+    backend: BottleBackend,
+    agent_name: str,
+    agent: AgentSpec,
+    bottle: BottleSpec,
+    workspace: Path,
+    manifest_path: Path | None,
+    progress: Progress,
+    *,
+    fresh: bool,
+) -> Started:
     engine_touched = False
     try:
         with state.lock():
             plan = backend.plan(
-                slug=slug,
+                slug=state.slug,
                 agent_name=agent_name,
                 agent=agent,
-                bottle_name=agent.bottle,
+                bottle_name=state.read().bottle,
                 bottle=bottle,
                 workspace=workspace,
                 state=state,
-                manifest_path=manifest.path,
+                manifest_path=manifest_path,
             )
-            if show_plan:
-                show_plan(slug)
             images = backend.prepare_images(plan=plan, progress=progress)
             state.update(images=images)
             engine_touched = True
@@ -94,12 +151,16 @@ def start_bottle(
             state.update(status="running")
     except BaseException as exc:
         with _no_interrupts():
-            if engine_touched:
+            if not fresh:  # never remove a bottle's history: put it back as it was, for cleanup or resume
+                with contextlib.suppress(BottleError):
+                    backend.stop(state=state)
+                state.update(status="stopped", error=f"resume failed: {exc!r}")
+            elif engine_touched:
                 _roll_back(backend, state, exc)
             else:  # nothing was created but images (which are cache, not leftovers)
                 state.remove()
         raise
-    return Started(slug, state, backend, plan)
+    return Started(state.slug, state, backend, plan)
 
 
 def _roll_back(backend: BottleBackend, state: StateDir, exc: BaseException) -> None:
@@ -112,12 +173,12 @@ def _roll_back(backend: BottleBackend, state: StateDir, exc: BaseException) -> N
     state.remove()
 
 
-def stop_bottle(state: StateDir, *, remove: bool = False) -> BottleRecord:
+def stop_bottle(state: StateDir, *, remove: bool = False, status: str = "stopped") -> BottleRecord:
     record = state.read()
     backend = get_bottle_backend(record.backend)
     with state.lock():
         backend.stop(state=state)
-        record = state.update(status="stopped")
+        record = state.update(status=status, attached_pid=None)
         if remove:
             if state.preserved():
                 raise BottleError(f"{state.slug} is preserved ({state.preserved()}): stopped, state kept")
@@ -125,16 +186,122 @@ def stop_bottle(state: StateDir, *, remove: bool = False) -> BottleRecord:
     return record
 
 
-def claude_argv(agent: AgentSpec, *, prompt: str | None) -> list[str]:
-    argv = ["claude", "--dangerously-skip-permissions"]
+def claude_argv(
+    agent: AgentSpec, *, prompt: str | None, session_id: str | None = None, resume: bool = False
+) -> list[str]:
+    """The claude command line for an agent. The bottle is the boundary, so permissions are skipped
+    inside it unless the agent asks for another permission_mode."""
+    argv = ["claude"]
+    if agent.permission_mode == "bypassPermissions":
+        argv.append("--dangerously-skip-permissions")
+    else:
+        argv += ["--permission-mode", agent.permission_mode]
     if agent.model:
         argv += ["--model", agent.model]
     if agent.append_system_prompt:
         argv += ["--append-system-prompt", agent.append_system_prompt]
     argv += list(agent.claude_args)
+    if session_id:
+        argv += ["--resume", session_id] if resume else ["--session-id", session_id]
     if prompt:
         argv += ["-p", prompt]
     return argv
+
+
+SESSION = "claude"  # the tmux session holding claude inside the bottle
+EXIT_FILE = "/tmp/claude-bottle-exit"  # noqa: S108 - inside the agent container, written by bottle-run
+RUN_LOG = "/home/claude/.claude/bottle-run.log"  # a detached headless run's output (state dir: claude-home)
+
+
+@dataclass
+class RunResult:
+    exit_code: int
+    detached: bool = False
+    crashed: bool = False
+
+
+def start_session(backend: BottleBackend, state: StateDir, argv: list[str], *, log: bool = False) -> None:
+    """claude in a detached tmux session inside the bottle, so a terminal can attach and detach at will."""
+    env = ["-e", f"BOTTLE_RUN_LOG={RUN_LOG}"] if log else []
+    tmux = ["tmux", "new-session", "-d", "-s", SESSION, "-x", "200", "-y", "50", *env, "--", "bottle-run", *argv]
+    rc = backend.exec(state=state, argv=tmux, tty=False, interactive=False)
+    if rc != 0:
+        raise BottleError(f"could not start claude in {state.slug} (tmux exit {rc})")
+
+
+def run_claude(
+    started: Started, agent: AgentSpec, *, prompt: str | None, detach: bool, resume: bool, tty: bool
+) -> RunResult:
+    """Run claude in a started bottle. Foreground runs stop the bottle when claude ends; an abnormal end
+    (non-zero exit, killed container, this CLI terminated) preserves the bottle as crashed."""
+    state, backend = started.state, started.backend
+    record = state.read()
+    argv = claude_argv(agent, prompt=prompt, session_id=record.session_id, resume=resume and bool(record.session_id))
+    if detach:  # interactive or headless, it runs in tmux: `attach` brings it to a terminal
+        start_session(backend, state, argv, log=bool(prompt))
+        return RunResult(0, detached=True)
+    state.update(attached_pid=os.getpid(), attached_started=process_started(os.getpid()))
+    try:
+        with _terminations_as_exit():
+            if prompt:
+                rc = backend.exec(state=state, argv=argv, tty=False, interactive=False)
+            else:
+                maybe = _interactive(started, argv, tty=tty)
+                if maybe is None:
+                    state.update(attached_pid=None)
+                    return RunResult(0, detached=True)
+                rc = maybe
+    except (KeyboardInterrupt, BottleError):
+        _finish(started, abnormal=None)  # the user stopped it, or it never began: stopped, resumable
+        raise
+    except BaseException as exc:
+        _finish(started, abnormal=f"claude-bottle was terminated ({type(exc).__name__} {exc})")
+        raise
+    crashed = rc != 0
+    _finish(started, abnormal=f"claude exited with {rc}" if crashed else None)
+    return RunResult(rc, crashed=crashed)
+
+
+def _interactive(started: Started, argv: list[str], *, tty: bool) -> int | None:
+    """claude in tmux, this terminal attached. None when the user detached (claude still running)."""
+    state, backend = started.state, started.backend
+    if not tty:
+        raise BottleError(
+            "an interactive claude needs a terminal: run this from one, pass --prompt TEXT for a "
+            "headless run, or --detach and `claude-bottle attach SLUG` later"
+        )
+    start_session(backend, state, argv)
+    backend.exec(state=state, argv=["tmux", "attach-session", "-t", SESSION], tty=True, interactive=True)
+    still, _ = backend.exec_output(state=state, argv=["tmux", "has-session", "-t", SESSION])
+    if still == 0:
+        return None
+    code, out = backend.exec_output(state=state, argv=["cat", EXIT_FILE])
+    return int(out.strip()) if code == 0 and out.strip().lstrip("-").isdigit() else 137
+
+
+def _finish(started: Started, *, abnormal: str | None) -> None:
+    state = started.state
+    with _no_interrupts():
+        if abnormal:
+            state.preserve_crash(abnormal)
+        with contextlib.suppress(BottleError):
+            stop_bottle(state, status="crashed" if abnormal else "stopped")
+
+
+@contextlib.contextmanager
+def _terminations_as_exit() -> Iterator[None]:
+    """SIGTERM/SIGHUP (a closed terminal, a kill) end a foreground run through the same path as an error,
+    so the bottle is preserved and stopped rather than left running with nobody attached."""
+
+    def handler(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
 
 
 def grant_egress(state: StateDir, rules: Sequence[EgressRule], *, revoke: bool = False) -> list[EgressRule]:

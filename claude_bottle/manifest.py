@@ -209,6 +209,10 @@ class AgentSpec(_Strict):
     model: str | None = None
     claude_args: tuple[str, ...] = ()
     append_system_prompt: str | None = None
+    # The bottle is the boundary, so by default claude skips its own permission prompts inside it.
+    permission_mode: Literal["bypassPermissions", "acceptEdits", "default", "plan", "auto", "manual"] = (
+        "bypassPermissions"
+    )
 
 
 class Manifest(_Strict):

@@ -12,6 +12,8 @@ import shutil
 import string
 import tempfile
 import time
+import types
+import typing
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -79,28 +81,6 @@ def write_private(path: Path, data: str | bytes, *, mode: int = 0o600) -> None:
         raise
 
 
-# Field name -> accepted JSON types. bottle.json is read on every `ls`, so it is a plain dataclass
-# checked by hand (importing pydantic costs ~0.2 s, more than the rest of `ls`).
-_RECORD_TYPES: dict[str, tuple[type, ...]] = {
-    "schema_version": (int,),
-    "slug": (str,),
-    "agent": (str,),
-    "bottle": (str,),
-    "backend": (str,),
-    "status": (str,),
-    "created": (str,),
-    "updated": (str,),
-    "manifest_path": (str, type(None)),
-    "manifest": (dict,),
-    "workspace": (str, type(None)),
-    "images": (dict,),
-    "session_id": (str, type(None)),
-    "owner_pid": (int, type(None)),
-    "owner_started": (float, int, type(None)),
-    "generation": (int,),
-    "error": (str, type(None)),
-    "rebuilt": (bool,),
-}
 STATUSES = ("creating", "running", "stopped", "failed", "crashed")
 
 
@@ -126,6 +106,8 @@ class BottleRecord:
     generation: int = 1
     error: str | None = None
     rebuilt: bool = False  # the Dockerfile was rewritten by a capability rebuild
+    attached_pid: int | None = None  # the CLI running claude in the foreground, while it does
+    attached_started: float | None = None
 
     @classmethod
     def from_json(cls, data: Any) -> BottleRecord:
@@ -147,6 +129,18 @@ class BottleRecord:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
+
+
+def _json_types(annotation: Any) -> tuple[type, ...]:
+    """The JSON value types a field accepts, from its annotation (int is fine where float is expected)."""
+    members = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    kinds = [typing.get_origin(a) or a for a in members]
+    return (*kinds, int) if float in kinds else tuple(kinds)
+
+
+# bottle.json is read on every `ls`, so it is a plain dataclass checked by hand against its own
+# annotations (importing pydantic costs ~0.2 s, more than the rest of `ls`).
+_RECORD_TYPES = {name: _json_types(tp) for name, tp in typing.get_type_hints(BottleRecord).items()}
 
 
 def pid_alive(pid: int | None, started: float | None = None) -> bool:
@@ -262,6 +256,26 @@ class StateDir:
 
     def remove(self) -> None:
         shutil.rmtree(self.path)
+
+    def snapshot_transcript(self) -> Path | None:
+        """Copy the agent's session transcripts into transcript/<time>/ (the live ones keep changing)."""
+        projects = self.claude_home / "projects"
+        if projects.is_symlink() or not projects.is_dir():
+            return None
+        dest = self.path / "transcript" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        # Never follow the agent's symlinks: only its own regular files are copied.
+        files = [p for p in projects.rglob("*.jsonl") if p.is_file() and not p.is_symlink()]
+        for f in files:
+            target = dest / f.relative_to(projects)
+            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            shutil.copy2(f, target, follow_symlinks=False)
+        return dest if files else None
+
+    def preserve_crash(self, why: str) -> None:
+        """Keep everything needed to look at and resume a bottle that ended badly (SPEC S2)."""
+        self.snapshot_transcript()
+        self.preserve("crash")
+        self.update(status="crashed", error=why, attached_pid=None)
 
     def busy(self) -> bool:
         """Does another claude-bottle process hold this bottle's lock right now?"""

@@ -145,6 +145,10 @@ class BottleBackend(ABC):
     ) -> int: ...
 
     @abstractmethod
+    def exec_output(self, *, state: StateDir, argv: Sequence[str]) -> tuple[int, str]:
+        """Run a command in the agent container with no terminal; its exit code and output."""
+
+    @abstractmethod
     def logs(self, *, state: StateDir, follow: bool) -> int: ...
 
     @abstractmethod

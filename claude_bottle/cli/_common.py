@@ -13,9 +13,22 @@ from ..errors import BottleError
 from ..state import StateDir, bottle_home, resolve_slug
 
 if TYPE_CHECKING:
-    from ..manifest import Manifest
+    from ..lifecycle import Started
+    from ..manifest import AgentSpec, Manifest
 
-__all__ = ["add_manifest_arg", "confirm", "err", "is_tty", "load", "out", "progress", "slug_arg", "state_for"]
+__all__ = [
+    "add_manifest_arg",
+    "check_terminal",
+    "confirm",
+    "err",
+    "is_tty",
+    "load",
+    "out",
+    "progress",
+    "run_agent",
+    "slug_arg",
+    "state_for",
+]
 
 # Results (slugs, tables, JSON) go to stdout; progress and messages to stderr. Colour only on a tty.
 out = Console(highlight=False, soft_wrap=True)
@@ -61,3 +74,42 @@ def state_for(args: argparse.Namespace) -> StateDir:
 
 def progress(line: str) -> None:
     err.print(f"[dim]{line}[/]", markup=True, highlight=False)
+
+
+def check_terminal(*, prompt: str | None, detach: bool) -> None:
+    """Before anything is started: an interactive claude in the foreground needs this terminal."""
+    if not prompt and not detach and not is_tty():
+        raise BottleError(
+            "an interactive claude needs a terminal: run this from one, pass --prompt TEXT for a "
+            "headless run, or --detach and `claude-bottle attach SLUG` later"
+        )
+
+
+def run_agent(started: Started, agent: AgentSpec, *, prompt: str | None, detach: bool, resume: bool) -> int:
+    """After start/resume: claude in the foreground (the bottle stops when it ends), or left running."""
+    from ..lifecycle import run_claude
+
+    slug = started.slug
+    if detach and not prompt:
+        err.print(
+            f"ready: `claude-bottle attach {slug}` for claude, `claude-bottle exec {slug} -- CMD`, "
+            f"`claude-bottle stop {slug}`"
+        )
+        return 0
+    if not detach and not prompt:
+        err.print(
+            "[dim]claude runs in tmux inside the bottle: Ctrl-b d detaches (it keeps running), "
+            f"`claude-bottle attach {slug}` comes back[/]"
+        )
+    result = run_claude(started, agent, prompt=prompt, detach=detach, resume=resume, tty=is_tty())
+    if result.detached:
+        err.print(
+            f"claude is running in {slug}: `claude-bottle attach {slug}` to watch, "
+            f"`claude-bottle logs {slug}` for its output"
+        )
+    elif result.crashed:
+        err.print(
+            f"[yellow]claude ended with exit {result.exit_code}[/]: {slug} is preserved (crash); "
+            f"`claude-bottle resume {slug}` continues its session"
+        )
+    return result.exit_code

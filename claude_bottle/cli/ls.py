@@ -27,9 +27,9 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False)
-    for col in ("SLUG", "AGENT", "BACKEND", "STATUS", "CREATED", "KEPT"):
+    for col in ("SLUG", "AGENT", "BACKEND", "STATUS", "RESUMABLE", "CREATED", "KEPT"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r.slug, r.agent, r.backend, r.status, r.created, r.preserved or "")
+        table.add_row(r.slug, r.agent, r.backend, r.status, "yes" if r.resumable else "", r.created, r.preserved or "")
     out.print(table)
     return 0

@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.markup import escape
 
-from ._common import add_manifest_arg, err, is_tty, load, out, progress
+from ._common import add_manifest_arg, check_terminal, err, load, out, progress, run_agent
 
 
 def register(sub: Any) -> None:
@@ -26,10 +26,12 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..inventory import leftovers_hint
-    from ..lifecycle import claude_argv, start_bottle, stop_bottle
+    from ..lifecycle import start_bottle
 
     manifest = load(args)
-    quiet = args.json
+    agent = manifest.agent(args.agent)
+    prompt = args.prompt or agent.prompt
+    check_terminal(prompt=prompt, detach=args.detach)
     hint = leftovers_hint()
     if hint:
         err.print(f"[dim]{hint}[/]")
@@ -37,25 +39,20 @@ def run(args: argparse.Namespace) -> int:
         manifest,
         args.agent,
         backend_flag=args.backend,
-        progress=(lambda _line: None) if quiet else progress,
-        show_plan=None if quiet else (lambda slug: err.print(f"starting [bold]{escape(slug)}[/]")),
+        progress=(lambda _line: None) if args.json else progress,
+        show_plan=None if args.json else (lambda slug: err.print(f"starting [bold]{escape(slug)}[/]")),
     )
-    slug, state = started.slug, started.state
     if args.json:
         out.print_json(
             json.dumps(
-                {"slug": slug, "backend": started.backend.name, "status": "running", "state_dir": str(state.path)}
+                {
+                    "slug": started.slug,
+                    "backend": started.backend.name,
+                    "status": "running",
+                    "state_dir": str(started.state.path),
+                }
             )
         )
     else:
-        out.print(slug)
-    agent = manifest.agent(args.agent)
-    prompt = args.prompt or agent.prompt
-    if args.detach:
-        return 0
-    argv = claude_argv(agent, prompt=prompt)
-    try:
-        rc = started.backend.exec(state=state, argv=argv, tty=is_tty() and not prompt, interactive=not prompt)
-    finally:
-        stop_bottle(state)
-    return rc
+        out.print(started.slug)
+    return run_agent(started, agent, prompt=prompt, detach=args.detach, resume=False)

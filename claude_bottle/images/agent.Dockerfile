@@ -4,7 +4,7 @@ FROM ${base_image}
 ARG DEBIAN_FRONTEND=noninteractive
 ${ca_copy}
 RUN apt-get update -qq \
- && apt-get install -y -qq --no-install-recommends ca-certificates curl git python3 nodejs npm iptables ${apt_packages} \
+ && apt-get install -y -qq --no-install-recommends ca-certificates curl git python3 nodejs npm iptables tmux ${apt_packages} \
  && ${ca_update}rm -rf /var/lib/apt/lists/*
 ${ca_env}
 RUN npm install -g --no-fund --no-audit --loglevel=error @anthropic-ai/claude-code@${claude_code_version} ${npm_packages} \
@@ -15,6 +15,9 @@ RUN (getent group ${gid} >/dev/null || groupadd -g ${gid} claude) \
  && mkdir -p /workspace /home/claude/.claude && chown ${uid}:${gid} /workspace /home/claude/.claude
 COPY bottle-wait-guard /usr/local/bin/bottle-wait-guard
 COPY bottle-firewall /usr/local/sbin/bottle-firewall
+COPY bottle-run /usr/local/bin/bottle-run
+# tmux holds interactive sessions so `attach` can come back to them: no status bar, no escape delay.
+RUN printf 'set -g status off\nset -sg escape-time 0\nset -g history-limit 50000\n' > /etc/tmux.conf
 ENV DISABLE_AUTOUPDATER=1 \
     CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 \
     DISABLE_TELEMETRY=1 \

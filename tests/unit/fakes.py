@@ -92,6 +92,10 @@ class FakeBackend(BottleBackend):
         self.calls.append("exec " + " ".join(argv))
         return self.exec_rc
 
+    def exec_output(self, *, state: StateDir, argv: Sequence[str]) -> tuple[int, str]:
+        self.calls.append("exec_output " + " ".join(argv))
+        return 1, ""
+
     def logs(self, *, state: StateDir, follow: bool) -> int:
         return 0
 

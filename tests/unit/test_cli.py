@@ -79,11 +79,32 @@ def test_start_detach_ls_exec_stop(project: Path, capsys: pytest.CaptureFixture[
     assert slugs() == []
 
 
-def test_start_runs_claude_then_stops(project: Path) -> None:
+def test_headless_run_that_fails_is_preserved_as_crashed(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     FakeBackend.exec_rc = 3
     assert main(["start", "claude", "--prompt", "do it"]) == 3
-    assert FakeBackend.calls[-2] == "exec claude --dangerously-skip-permissions -p do it"
+    run = FakeBackend.calls[-2]
+    assert run.startswith("exec claude --dangerously-skip-permissions --session-id ") and run.endswith(" -p do it")
     assert FakeBackend.calls[-1] == "stop"
+    (sd,) = list_state_dirs()
+    record = sd.read()
+    assert (record.status, sd.preserved(), record.attached_pid) == ("crashed", "crash", None)
+    assert record.error == "claude exited with 3"
+    assert "resume" in capsys.readouterr().err
+
+
+def test_headless_run_that_succeeds_stops_the_bottle(project: Path) -> None:
+    assert main(["start", "claude", "--prompt", "do it"]) == 0
+    (sd,) = list_state_dirs()
+    assert (sd.read().status, sd.preserved()) == ("stopped", None)
+
+
+def test_resume_continues_the_recorded_session(project: Path) -> None:
+    assert main(["start", "claude", "--prompt", "first"]) == 0
+    (sd,) = list_state_dirs()
+    session = sd.read().session_id
+    assert main(["resume", sd.slug, "--prompt", "second"]) == 0
+    assert FakeBackend.calls[-2].endswith(f"--resume {session} -p second")
+    assert sd.read().generation == 2
 
 
 @pytest.mark.parametrize("step", ["images", "start", "wait"])
@@ -125,7 +146,8 @@ def test_rollback_that_cannot_remove_keeps_a_record_for_cleanup(project: Path) -
         (["start", "nobody"], 1, "no agent named 'nobody' (defined: claude)"),
         (["stop", "claude-zzzzz"], 1, "no bottle matches 'claude-zzzzz'"),
         (["exec", "x"], 1, "no command given"),
-        (["start", "claude", "--backend", "nope"], 1, "unknown backend 'nope' (from --backend): choose one of"),
+        (["start", "claude", "-d", "--backend", "nope"], 1, "unknown backend 'nope' (from --backend): choose one of"),
+        (["start", "claude"], 1, "an interactive claude needs a terminal: run this from one, pass --prompt TEXT"),
         (["frobnicate"], 2, ""),
         (["start"], 2, ""),
     ],
@@ -156,7 +178,7 @@ def test_no_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: py
 
 def test_missing_workspace(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (project / "claude-bottle.toml").write_text(MANIFEST + "workspace = 'nope'\n")
-    assert main(["start", "claude"]) == 1
+    assert main(["start", "claude", "--detach"]) == 1
     assert "workspace" in capsys.readouterr().err and slugs() == []
 
 

@@ -136,7 +136,10 @@ class DockerBottleBackend(BottleBackend):
         from .images import agent_image_spec, guard_image_spec
 
         manifest_dir = plan.manifest_path.parent if plan.manifest_path else Path.cwd()
-        return [guard_image_spec(), agent_image_spec(plan.bottle, RuntimeIds.for_host(), manifest_dir=manifest_dir)]
+        return [
+            guard_image_spec(),
+            agent_image_spec(plan.bottle, RuntimeIds.for_host(plan.workspace), manifest_dir=manifest_dir),
+        ]
 
     def prepare_images(self, *, plan: BottlePlan, progress: Progress) -> dict[str, str]:
         specs = self._specs(plan)
@@ -177,7 +180,9 @@ class DockerBottleBackend(BottleBackend):
 
     def start(self, *, plan: BottlePlan, images: dict[str, str], progress: Progress) -> None:
         # Imported here: commands that do not start a bottle (ls, stop, ...) do not pay for them.
+        from ...claude_code import seed_config
         from ...guard_config import (
+            PLACEHOLDER,
             GuardFiles,
             agent_credential_env,
             honeytoken_files,
@@ -190,7 +195,12 @@ class DockerBottleBackend(BottleBackend):
         from ...pipelock import pipelock_config, to_yaml
 
         state, bottle = plan.state, plan.bottle
-        ids = RuntimeIds.for_host()
+        ids = RuntimeIds.for_host(plan.workspace)
+        if not ids.agent_can_write(plan.workspace):
+            progress(
+                f"warning: the agent (uid {ids.agent_uid}) cannot write to {plan.workspace}; it is read-only "
+                "in the bottle. Run claude-bottle as the workspace's owner, or chown it."
+            )
         identity = Identity(plan.slug, os.getpid(), process_started(os.getpid()) or 0.0, now_iso())
         manifest_dir = plan.manifest_path.parent if plan.manifest_path else Path.cwd()
         for name in bottle.egress.networks:
@@ -226,15 +236,16 @@ class DockerBottleBackend(BottleBackend):
         run_dir.chmod(0o777)  # root in the net container has no DAC override; the state dir stays 0700
         state.audit_path.touch(mode=0o600, exist_ok=True)
         state.claude_home.mkdir(mode=0o700, exist_ok=True)
+        seed_config(state.claude_home, placeholder_key=PLACEHOLDER if creds else None)
         if os.getuid() == 0:
             # The containers run unprivileged: hand each exactly the paths it reads or writes.
             for p in guard_owned:
                 os.chown(p, ids.guard_uid, ids.guard_gid)
-            agent_owned = (
-                [state.claude_home, *(state.path / "honey").glob("*")] if not pipelock else [state.claude_home]
-            )
+            # ~/.claude is the agent's: Claude Code writes its settings and transcripts there.
+            agent_owned = [state.claude_home, *state.claude_home.rglob("*"), *(state.path / "honey").glob("*")]
             for p in agent_owned:
-                os.chown(p, ids.agent_uid, ids.agent_gid)
+                # lchown: the agent writes in there, and a symlink it planted must not hand it a host file.
+                os.lchown(p, ids.agent_uid, ids.agent_gid)
         agent_env = agent_credential_env(creds, f"http://egress:{GUARD_PORT}")
         progress("starting containers")
         for attempt in range(SUBNET_ATTEMPTS):
@@ -359,6 +370,10 @@ class DockerBottleBackend(BottleBackend):
             cmd += ["-e", f"{k}={v}"]
         cmd += [container_name(state.slug, "agent"), *argv]
         return process.run_interactive(cmd)
+
+    def exec_output(self, *, state: StateDir, argv: Sequence[str]) -> tuple[int, str]:
+        result = process.run(["docker", "exec", container_name(state.slug, "agent"), *argv], timeout=60)
+        return result.returncode, result.stdout
 
     def logs(self, *, state: StateDir, follow: bool) -> int:
         cmd = ["docker", "compose", "-p", project_name(state.slug), "-f", str(state.path / COMPOSE_FILE), "logs"]

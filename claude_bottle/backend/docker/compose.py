@@ -40,12 +40,29 @@ class RuntimeIds:
     guard_gid: int
 
     @classmethod
-    def for_host(cls) -> RuntimeIds:
+    def for_host(cls, workspace: Path | None = None) -> RuntimeIds:
+        """The agent runs as the invoking user, so what it writes in the workspace is theirs. Under root
+        that is the sudo user, else the workspace's owner; only a root-owned workspace gets 1000."""
         uid, gid = os.getuid(), os.getgid()
-        if uid == 0:
-            return cls(1000, 1000, 10001, 10001)
-        # Same ids as the invoking user, so workspace files and state stay theirs.
-        return cls(uid, gid, uid, gid)
+        if uid != 0:
+            return cls(uid, gid, uid, gid)
+        if os.environ.get("SUDO_UID", "").isdigit() and int(os.environ["SUDO_UID"]) != 0:
+            agent = (int(os.environ["SUDO_UID"]), int(os.environ.get("SUDO_GID", os.environ["SUDO_UID"])))
+        elif workspace is not None and workspace.exists() and workspace.stat().st_uid != 0:
+            st = workspace.stat()
+            agent = (st.st_uid, st.st_gid)
+        else:
+            agent = (1000, 1000)
+        return cls(*agent, 10001, 10001)
+
+    def agent_can_write(self, path: Path) -> bool:
+        st = path.stat()
+        mode = st.st_mode
+        if st.st_uid == self.agent_uid:
+            return bool(mode & 0o200)
+        if st.st_gid == self.agent_gid:
+            return bool(mode & 0o020)
+        return bool(mode & 0o002)
 
 
 @dataclass(frozen=True)
@@ -63,6 +80,17 @@ class Identity:
             f"{LABEL}.owner-started": f"{self.owner_started:.2f}",
             f"{LABEL}.created": self.created,
         }
+
+
+def _git_guards(workspace: Path) -> list[dict[str, Any]]:
+    """The workspace's git hooks and config read-only: code the agent writes there would otherwise run
+    on the host the next time the operator uses git in that repository."""
+    git = workspace / ".git"
+    return [
+        {"type": "bind", "source": str(git / name), "target": f"/workspace/.git/{name}", "read_only": True}
+        for name in ("hooks", "config")
+        if (git / name).exists()
+    ]
 
 
 def _mounts(bottle: BottleSpec, base: Path) -> list[dict[str, Any]]:
@@ -121,7 +149,15 @@ def render_compose(
         "NO_PROXY": "localhost,127.0.0.1,::1,egress",
         "no_proxy": "localhost,127.0.0.1,::1,egress",
     }
-    agent_env = {**bottle.env, **(agent_env or {}), **proxy_env, "CLAUDE_BOTTLE_SLUG": slug, "HOME": AGENT_HOME}
+    agent_env = {
+        **bottle.env,
+        **(agent_env or {}),
+        **proxy_env,
+        "CLAUDE_BOTTLE_SLUG": slug,
+        "HOME": AGENT_HOME,
+        # Claude Code keeps its settings (.claude.json) and transcripts here: the state dir on the host.
+        "CLAUDE_CONFIG_DIR": f"{AGENT_HOME}/.claude",
+    }
     if pipelock:
         agent_env["BOTTLE_GUARD_HEALTH"] = f"{guard_url}/health"
     hardening: dict[str, Any] = {
@@ -253,6 +289,7 @@ def render_compose(
                 }
                 for name in honey_files
             ),
+            *_git_guards(workspace),
             *_mounts(bottle, manifest_dir),
             {**run_mount, "read_only": True},
         ],

@@ -10,6 +10,7 @@ from pathlib import Path
 from string import Template
 
 from ... import egress
+from ...claude_code import resolve_version
 from ...errors import BottleError
 from ...manifest import BottleSpec
 from .compose import RuntimeIds
@@ -18,6 +19,7 @@ __all__ = ["GUARD_BASE_IMAGE", "ImageSpec", "agent_image_spec", "guard_image_spe
 
 GUARD_BASE_IMAGE = "python:3.11-slim-bookworm"
 CA_NAME = "claude-bottle-extra-ca.crt"
+SCRIPTS = ("bottle-wait-guard", "bottle-firewall", "bottle-run")  # copied into the agent image, executable
 
 
 def _template(name: str) -> str:
@@ -48,13 +50,13 @@ class ImageSpec:
             target = directory / name
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
-            if name in ("bottle-wait-guard", "bottle-firewall"):
+            if name in SCRIPTS:
                 target.chmod(0o755)
 
 
 def agent_image_spec(bottle: BottleSpec, ids: RuntimeIds, *, manifest_dir: Path) -> ImageSpec:
     images = resources.files("claude_bottle.images")
-    files = {name: images.joinpath(name).read_bytes() for name in ("bottle-wait-guard", "bottle-firewall")}
+    files = {name: images.joinpath(name).read_bytes() for name in SCRIPTS}
     ca_copy = ca_update = ca_env = ""
     if bottle.ca_certs:
         ca_path = (manifest_dir / bottle.ca_certs).expanduser()
@@ -81,7 +83,7 @@ def agent_image_spec(bottle: BottleSpec, ids: RuntimeIds, *, manifest_dir: Path)
         ca_update=ca_update,
         ca_env=ca_env,
         apt_packages=" ".join(apt),
-        claude_code_version=bottle.claude_code_version,
+        claude_code_version=resolve_version(bottle.claude_code_version),
         npm_packages=" ".join(bottle.npm),
         pip_run=pip_run,
         uid=ids.agent_uid,
