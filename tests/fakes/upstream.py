@@ -32,7 +32,12 @@ def last_user_text(messages: list[dict[str, Any]]) -> tuple[str, bool]:
         content = msg.get("content")
         if isinstance(content, str):
             return content, False
-        texts = [c.get("text", "") for c in content if c.get("type") == "text"]
+        # Claude Code adds <system-reminder> blocks of its own to the user's turn: the user's words are the rest.
+        texts = [
+            c.get("text", "")
+            for c in content
+            if c.get("type") == "text" and not c.get("text", "").lstrip().startswith("<system-reminder>")
+        ]
         has_result = any(c.get("type") == "tool_result" for c in content)
         return "\n".join(texts), has_result
     return "", False

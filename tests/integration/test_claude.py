@@ -1,0 +1,196 @@
+"""The real Claude Code CLI in a bottle, against the fake Messages API, through the guard's route."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from .conftest import TEST_KEY, Cli, Internet, docker, write_manifest
+
+AGENT_UID = 1000
+
+
+@pytest.fixture(scope="module")
+def ccli(tmp_path_factory: pytest.TempPathFactory, internet: Internet) -> Iterator[Cli]:
+    """A project owned by a regular user, as when root runs claude-bottle on someone's checkout."""
+    root = tmp_path_factory.mktemp("claude")
+    ws = root / "workspace"
+    ws.mkdir()
+    write_manifest(ws, internet)
+    if os.getuid() == 0:
+        os.chown(ws, AGENT_UID, AGENT_UID)
+    c = Cli(root / "home", ws)
+    yield c
+    for slug in c.ls():
+        c.run("keep", slug, "--release")
+        c.run("stop", slug, "--rm")
+
+
+def messages_requests(internet: Internet) -> list[dict[str, Any]]:
+    return [r for r in internet.requests("anthropic") if r["path"].startswith("/v1/messages")]
+
+
+def header(request: dict[str, Any], name: str) -> str | None:
+    return next((v for k, v in request["headers"].items() if k.lower() == name), None)
+
+
+def test_headless_run_edits_the_workspace_and_resume_continues(ccli: Cli, internet: Internet) -> None:
+    before = len(messages_requests(internet))
+    r = ccli.run(
+        "start",
+        "claude",
+        "--prompt",
+        "FIRST-SESSION-MARKER please TOOL: echo made-by-claude > /workspace/out.txt",
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "FAKE-UPSTREAM: the command ran." in r.stdout
+    out = ccli.cwd / "out.txt"
+    assert out.read_text().strip() == "made-by-claude"
+    if os.getuid() == 0:
+        assert out.stat().st_uid == AGENT_UID  # the workspace owner's, not root's
+    new = messages_requests(internet)[before:]
+    assert new and all(header(q, "x-api-key") == TEST_KEY for q in new)
+    tool_turn = [q for q in new if "tool_result" in json.dumps(q["body"])]
+    assert tool_turn, "Claude Code never sent the tool result back"
+
+    slug = r.stdout.strip().splitlines()[0]
+    row = ccli.ls()[slug]
+    assert row["status"] == "stopped" and row["resumable"] is True
+    record = json.loads((ccli.home / "state" / slug / "bottle.json").read_text())
+    session = record["session_id"]
+    assert list((ccli.home / "state" / slug / "claude-home" / "projects").glob(f"*/{session}.jsonl"))
+
+    before = len(messages_requests(internet))
+    r = ccli.run("resume", slug, "--prompt", "second turn", timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "REMEMBERED" in r.stdout
+    sent = json.dumps(messages_requests(internet)[before:])
+    assert "FIRST-SESSION-MARKER" in sent and "second turn" in sent
+    assert json.loads((ccli.home / "state" / slug / "bottle.json").read_text())["generation"] == 2
+
+
+def test_a_killed_bottle_is_preserved_and_resumes(ccli: Cli) -> None:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "claude_bottle",
+            "start",
+            "claude",
+            "--prompt",
+            "TOOL: python3 -c 'import time; time.sleep(120)'",
+        ],
+        cwd=ccli.cwd,
+        env=ccli.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    slug = None
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        ps = docker("ps", "--filter", "label=com.docker.compose.service=agent", "--format", "{{.Names}}").stdout
+        for name in ps.split():
+            top = docker("top", name, check=False).stdout.splitlines()[1:]
+            # The tool's own process (claude's command line mentions it too, before it runs it).
+            running = any(len(ln.split(None, 7)) == 8 and ln.split(None, 7)[7].startswith("python3 -c") for ln in top)
+            if running and (ccli.home / "state" / name.removeprefix("claude-bottle-").removesuffix("-agent")).exists():
+                slug = name.removeprefix("claude-bottle-").removesuffix("-agent")
+        if slug:
+            break
+        time.sleep(0.3)
+    assert slug, "claude never ran the tool"
+    docker("kill", f"claude-bottle-{slug}-agent")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert "preserved (crash)" in err
+    state = ccli.home / "state" / slug
+    assert (state / ".preserve").read_text().strip() == "crash"
+    assert list((state / "transcript").rglob("*.jsonl")), "no transcript snapshot"
+    assert ccli.ls()[slug]["status"] == "crashed"
+    # cleanup keeps it; resume continues it
+    dry = ccli.run("cleanup", "--dry-run", check=True).stdout
+    assert f"kept state dir: {slug}" in dry
+    r = ccli.run("resume", slug, "--prompt", "after the crash", timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not (state / ".preserve").exists()
+
+
+def _read_until(fd: int, deadline: float, buf: bytearray) -> None:
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            buf.extend(chunk)
+        else:
+            return
+
+
+def test_interactive_run_through_a_terminal(ccli: Cli) -> None:
+    pid, fd = pty.fork()
+    if pid == 0:  # child: the CLI on a pseudo-terminal, as a person would run it
+        os.chdir(ccli.cwd)
+        os.execvpe(sys.executable, [sys.executable, "-m", "claude_bottle", "start", "claude"], ccli.env())  # noqa: S606
+    buf = bytearray()
+    slug = None
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and slug is None:
+            _read_until(fd, time.monotonic() + 1, buf)
+            for line in buf.decode(errors="replace").splitlines():
+                if line.strip().startswith("claude-") and len(line.strip()) == len("claude-xxxxx"):
+                    slug = line.strip()
+        assert slug, buf.decode(errors="replace")[-2000:]
+
+        def screen() -> str:
+            return docker(
+                "exec", f"claude-bottle-{slug}-agent", "tmux", "capture-pane", "-p", "-t", "claude", check=False
+            ).stdout
+
+        def wait_for(text: str, timeout: float = 120) -> str:
+            end = time.monotonic() + timeout
+            while time.monotonic() < end:
+                _read_until(fd, time.monotonic() + 0.5, buf)
+                shown = screen()
+                if text in shown:
+                    return shown
+            raise AssertionError(f"{text!r} never appeared; screen:\n{screen()}")
+
+        wait_for("\u276f")  # claude's prompt box (a heavy ">"): onboarding and trust dialogs were pre-answered
+        os.write(fd, b"hello interactive")
+        time.sleep(0.5)
+        os.write(fd, b"\r")
+        wait_for("FAKE-UPSTREAM reply to: hello interactive")
+        os.write(fd, b"/exit")
+        time.sleep(0.5)
+        os.write(fd, b"\r")
+        end = time.monotonic() + 60
+        status = None
+        while time.monotonic() < end:
+            _read_until(fd, time.monotonic() + 0.5, buf)
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+        assert status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, buf[-2000:]
+        assert ccli.ls()[slug]["status"] == "stopped"
+    finally:
+        with __import__("contextlib").suppress(ProcessLookupError, ChildProcessError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(fd)
