@@ -12,10 +12,10 @@ import platform
 import subprocess
 from datetime import UTC, datetime
 
-from . import lifecycle
+from . import guard, lifecycle
 from .common import ROOT, Row
 
-SECTIONS = {"lifecycle": lifecycle.run}
+SECTIONS = {"guard": guard.run, "lifecycle": lifecycle.run}
 
 
 def fmt(v: float | None, unit: str) -> str:
