@@ -1,4 +1,4 @@
-"""Run the benchmarks: python -m bench.run [--quick] [--only lifecycle|guard]
+"""Run the benchmarks: ./scripts/bench [--quick] [--only lifecycle|guard] (or python -m bench.run ...)
 
 Writes bench/results/<date>.json and prints a Markdown table (ratios against bare baselines measured
 in the same run; absolute times only beside their ratio).
@@ -60,6 +60,14 @@ def main() -> int:
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(table(rows))
     print(f"\nresults: {out.relative_to(ROOT)}")
+    try:
+        from .plot import plot
+
+        png = ROOT / "docs" / "benchmarks.png"
+        plot(out, png)
+        print(f"plot: {png.relative_to(ROOT)}")
+    except ImportError:
+        print("plot skipped: pip install -e '.[bench]' for matplotlib")
     return 0
 
 
