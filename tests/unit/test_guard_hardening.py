@@ -1,0 +1,137 @@
+"""Hostile-input cases from review: parser differentials, tunnel contents, resource limits, redaction."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import ssl
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from claude_bottle.egress.audit import AuditLog
+from claude_bottle.egress.policy import PolicyFile, is_public_address
+from claude_bottle.egress.proxy import Guard, Refused, inspect_tunnel, parse_head
+from claude_bottle.egress.tls import client_hello_sni
+
+
+def client_hello(server_name: str) -> bytes:
+    ctx = ssl.create_default_context()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=server_name)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        obj.do_handshake()
+    return outgoing.read()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GET http://a.test/ HTTP/1.1\r\nX-A: 1\nHost: evil.test",  # bare LF inside a header
+        b"GET http://a.test/ HTTP/1.1\r\nX-A: 1\x00",  # NUL
+        b"GET http://a.test/\n HTTP/1.1",  # control character in the target
+        b"get http://a.test/ HTTP/1.1",  # methods are upper-case tokens
+        b"AKIAIOSFODNN7EXAMPLE http://a.test/ HTTP/1.1",  # not a method: cannot smuggle data in it
+        b"GET http://a.test/ HTTP/1.1\r\nBad Name: x",  # header names are tokens
+    ],
+)
+def test_parser_refuses_what_upstreams_might_read_differently(raw: bytes) -> None:
+    with pytest.raises(Refused):
+        parse_head(raw)
+
+
+def test_tunnels_carry_tls_naming_the_host_or_ssh_only() -> None:
+    host = "a.example"
+    assert inspect_tunnel(client_hello(host), host) is None
+    assert inspect_tunnel(b"SSH-2.0-OpenSSH_9.2\r\n", host) is None
+    for first in (b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n", b"\r\nGET / HTTP/1.1\r\nHost: evil\r\n\r\n",
+                  b"get / http/1.1\r\n\r\n", b"\x00\x01binary"):
+        assert inspect_tunnel(first, host) == "tunnel-not-tls", first
+
+
+def test_truncated_client_hellos_are_refused_not_crashes() -> None:
+    hello = client_hello("a.example")
+    for cut in range(6, len(hello), 7):
+        body = bytearray(hello[:cut])
+        # Claim the record is exactly this long, so the parser sees a short ClientHello inside it.
+        body[3:5] = (cut - 5).to_bytes(2, "big")
+        with contextlib.suppress(ValueError):
+            client_hello_sni(bytes(body))  # only ValueError (or a result) is acceptable
+
+
+@pytest.mark.parametrize("addr", ["2002:7f00:1::", "64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe", "::ffff:127.0.0.1"])
+def test_wrapped_private_v4_addresses_are_not_public(addr: str) -> None:
+    assert not is_public_address(addr)
+
+
+async def _guard(tmp: Path, fn: Callable[[int, Path], Awaitable[Any]], upstream_port: int = 1) -> Any:
+    policy = tmp / "policy.json"
+    policy.write_text(json.dumps({"bottle": "t", "allow": [{"host": "127.0.0.1", "ports": [upstream_port],
+                                                              "private": True}]}))
+    audit = tmp / "egress.jsonl"
+    log = AuditLog(audit, bottle="t")
+    guard = Guard(PolicyFile(policy), log)
+    server = await guard.serve("127.0.0.1", 0)
+    try:
+        return await fn(server.sockets[0].getsockname()[1], audit)
+    finally:
+        server.close()
+        await server.wait_closed()
+        for _ in range(100):
+            if guard.connections == 0:
+                break
+            await asyncio.sleep(0.01)
+        log.close()
+
+
+async def _send(port: int, raw: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw)
+    await writer.drain()
+    data = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    await writer.wait_closed()
+    return data
+
+
+def test_secrets_in_refusal_reasons_are_not_written_to_the_audit_log(tmp_path: Path) -> None:
+    async def go(port: int, audit: Path) -> None:
+        for raw in (b"CONNECT a.example:AKIAIOSFODNN7EXAMPLE HTTP/1.1\r\n\r\n",
+                    b"POST http://127.0.0.1:1/ HTTP/1.1\r\nTransfer-Encoding: AKIAIOSFODNN7EXAMPLE\r\n\r\n"):
+            resp = await _send(port, raw)
+            assert resp.startswith(b"HTTP/1.1 400")
+        await asyncio.sleep(0.05)
+        assert "AKIAIOSFODNN7EXAMPLE" not in audit.read_text()
+
+    asyncio.run(_guard(tmp_path, go))
+
+
+def test_unicode_digits_and_odd_chunk_sizes_are_400_not_crashes(tmp_path: Path) -> None:
+    async def go(port: int, audit: Path) -> None:
+        for raw in (b"CONNECT a.example:\xc2\xb2 HTTP/1.1\r\n\r\n",
+                    b"POST http://127.0.0.1:1/ HTTP/1.1\r\nContent-Length: \xc2\xb2\r\n\r\n",
+                    b"POST http://127.0.0.1:1/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\n",
+                    b"POST http://127.0.0.1:1/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0x10\r\n"):
+            resp = await _send(port, raw)
+            assert resp.startswith(b"HTTP/1.1 400"), (raw, resp)
+        await asyncio.sleep(0.05)
+        assert all(json.loads(x)["decision"] == "deny" for x in audit.read_text().splitlines())
+
+    asyncio.run(_guard(tmp_path, go))
+
+
+def test_many_tiny_chunks_are_bounded(tmp_path: Path) -> None:
+    async def go(port: int, audit: Path) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST http://127.0.0.1:1/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+        writer.write(b"1\r\nx\r\n" * 20000)
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        resp = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        assert resp.startswith((b"HTTP/1.1 413", b"HTTP/1.1 400"))
+
+    asyncio.run(_guard(tmp_path, go))
