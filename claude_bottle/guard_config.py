@@ -18,6 +18,7 @@ from typing import Any
 
 from .errors import BottleError
 from .manifest import BottleSpec, CredentialSpec, EgressRule
+from .paths import outside_workspace
 from .state import StateDir, write_private
 
 __all__ = [
@@ -49,7 +50,7 @@ class Credential:
     source: str = ""
 
 
-def _read_source(source: str, environ: Mapping[str, str], base: Path, what: str) -> str:
+def _read_source(source: str, environ: Mapping[str, str], base: Path, what: str, workspace: Path | None = None) -> str:
     kind, _, ref = source.partition(":")
     if kind == "env":
         value = environ.get(ref, "")
@@ -57,6 +58,8 @@ def _read_source(source: str, environ: Mapping[str, str], base: Path, what: str)
             raise BottleError(f"{what}: {ref} is not set on the host: export it, or change {what}.source")
         return value.strip()
     path = (base / Path(ref).expanduser()).resolve()
+    if workspace is not None:
+        outside_workspace(base / Path(ref).expanduser(), workspace, f"{what} file")
     try:
         value = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
@@ -66,14 +69,16 @@ def _read_source(source: str, environ: Mapping[str, str], base: Path, what: str)
     return value
 
 
-def resolve_credentials(bottle: BottleSpec, *, environ: Mapping[str, str], base: Path) -> list[Credential]:
+def resolve_credentials(
+    bottle: BottleSpec, *, environ: Mapping[str, str], base: Path, workspace: Path | None = None
+) -> list[Credential]:
     creds: list[Credential] = []
     spec = bottle.credentials.anthropic
     auto_var = next((v for v in ("ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN") if environ.get(v)), None)
     if spec is not None or auto_var is not None:
         spec = spec or CredentialSpec()
         source = spec.source or f"env:{auto_var or 'ANTHROPIC_API_KEY'}"
-        value = _read_source(source, environ, base, "credentials.anthropic")
+        value = _read_source(source, environ, base, "credentials.anthropic", workspace)
         oauth = source == "env:CLAUDE_CODE_OAUTH_TOKEN" or value.startswith("sk-ant-oat")
         kind = spec.kind or ("oauth" if oauth else "api-key")
         header, header_value = ("authorization", f"Bearer {value}") if kind == "oauth" else ("x-api-key", value)
@@ -83,7 +88,7 @@ def resolve_credentials(bottle: BottleSpec, *, environ: Mapping[str, str], base:
     gh = bottle.credentials.github
     if gh is not None:
         source = gh.source or ("env:GH_TOKEN" if environ.get("GH_TOKEN") else "env:GITHUB_TOKEN")
-        token = _read_source(source, environ, base, "credentials.github")
+        token = _read_source(source, environ, base, "credentials.github", workspace)
         basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
         creds.append(
             Credential(

@@ -9,6 +9,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import string
 import tempfile
 import time
@@ -263,13 +264,27 @@ class StateDir:
         if projects.is_symlink() or not projects.is_dir():
             return None
         dest = self.path / "transcript" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-        # Never follow the agent's symlinks: only its own regular files are copied.
-        files = [p for p in projects.rglob("*.jsonl") if p.is_file() and not p.is_symlink()]
-        for f in files:
-            target = dest / f.relative_to(projects)
-            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            shutil.copy2(f, target, follow_symlinks=False)
-        return dest if files else None
+        copied = 0
+        # The agent may still be writing here: walk by directory descriptors and open with O_NOFOLLOW, so
+        # neither a symlinked directory swapped in mid-walk nor a symlinked file leads outside, and read
+        # regular files only (a FIFO would hang us).
+        for dirpath, _dirs, files, dir_fd in os.fwalk(projects, follow_symlinks=False):
+            for name in files:
+                if not name.endswith(".jsonl"):
+                    continue
+                try:
+                    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+                except OSError:
+                    continue
+                with os.fdopen(fd, "rb") as src:
+                    if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):
+                        continue
+                    target = dest / Path(dirpath).relative_to(projects) / name
+                    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                    with target.open("wb") as out:
+                        shutil.copyfileobj(src, out)
+                    copied += 1
+        return dest if copied else None
 
     def preserve_crash(self, why: str) -> None:
         """Keep everything needed to look at and resume a bottle that ended badly (SPEC S2)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import struct
+import time
 from collections.abc import Callable
 
 from .audit import AuditLog
@@ -78,12 +79,36 @@ def answer(msg: bytes, local: dict[str, str]) -> tuple[bytes, str, str]:
 
 
 class DnsServer:
-    """UDP and TCP on one port; every query is one audit line (kind "dns")."""
+    """UDP and TCP on one port; every query is one audit line (kind "dns"), up to LINES_PER_SECOND: past
+    that a flood is summarised in one line a second, so a looping agent cannot fill the host's disk."""
+
+    LINES_PER_SECOND = 50
 
     def __init__(self, audit: AuditLog, local: Callable[[], dict[str, str]], scanner: Callable[[], Scanner]) -> None:
         self.audit = audit
         self.local = local
         self.scanner = scanner
+        self._second = 0
+        self._lines = 0
+        self._suppressed = 0
+
+    def _may_log(self) -> bool:
+        now = int(time.monotonic())
+        if now != self._second:
+            if self._suppressed:
+                self.audit.write(
+                    kind="dns",
+                    decision="deny",
+                    reason="rate-limited",
+                    suppressed=self._suppressed,
+                    note="queries answered but not logged one by one",
+                )
+            self._second, self._lines, self._suppressed = now, 0, 0
+        self._lines += 1
+        if self._lines > self.LINES_PER_SECOND:
+            self._suppressed += 1
+            return False
+        return True
 
     def handle(self, msg: bytes, client: str) -> bytes | None:
         try:
@@ -95,6 +120,8 @@ class DnsServer:
         hit = scanner.find_host(name)
         if hit is not None:  # even a local name carrying a secret gets no answer
             reply, decision, reason = answer(msg, {})[0], "deny", hit.reason
+        if not self._may_log():
+            return reply
         self.audit.write(
             kind="dns",
             client=client,

@@ -13,6 +13,7 @@ from typing import Any
 __all__ = ["Decision", "Policy", "PolicyFile", "Rule", "is_public_address", "normalise_host"]
 
 DEFAULT_PORTS = (443, 80)
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
 def _legacy_ipv4(h: str) -> str | None:
@@ -60,8 +61,13 @@ def is_ip(host: str) -> bool:
 def is_public_address(addr: str) -> bool:
     """False for private, loopback, link-local (metadata), multicast, reserved and unspecified."""
     ip = ipaddress.ip_address(addr)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        # IPv4 carried inside IPv6 (mapped, 6to4, Teredo, NAT64) is judged as the IPv4 it carries.
+        embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if embedded is None and ip in _NAT64:
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None:
+            return is_public_address(str(embedded))
     return bool(ip.is_global) and not ip.is_multicast
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import socket
 import ssl
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -27,6 +29,9 @@ from . import HEALTH_PATH
 
 MAX_HEAD = 64 * 1024
 MAX_BODY = 32 * 1024 * 1024
+MAX_CHUNKS = 16384
+BODY_TIMEOUT = 120.0
+MAX_CONNECTIONS = 2048  # beyond this a client waits: the guard's memory and descriptors stay bounded
 HEAD_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 10.0
 FIRST_BYTES_TIMEOUT = 30.0
@@ -85,24 +90,33 @@ class Request:
         return [f"{k}: {v}" for k, v in self.headers if k.lower() not in _HOP and k.lower() not in drop]
 
 
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT"})
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_TARGET = re.compile(r"[\x21-\x7e]+")  # visible ASCII: no spaces, controls or bytes a server may read otherwise
+_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")  # no CR, LF, NUL or other controls
+
+
 def parse_head(raw: bytes) -> Request:
-    try:
-        text = raw.decode("latin-1")
-        lines = text.split("\r\n")
-        method, target, version = lines[0].split(" ")
-    except ValueError:
-        raise Refused(400, "malformed request line") from None
-    if not version.startswith("HTTP/1."):
+    """A request head, strictly: anything an upstream could read differently is refused."""
+    text = raw.decode("latin-1")
+    lines = text.split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3:
+        raise Refused(400, "malformed request line")
+    method, target, version = parts
+    if method not in METHODS:
+        raise Refused(400, "unsupported method")
+    if not _TARGET.fullmatch(target):
+        raise Refused(400, "malformed request target")
+    if version not in ("HTTP/1.1", "HTTP/1.0"):
         raise Refused(400, "only HTTP/1.x is proxied")
     headers = []
     for line in lines[1:]:
-        if not line:
-            continue
         name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip() or any(c in name for c in " \t"):
+        if not sep or not _TOKEN.fullmatch(name) or not _VALUE.fullmatch(value):
             raise Refused(400, "malformed header")
-        headers.append((name, value.strip()))
-    return Request(method.upper(), target, version, headers)
+        headers.append((name, value.strip(" \t")))
+    return Request(method, target, version, headers)
 
 
 def split_host_port(authority: str, default_port: int) -> tuple[str, int]:
@@ -129,13 +143,30 @@ def split_host_port(authority: str, default_port: int) -> tuple[str, int]:
     return host, port
 
 
+def _number(text: str, base: int = 10) -> int | None:
+    """ASCII digits only (int() also takes "²", "+1", "0x1", "1_0"): None when it is not one."""
+    digits = "0123456789abcdefABCDEF"[: 10 if base == 10 else 22]
+    if not text or len(text) > 16 or any(c not in digits for c in text):
+        return None
+    return int(text, base)
+
+
 def _port(text: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        raise Refused(400, f"bad port {text!r}")
-    return int(text)
+    n = _number(text)
+    if n is None or not 0 < n < 65536:
+        raise Refused(400, "bad port")  # never echo the agent's bytes into a reason: reasons are logged
+    return n
 
 
 async def read_body(req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+    """The whole request body, read within BODY_TIMEOUT, so it can be scanned before it leaves."""
+    try:
+        return await asyncio.wait_for(_read_body(req, reader, writer), BODY_TIMEOUT)
+    except TimeoutError:
+        raise Refused(408, "request body too slow") from None
+
+
+async def _read_body(req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
     """The whole request body (Content-Length or chunked), so it can be scanned before it leaves."""
     te = req.header("transfer-encoding")
     cl = req.header("content-length")
@@ -145,31 +176,32 @@ async def read_body(req: Request, reader: asyncio.StreamReader, writer: asyncio.
         writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     if te is not None:
         if te.lower() != "chunked":
-            raise Refused(400, f"unsupported Transfer-Encoding {te!r}")
-        parts: list[bytes] = []
-        total = 0
-        while True:
+            raise Refused(400, "unsupported Transfer-Encoding")
+        body = bytearray()
+        for _ in range(MAX_CHUNKS):
             line = await reader.readuntil(b"\r\n")
-            try:
-                size = int(line.split(b";")[0].strip(), 16)
-            except ValueError:
-                raise Refused(400, "bad chunk size") from None
+            size = _number(line.split(b";")[0].strip().decode("latin-1"), 16)
+            if size is None:
+                raise Refused(400, "bad chunk size")
             if size == 0:
-                while await reader.readuntil(b"\r\n") != b"\r\n":
-                    pass
-                return b"".join(parts)
-            total += size
-            if total > MAX_BODY:
+                for _ in range(64):  # trailers, bounded
+                    if await reader.readuntil(b"\r\n") == b"\r\n":
+                        return bytes(body)
+                raise Refused(400, "too many trailers")
+            if len(body) + size > MAX_BODY:
                 raise Refused(413, "request body over 32 MiB")
-            parts.append(await reader.readexactly(size))
-            await reader.readexactly(2)
+            body += await reader.readexactly(size)
+            if await reader.readexactly(2) != b"\r\n":
+                raise Refused(400, "bad chunk framing")
+        raise Refused(413, "too many chunks")
     if cl is None:
         return b""
-    if not cl.isdigit():
+    length = _number(cl)
+    if length is None:
         raise Refused(400, "bad Content-Length")
-    if int(cl) > MAX_BODY:
+    if length > MAX_BODY:
         raise Refused(413, "request body over 32 MiB")
-    return await reader.readexactly(int(cl))
+    return await reader.readexactly(length)
 
 
 def inspect_tunnel(buf: bytes, host: str) -> str | None:
@@ -180,26 +212,20 @@ def inspect_tunnel(buf: bytes, host: str) -> str | None:
     if buf[0] == 0x16:
         try:
             sni = client_hello_sni(buf)
-        except ValueError as exc:
-            return f"bad-client-hello: {exc}"
+        except ValueError:
+            return "bad-client-hello"
         if sni is NEED_MORE:
             raise LookupError
         if sni is not None and normalise_host(str(sni)) != host:
             return "sni-mismatch"
         return None
-    if buf[:1].isalpha() and buf.split(b" ", 1)[0].isupper():
-        if b"\r\n\r\n" not in buf:
-            if len(buf) > MAX_HEAD:
-                return "request head too large"
+    if buf.startswith(b"SSH-2.0-") or (len(buf) < 8 and b"SSH-2.0-".startswith(buf)):
+        if len(buf) < 8:
             raise LookupError
-        try:
-            req = parse_head(buf.split(b"\r\n\r\n", 1)[0])
-            hh = req.header("host")
-        except Refused as exc:
-            return exc.reason
-        if hh is not None and split_host_port(hh, 0)[0] != host:
-            return "host-header-mismatch"
-    return None
+        return None  # git over SSH to an allowed host: the host key, not a name, says who answers
+    # Plain HTTP inside a tunnel could name any virtual host on the allowed address, request after
+    # request; plain HTTP goes through the absolute-URI path instead, where every request is checked.
+    return "tunnel-not-tls"
 
 
 class Guard:
@@ -212,6 +238,7 @@ class Guard:
         self.audit = audit
         self.secrets = secrets or Secrets()
         self.connections = 0
+        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
         self._ssl = ssl.create_default_context(cafile=cafile) if cafile else ssl.create_default_context()
 
     @property
@@ -222,6 +249,10 @@ class Guard:
         return await asyncio.start_server(self._handle, host, port, limit=MAX_HEAD, reuse_address=True)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async with self._slots:
+            await self._handle_one(reader, writer)
+
+    async def _handle_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         peer = writer.get_extra_info("peername")
         timer = Timer()
@@ -244,12 +275,16 @@ class Guard:
             )
         except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             entry.setdefault("reason", "client went away")
+        except Exception:  # noqa: BLE001 - hostile input must never take the guard down: fail closed, on record
+            traceback.print_exc()
+            entry["decision"] = "deny"
+            entry["reason"] = "internal error"
         finally:
             if "decision" in entry:
                 entry["duration_ms"] = timer.ms()
-                for key in ("host", "path"):
-                    if isinstance(entry.get(key), str):
-                        entry[key] = self.scanner.redact(str(entry[key]))
+                for key, value in entry.items():  # every string the agent could have shaped is redacted
+                    if isinstance(value, str):
+                        entry[key] = self.scanner.redact(value)
                 self.audit.write(**entry)
             with contextlib.suppress(Exception):
                 writer.close()
@@ -265,9 +300,12 @@ class Guard:
             self._scan_host(host)
             decision = self._decide(host, port, entry)
             up_r, up_w = await self._open(host, port, decision, entry)
-            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
-            await writer.drain()
-            await self._relay(reader, writer, up_r, up_w, entry, inspect=host)
+            try:
+                writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                await writer.drain()
+                await self._relay(reader, writer, up_r, up_w, entry, inspect=host)
+            finally:
+                up_w.close()
             return
         if req.target.startswith("/"):
             if req.method == "GET" and req.target == HEALTH_PATH:
@@ -381,6 +419,22 @@ class Guard:
         entry.update(decision="allow", reason=f"credential route {route.name}")
         # The operator named this upstream: private addresses are fine, no allow rule needed.
         up_r, up_w = await self._open(route.host, route.port, None, entry, tls=route.scheme == "https")
+        try:
+            await self._route_exchange(req, route, rest, body, up_r, up_w, writer, entry)
+        finally:
+            up_w.close()
+
+    async def _route_exchange(
+        self,
+        req: Request,
+        route: Route,
+        rest: str,
+        body: bytes,
+        up_r: asyncio.StreamReader,
+        up_w: asyncio.StreamWriter,
+        writer: asyncio.StreamWriter,
+        entry: dict[str, object],
+    ) -> None:
         authority = route.host if route.port in (80, 443) else f"{route.host}:{route.port}"
         lines = [
             f"{req.method} {route.base_path}{rest} HTTP/1.1",
@@ -398,7 +452,8 @@ class Guard:
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
             raise Refused(502, f"upstream {route.host} sent no response ({type(exc).__name__})") from None
         status_line, *resp_headers = head[:-4].decode("latin-1").split("\r\n")
-        entry["status"] = int(status_line.split(" ")[1]) if status_line.count(" ") else 0
+        code = status_line.split(" ")[1] if status_line.count(" ") else ""
+        entry["status"] = _number(code) or 0
         # One request per connection: tell the client so it never reuses a socket we are closing.
         kept = [h for h in resp_headers if h.split(":", 1)[0].strip().lower() not in ("connection", "keep-alive")]
         writer.write(("\r\n".join([status_line, *kept, "Connection: close"]) + "\r\n\r\n").encode("latin-1"))
@@ -408,8 +463,6 @@ class Guard:
             down += len(chunk)
             await writer.drain()
         entry["bytes_down"] = down
-        with contextlib.suppress(Exception):
-            up_w.close()
 
     # -- relaying ---------------------------------------------------------------------------------
     async def _relay(
@@ -429,6 +482,13 @@ class Guard:
             counts["up"] += len(first)
 
         async def client_to_upstream() -> None:
+            if first:
+                # One checked request, then nothing more from the client: a pipelined second request
+                # would go to the same upstream unscanned and unchecked.
+                await up_w.drain()
+                if up_w.can_write_eof():
+                    up_w.write_eof()
+                return
             if inspect is not None:
                 buf = b""
                 while True:

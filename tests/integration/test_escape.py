@@ -70,7 +70,7 @@ print("reply:", s.recv(200))
 """,
     )
     assert "200 Connection established" in out and "reply: b''" in out, out
-    assert lines_for(cli, bottle, kind="connect", reason="host-header-mismatch")
+    assert lines_for(cli, bottle, kind="connect", reason="tunnel-not-tls")
 
 
 def test_sni_naming_another_host_is_cut(cli: Cli, bottle: str) -> None:

@@ -24,12 +24,18 @@ allow = ["api.example.com"]
 """
 
 
+def workspace(tmp_path: Path) -> Path:
+    ws = tmp_path / "ws"
+    ws.mkdir(exist_ok=True)
+    return ws
+
+
 def render(tmp_path: Path, text: str = MANIFEST, ids: RuntimeIds | None = None) -> dict[str, Any]:
     m = parse_manifest(text, path=tmp_path / "claude-bottle.toml")
     return render_compose(
         identity=Identity("claude-abcde", 4242, 12.5, "2026-01-01T00:00:00+00:00"),
         bottle=m.bottles["default"],
-        workspace=tmp_path,
+        workspace=workspace(tmp_path),
         state_path=tmp_path / "s",
         manifest_dir=tmp_path,
         agent_image="agent:x",
@@ -165,3 +171,44 @@ def test_root_host_maps_to_unprivileged_ids(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr("os.getuid", lambda: 1234)
     monkeypatch.setattr("os.getgid", lambda: 99)
     assert RuntimeIds.for_host() == RuntimeIds(1234, 99, 1234, 99)
+
+
+def test_workspace_guards_manifest_git_and_mount_sources(tmp_path: Path) -> None:
+    ws = workspace(tmp_path)
+    (ws / ".git" / "hooks").mkdir(parents=True)
+    (ws / ".git" / "config").write_text("[core]\n")
+    (ws / "claude-bottle.toml").write_text(MANIFEST)
+    m = parse_manifest(MANIFEST, path=ws / "claude-bottle.toml")
+    doc = render_compose(
+        identity=Identity("claude-abcde", 1, 1.0, "t"),
+        bottle=m.bottles["default"],
+        workspace=ws,
+        state_path=tmp_path / "s",
+        manifest_dir=ws,
+        agent_image="a",
+        guard_image="g",
+        ids=RuntimeIds(1000, 1000, 10001, 10001),
+        net=NetPlan("10.213.7.16/28"),
+        manifest_file=ws / "claude-bottle.toml",
+    )
+    vols = {v["target"]: v.get("read_only", False) for v in doc["services"]["agent"]["volumes"]}
+    assert vols["/workspace/.git"] is False  # a mount point: it cannot be renamed away
+    assert vols["/workspace/.git/hooks"] is True and vols["/workspace/.git/config"] is True
+    assert vols["/workspace/claude-bottle.toml"] is True
+    inside = MANIFEST.replace(
+        "[bottles.default.resources]", 'mounts = [{ host = "data", guest = "/data" }]\n[bottles.default.resources]'
+    )
+    (ws / "data").mkdir()
+    m = parse_manifest(inside, path=ws / "claude-bottle.toml")
+    with pytest.raises(BottleError, match="inside the workspace"):
+        render_compose(
+            identity=Identity("claude-abcde", 1, 1.0, "t"),
+            bottle=m.bottles["default"],
+            workspace=ws,
+            state_path=tmp_path / "s",
+            manifest_dir=ws,
+            agent_image="a",
+            guard_image="g",
+            ids=RuntimeIds(1000, 1000, 10001, 10001),
+            net=NetPlan("10.213.7.16/28"),
+        )

@@ -50,11 +50,12 @@ def test_inspect_tunnel() -> None:
     assert inspect_tunnel(client_hello("a.example"), "a.example") is None
     assert inspect_tunnel(client_hello("evil.example"), "a.example") == "sni-mismatch"
     assert inspect_tunnel(client_hello("A.EXAMPLE."), "a.example") is None
-    assert inspect_tunnel(b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n", "a.example") is None
-    assert inspect_tunnel(b"GET / HTTP/1.1\r\nHost: b.example\r\n\r\n", "a.example") == "host-header-mismatch"
     assert inspect_tunnel(b"SSH-2.0-OpenSSH\r\n", "a.example") is None
+    assert inspect_tunnel(b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n", "a.example") == "tunnel-not-tls"
     with pytest.raises(LookupError):
-        inspect_tunnel(b"GET / HTTP/1.1\r\nHo", "a.example")
+        inspect_tunnel(client_hello("a.example")[:20], "a.example")
+    with pytest.raises(LookupError):
+        inspect_tunnel(b"SSH", "a.example")
 
 
 # -- DLP ----------------------------------------------------------------------------------------
@@ -340,3 +341,18 @@ def test_dns_server_over_udp_audits_each_query(tmp_path: Path) -> None:
     (line,) = [json.loads(x) for x in audit.read_text().splitlines()]
     assert line["kind"] == "dns" and line["decision"] == "deny" and line["reason"] == "dlp:encoded-hostname"
     assert "aGVsbG8" not in line["host"] and line["qtype"] == "A"
+
+
+def test_dns_flood_is_summarised_not_logged_line_by_line(tmp_path: Path) -> None:
+    audit = tmp_path / "egress.jsonl"
+    log = AuditLog(audit, bottle="t")
+    server = DnsServer(log, dict, Scanner)
+    for i in range(500):
+        assert server.handle(query(f"n{i}.example.com"), "10.0.0.3") is not None  # every query answered
+    server._second -= 1  # the next second begins
+    server.handle(query("last.example.com"), "10.0.0.3")
+    log.close()
+    lines = [json.loads(x) for x in audit.read_text().splitlines()]
+    assert len(lines) == DnsServer.LINES_PER_SECOND + 2
+    summary = next(ln for ln in lines if ln["reason"] == "rate-limited")
+    assert summary["suppressed"] == 500 - DnsServer.LINES_PER_SECOND

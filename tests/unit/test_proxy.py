@@ -90,9 +90,9 @@ def test_connect_allowed_relays_both_ways(make_env: Any) -> None:
         await writer.drain()
         status = await reader.readuntil(b"\r\n\r\n")
         assert status.startswith(b"HTTP/1.1 200")
-        writer.write(b"GET /tunnelled HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        writer.write(b"SSH-2.0-tunnelled\r\n\r\n")  # tunnels carry TLS or SSH; the fake upstream echoes it
         body = await asyncio.wait_for(reader.read(), 5)
-        assert b"upstream saw: GET /tunnelled HTTP/1.1" in body
+        assert b"upstream saw: SSH-2.0-tunnelled" in body
         writer.close()
         await writer.wait_closed()
         (line,) = await env.wait_lines()

@@ -71,3 +71,21 @@ def test_preserve_marker(tmp_path: Path) -> None:
     sd.preserve("crash")
     assert sd.preserved() == "crash"
     assert stat.S_IMODE(sd.preserve_path.stat().st_mode) == 0o600
+
+
+def test_transcript_snapshot_copies_regular_files_only(tmp_path: Path) -> None:
+    import os
+
+    sd = make(tmp_path, "claude-abcde")
+    proj = sd.claude_home / "projects" / "-workspace"
+    proj.mkdir(parents=True)
+    (proj / "s1.jsonl").write_text('{"a": 1}\n')
+    secret = tmp_path / "host-secret.jsonl"
+    secret.write_text("host file\n")
+    (proj / "evil.jsonl").symlink_to(secret)  # planted by the agent
+    (sd.claude_home / "projects" / "link").symlink_to(tmp_path, target_is_directory=True)
+    os.mkfifo(proj / "fifo.jsonl")
+    dest = sd.snapshot_transcript()
+    assert dest is not None
+    copied = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
+    assert copied == ["-workspace/s1.jsonl"]

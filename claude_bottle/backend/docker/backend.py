@@ -138,7 +138,9 @@ class DockerBottleBackend(BottleBackend):
         manifest_dir = plan.manifest_path.parent if plan.manifest_path else Path.cwd()
         return [
             guard_image_spec(),
-            agent_image_spec(plan.bottle, RuntimeIds.for_host(plan.workspace), manifest_dir=manifest_dir),
+            agent_image_spec(
+                plan.bottle, RuntimeIds.for_host(plan.workspace), manifest_dir=manifest_dir, workspace=plan.workspace
+            ),
         ]
 
     def prepare_images(self, *, plan: BottlePlan, progress: Progress) -> dict[str, str]:
@@ -210,7 +212,11 @@ class DockerBottleBackend(BottleBackend):
                     f"(docker network create {name}) or remove it from the manifest"
                 )
         pipelock = bottle.egress.engine == "pipelock"
-        creds = [] if pipelock else resolve_credentials(bottle, environ=os.environ, base=manifest_dir)
+        creds = (
+            []
+            if pipelock
+            else resolve_credentials(bottle, environ=os.environ, base=manifest_dir, workspace=plan.workspace)
+        )
         files = GuardFiles(state)
         files.dir.mkdir(mode=0o700, exist_ok=True)
         guard_owned = [files.dir, state.audit_path]
@@ -263,6 +269,7 @@ class DockerBottleBackend(BottleBackend):
                 agent_env=agent_env,
                 honey_files=() if pipelock else tuple(HONEY_FILES),
                 guard_cafile=bool(bottle.ca_certs) and not pipelock,
+                manifest_file=plan.manifest_path,
             )
             write_private(state.path / COMPOSE_FILE, json.dumps(doc, indent=2) + "\n")
             result = self._compose_run(state, "up", "-d", "--no-build", "--pull", "never", "--quiet-pull")

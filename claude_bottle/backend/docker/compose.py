@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...egress import HEALTH_PATH
 from ...errors import BottleError
+from ...paths import outside_workspace
 
 if TYPE_CHECKING:
     from ...manifest import BottleSpec
@@ -82,21 +83,30 @@ class Identity:
         }
 
 
-def _git_guards(workspace: Path) -> list[dict[str, Any]]:
-    """The workspace's git hooks and config read-only: code the agent writes there would otherwise run
-    on the host the next time the operator uses git in that repository."""
+def _guarded_files(workspace: Path, manifest_file: Path | None) -> list[dict[str, Any]]:
+    """Workspace files the agent must not change, mounted read-only over themselves: the git hooks and
+    config (code written there would run on the host the next time the operator uses git) and the
+    manifest (it says what the next bottle may mount and reach). `.git` itself is bound too, so it is
+    a mount point the agent cannot rename away to plant a fresh one."""
+    out: list[dict[str, Any]] = []
     git = workspace / ".git"
-    return [
-        {"type": "bind", "source": str(git / name), "target": f"/workspace/.git/{name}", "read_only": True}
-        for name in ("hooks", "config")
-        if (git / name).exists()
-    ]
+    if git.is_dir() and not git.is_symlink():
+        out.append({"type": "bind", "source": str(git), "target": "/workspace/.git"})
+        out += [
+            {"type": "bind", "source": str(git / name), "target": f"/workspace/.git/{name}", "read_only": True}
+            for name in ("hooks", "config")
+            if (git / name).exists() and not (git / name).is_symlink()
+        ]
+    if manifest_file is not None and manifest_file.is_file() and workspace in manifest_file.parents:
+        rel = manifest_file.relative_to(workspace)
+        out.append({"type": "bind", "source": str(manifest_file), "target": f"/workspace/{rel}", "read_only": True})
+    return out
 
 
-def _mounts(bottle: BottleSpec, base: Path) -> list[dict[str, Any]]:
+def _mounts(bottle: BottleSpec, base: Path, workspace: Path) -> list[dict[str, Any]]:
     out = []
     for m in bottle.mounts:
-        src = (base / Path(m.host).expanduser()).resolve()
+        src = outside_workspace(base / Path(m.host).expanduser(), workspace, "mount source")
         if not src.exists():
             raise BottleError(f"mount source {src} does not exist: create it or fix bottles.*.mounts")
         out.append({"type": "bind", "source": str(src), "target": m.guest, "read_only": m.mode == "ro"})
@@ -134,6 +144,7 @@ def render_compose(
     agent_env: dict[str, str] | None = None,
     honey_files: tuple[str, ...] = (),
     guard_cafile: bool = False,
+    manifest_file: Path | None = None,
 ) -> dict[str, Any]:
     slug = identity.slug
     labels = identity.labels()
@@ -289,8 +300,8 @@ def render_compose(
                 }
                 for name in honey_files
             ),
-            *_git_guards(workspace),
-            *_mounts(bottle, manifest_dir),
+            *_guarded_files(workspace, manifest_file),
+            *_mounts(bottle, manifest_dir, workspace),
             {**run_mount, "read_only": True},
         ],
         # Ordering only: the agent's entrypoint itself waits until the firewall is in place and the guard

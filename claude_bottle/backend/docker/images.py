@@ -13,6 +13,7 @@ from ... import egress
 from ...claude_code import resolve_version
 from ...errors import BottleError
 from ...manifest import BottleSpec
+from ...paths import outside_workspace
 from .compose import RuntimeIds
 
 __all__ = ["GUARD_BASE_IMAGE", "ImageSpec", "agent_image_spec", "guard_image_spec"]
@@ -54,12 +55,16 @@ class ImageSpec:
                 target.chmod(0o755)
 
 
-def agent_image_spec(bottle: BottleSpec, ids: RuntimeIds, *, manifest_dir: Path) -> ImageSpec:
+def agent_image_spec(
+    bottle: BottleSpec, ids: RuntimeIds, *, manifest_dir: Path, workspace: Path | None = None
+) -> ImageSpec:
     images = resources.files("claude_bottle.images")
     files = {name: images.joinpath(name).read_bytes() for name in SCRIPTS}
     ca_copy = ca_update = ca_env = ""
     if bottle.ca_certs:
         ca_path = (manifest_dir / bottle.ca_certs).expanduser()
+        if workspace is not None:
+            ca_path = outside_workspace(ca_path, workspace, "ca_certs")
         try:
             files[CA_NAME] = ca_path.read_bytes()
         except OSError as exc:
