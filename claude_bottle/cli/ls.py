@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from ..inventory import list_bottles
@@ -24,12 +25,12 @@ def run(args: argparse.Namespace) -> int:
     if not rows:
         out.print("no bottles (start one with: claude-bottle start AGENT)")
         return 0
-    from rich.table import Table
-
-    table = Table(box=None, pad_edge=False)
-    for col in ("SLUG", "AGENT", "BACKEND", "STATUS", "RESUMABLE", "CREATED", "KEPT"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r.slug, r.agent, r.backend, r.status, "yes" if r.resumable else "", r.created, r.preserved or "")
-    out.print(table)
+    columns = ("SLUG", "AGENT", "BACKEND", "STATUS", "RESUMABLE", "CREATED", "KEPT")
+    table = [
+        (r.slug, r.agent, r.backend, r.status, "yes" if r.resumable else "", r.created, r.preserved or "") for r in rows
+    ]
+    # Plain aligned columns: rich's Table costs ~4 ms a row, which `ls` of 30 bottles would feel.
+    widths = [max(len(c), *(len(row[i]) for row in table)) for i, c in enumerate(columns)]
+    for row in (columns, *table):
+        sys.stdout.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() + "\n")
     return 0
