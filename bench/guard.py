@@ -243,7 +243,8 @@ def concurrent_tunnels(proxy: int, servers: Servers, n: int) -> int:
             if b" 200 " not in head.split(b"\r\n")[0]:
                 return False
             await gate.wait()  # every tunnel open at the same time
-            msg = f"tunnel {i} ".encode() * 10
+            # Tunnels carry TLS or SSH through the guard: an SSH-shaped greeting, echoed back by the upstream.
+            msg = f"SSH-2.0-bench-{i}\r\n".encode() + b"x" * 64
             writer.write(msg)
             echoed = await asyncio.wait_for(reader.readexactly(len(msg)), 30)
             writer.close()
