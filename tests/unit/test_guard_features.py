@@ -6,7 +6,6 @@ import asyncio
 import base64
 import contextlib
 import json
-import ssl
 import struct
 import time
 from collections.abc import Awaitable, Callable
@@ -23,17 +22,10 @@ from claude_bottle.egress.policy import PolicyFile
 from claude_bottle.egress.proxy import Guard, inspect_tunnel
 from claude_bottle.egress.tls import NEED_MORE, client_hello_sni
 
+from .tlskit import client_hello
+
 REAL_KEY = "sk-ant-api03-REALKEYabcdefghijklmnopqrstuvwxyz0123456789"
 HONEY = "AKIAHONEYTOKEN0000001"
-
-
-def client_hello(server_name: str) -> bytes:
-    ctx = ssl.create_default_context()
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=server_name)
-    with contextlib.suppress(ssl.SSLWantReadError):
-        obj.do_handshake()
-    return outgoing.read()
 
 
 # -- TLS / SNI ----------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -17,14 +16,7 @@ from claude_bottle.egress.policy import PolicyFile, is_public_address
 from claude_bottle.egress.proxy import Guard, Refused, inspect_tunnel, parse_head
 from claude_bottle.egress.tls import client_hello_sni
 
-
-def client_hello(server_name: str) -> bytes:
-    ctx = ssl.create_default_context()
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=server_name)
-    with contextlib.suppress(ssl.SSLWantReadError):
-        obj.do_handshake()
-    return outgoing.read()
+from .tlskit import client_hello
 
 
 @pytest.mark.parametrize(
