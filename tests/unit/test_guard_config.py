@@ -171,3 +171,22 @@ def test_pipelock_yaml_shape() -> None:
         "internal",
         "sentry",
     }
+
+
+def test_a_credential_file_inside_the_workspace_is_refused(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "key").write_text(KEY)
+    b = bottle("[bottles.default.credentials.anthropic]\nsource = 'file:key'\n")
+    with pytest.raises(BottleError, match=r"inside the workspace .* move it outside the workspace"):
+        resolve_credentials(b, environ={}, base=ws, workspace=ws)  # type: ignore[arg-type]
+    outside = tmp_path / "secrets"
+    outside.mkdir()
+    (outside / "key").write_text(KEY)
+    (ws / "link").symlink_to(outside / "key")  # a symlink from the workspace is refused too
+    b = bottle("[bottles.default.credentials.anthropic]\nsource = 'file:link'\n")
+    with pytest.raises(BottleError, match="inside the workspace"):
+        resolve_credentials(b, environ={}, base=ws, workspace=ws)  # type: ignore[arg-type]
+    b = bottle(f"[bottles.default.credentials.anthropic]\nsource = 'file:{outside / 'key'}'\n")
+    (cred,) = resolve_credentials(b, environ={}, base=ws, workspace=ws)  # type: ignore[arg-type]
+    assert cred.secret == KEY
