@@ -7,7 +7,7 @@ import json
 import os
 import signal
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,7 +53,7 @@ def start_bottle(
     *,
     backend_flag: str | None,
     progress: Progress,
-    show_plan: Progress | None = None,
+    show_plan: Callable[[BottlePlan], None] | None = None,
     root: Path | None = None,
 ) -> Started:
     """A new bottle (generation 1): state dir, images, containers, guard ready. Rolled back on any failure."""
@@ -81,9 +81,9 @@ def start_bottle(
             session_id=str(uuid.uuid4()),
         )
     )
-    if show_plan:
-        show_plan(slug)
-    return _bring_up(state, backend, agent_name, agent, bottle, workspace, manifest.path, progress, fresh=True)
+    return _bring_up(
+        state, backend, agent_name, agent, bottle, workspace, manifest.path, progress, fresh=True, show_plan=show_plan
+    )
 
 
 def resume_bottle(state: StateDir, *, progress: Progress) -> Started:
@@ -91,8 +91,9 @@ def resume_bottle(state: StateDir, *, progress: Progress) -> Started:
     from .manifest import AgentSpec, BottleSpec
 
     record = state.read()
+    backend = get_bottle_backend(record.backend)
     if record.status in ("running", "creating") and not state.abandoned(record):
-        live = get_bottle_backend(record.backend).statuses().get(state.slug)
+        live = backend.statuses().get(state.slug)
         if live is not None and live.status == "running":
             raise BottleError(f"{state.slug} is running: `claude-bottle attach {state.slug}`, or stop it first")
     agent = AgentSpec.model_validate(record.manifest.get("agent", {}))
@@ -100,7 +101,6 @@ def resume_bottle(state: StateDir, *, progress: Progress) -> Started:
     workspace = Path(record.workspace or ".")
     if not workspace.is_dir():
         raise BottleError(f"workspace {workspace} of {state.slug} no longer exists: restore it to resume")
-    backend = get_bottle_backend(record.backend)
     with state.lock():
         backend.stop(state=state)  # whatever an earlier generation left (a crash keeps its containers)
     state.update(
@@ -128,6 +128,7 @@ def _bring_up(
     progress: Progress,
     *,
     fresh: bool,
+    show_plan: Callable[[BottlePlan], None] | None = None,
 ) -> Started:
     engine_touched = False
     try:
@@ -142,6 +143,8 @@ def _bring_up(
                 state=state,
                 manifest_path=manifest_path,
             )
+            if show_plan:
+                show_plan(plan)
             images = backend.prepare_images(plan=plan, progress=progress)
             state.update(images=images)
             engine_touched = True

@@ -63,11 +63,12 @@ class BottlePlan:
             f"[bold]{self.slug}[/]: agent [cyan]{self.agent_name}[/] in bottle "
             f"[cyan]{self.bottle_name}[/] on {self.backend}"
         )
-        console.print(f"  workspace {self.workspace} -> /workspace")
+        # Paths and host names are the user's text: printed as text, never as markup.
+        console.print(f"  workspace {self.workspace} -> /workspace", markup=False)
         allowed = ", ".join(r.label() for r in self.bottle.egress.allow) or "(nothing)"
-        console.print(f"  egress allowed: {allowed}")
+        console.print(f"  egress allowed: {allowed}", markup=False)
         for action in self.actions:
-            console.print(f"  - {action}")
+            console.print(f"  - {action}", markup=False)
 
 
 class BottleCleanupPlan(ABC):

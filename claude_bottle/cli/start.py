@@ -6,8 +6,6 @@ import argparse
 import json
 from typing import Any
 
-from rich.markup import escape
-
 from ._common import add_manifest_arg, check_terminal, err, load, out, progress, run_agent
 
 
@@ -40,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         args.agent,
         backend_flag=args.backend,
         progress=(lambda _line: None) if args.json else progress,
-        show_plan=None if args.json else (lambda slug: err.print(f"starting [bold]{escape(slug)}[/]")),
+        show_plan=None if args.json else (lambda plan: plan.print(err)),
     )
     if args.json:
         out.print_json(

@@ -13,7 +13,7 @@ import re
 import socket
 import ssl
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -86,7 +86,7 @@ class Request:
         name = name.lower()
         return [v for k, v in self.headers if k.lower() == name]
 
-    def forwarded_headers(self, drop: set[str] = frozenset()) -> list[str]:  # type: ignore[assignment]
+    def forwarded_headers(self, drop: Collection[str] = ()) -> list[str]:
         return [f"{k}: {v}" for k, v in self.headers if k.lower() not in _HOP and k.lower() not in drop]
 
 
@@ -357,7 +357,7 @@ class Guard:
         if hit is not None:
             raise Refused(403, hit.reason)
 
-    def _scan_request(self, req: Request, path: str, skip: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+    def _scan_request(self, req: Request, path: str, skip: Collection[str] = ()) -> None:
         self._scan(path)
         self._scan("\n".join(f"{k}: {v}" for k, v in req.headers if k.lower() not in skip))
 

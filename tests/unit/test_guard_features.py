@@ -18,11 +18,10 @@ from claude_bottle.egress.audit import AuditLog
 from claude_bottle.egress.config import Route, Secrets, load_secrets
 from claude_bottle.egress.dlp import Scanner, encodings, is_tunnel_label
 from claude_bottle.egress.dns import DnsServer, answer, parse_query
-from claude_bottle.egress.policy import PolicyFile
-from claude_bottle.egress.proxy import Guard, inspect_tunnel
+from claude_bottle.egress.proxy import inspect_tunnel
 from claude_bottle.egress.tls import NEED_MORE, client_hello_sni
 
-from .tlskit import client_hello
+from .guardkit import audit_lines, client_hello, send, serving_guard
 
 REAL_KEY = "sk-ant-api03-REALKEYabcdefghijklmnopqrstuvwxyz0123456789"
 HONEY = "AKIAHONEYTOKEN0000001"
@@ -123,48 +122,18 @@ async def with_guard(
 ) -> Any:
     up = await asyncio.start_server(upstream, "127.0.0.1", 0)
     up_port = up.sockets[0].getsockname()[1]
-    policy = tmp_path / "policy.json"
     allow = [{"host": "127.0.0.1", "ports": [up_port], "private": True}] if allow_upstream else []
-    policy.write_text(json.dumps({"bottle": "t-abcde", "allow": allow}))
     secrets = Secrets(
         {"anthropic": Route("anthropic", f"http://127.0.0.1:{up_port}/base", "x-api-key", REAL_KEY, REAL_KEY)},
         (HONEY,),
         Scanner(secrets=[REAL_KEY], honeytokens=[HONEY]),
     )
-    audit = tmp_path / "egress.jsonl"
-    log = AuditLog(audit, bottle="t-abcde")
-    guard = Guard(PolicyFile(policy), log, secrets)
-    server = await guard.serve("127.0.0.1", 0)
     try:
-        return await fn(server.sockets[0].getsockname()[1], up_port, audit)
+        async with serving_guard(tmp_path, allow, secrets) as (port, audit):
+            return await fn(port, up_port, audit)
     finally:
-        for s in (server, up):
-            s.close()
-            await s.wait_closed()
-        for _ in range(100):
-            if guard.connections == 0:
-                break
-            await asyncio.sleep(0.01)
-        log.close()
-
-
-async def send(port: int, raw: bytes) -> bytes:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(raw)
-    await writer.drain()
-    data = await asyncio.wait_for(reader.read(), 10)
-    writer.close()
-    await writer.wait_closed()
-    return data
-
-
-async def audit_lines(path: Path, n: int = 1) -> list[dict[str, Any]]:
-    for _ in range(200):
-        lines = [json.loads(x) for x in path.read_text().splitlines()]
-        if len(lines) >= n:
-            return lines
-        await asyncio.sleep(0.01)
-    return [json.loads(x) for x in path.read_text().splitlines()]
+        up.close()
+        await up.wait_closed()
 
 
 seen: list[bytes] = []

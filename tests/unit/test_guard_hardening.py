@@ -11,12 +11,11 @@ from typing import Any
 
 import pytest
 
-from claude_bottle.egress.audit import AuditLog
-from claude_bottle.egress.policy import PolicyFile, is_public_address
-from claude_bottle.egress.proxy import Guard, Refused, inspect_tunnel, parse_head
+from claude_bottle.egress.policy import is_public_address
+from claude_bottle.egress.proxy import Refused, inspect_tunnel, parse_head
 from claude_bottle.egress.tls import client_hello_sni
 
-from .tlskit import client_hello
+from .guardkit import client_hello, send, serving_guard
 
 
 @pytest.mark.parametrize(
@@ -64,34 +63,8 @@ def test_wrapped_private_v4_addresses_are_not_public(addr: str) -> None:
 
 
 async def _guard(tmp: Path, fn: Callable[[int, Path], Awaitable[Any]], upstream_port: int = 1) -> Any:
-    policy = tmp / "policy.json"
-    policy.write_text(
-        json.dumps({"bottle": "t", "allow": [{"host": "127.0.0.1", "ports": [upstream_port], "private": True}]})
-    )
-    audit = tmp / "egress.jsonl"
-    log = AuditLog(audit, bottle="t")
-    guard = Guard(PolicyFile(policy), log)
-    server = await guard.serve("127.0.0.1", 0)
-    try:
-        return await fn(server.sockets[0].getsockname()[1], audit)
-    finally:
-        server.close()
-        await server.wait_closed()
-        for _ in range(100):
-            if guard.connections == 0:
-                break
-            await asyncio.sleep(0.01)
-        log.close()
-
-
-async def _send(port: int, raw: bytes) -> bytes:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(raw)
-    await writer.drain()
-    data = await asyncio.wait_for(reader.read(), 10)
-    writer.close()
-    await writer.wait_closed()
-    return data
+    async with serving_guard(tmp, [{"host": "127.0.0.1", "ports": [upstream_port], "private": True}]) as (port, audit):
+        return await fn(port, audit)
 
 
 def test_secrets_in_refusal_reasons_are_not_written_to_the_audit_log(tmp_path: Path) -> None:
@@ -100,7 +73,7 @@ def test_secrets_in_refusal_reasons_are_not_written_to_the_audit_log(tmp_path: P
             b"CONNECT a.example:AKIAIOSFODNN7EXAMPLE HTTP/1.1\r\n\r\n",
             b"POST http://127.0.0.1:1/ HTTP/1.1\r\nTransfer-Encoding: AKIAIOSFODNN7EXAMPLE\r\n\r\n",
         ):
-            resp = await _send(port, raw)
+            resp = await send(port, raw)
             assert resp.startswith((b"HTTP/1.1 400", b"HTTP/1.1 403"))
         await asyncio.sleep(0.05)
         assert "AKIAIOSFODNN7EXAMPLE" not in audit.read_text()
@@ -116,7 +89,7 @@ def test_unicode_digits_and_odd_chunk_sizes_are_400_not_crashes(tmp_path: Path) 
             b"POST http://127.0.0.1:1/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\n",
             b"POST http://127.0.0.1:1/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0x10\r\n",
         ):
-            resp = await _send(port, raw)
+            resp = await send(port, raw)
             assert resp.startswith(b"HTTP/1.1 400"), (raw, resp)
         await asyncio.sleep(0.05)
         assert all(json.loads(x)["decision"] == "deny" for x in audit.read_text().splitlines())

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from claude_bottle.egress.audit import AuditLog
-from claude_bottle.egress.policy import PolicyFile
-from claude_bottle.egress.proxy import HEALTH_PATH, Guard
+from claude_bottle.egress.proxy import HEALTH_PATH
+
+from .guardkit import serving_guard
 
 Rules = list[dict[str, Any]]
 
@@ -64,23 +64,12 @@ async def _with_env(tmp_path: Path, allow: Rules, fn: Callable[[Env], Awaitable[
     up = await asyncio.start_server(_upstream, "127.0.0.1", 0)
     up_port = up.sockets[0].getsockname()[1]
     rules = [{**r, "ports": r.get("ports", [up_port])} for r in allow]
-    policy = tmp_path / "policy.json"
-    policy.write_text(json.dumps({"bottle": "t-abcde", "allow": rules}))
-    audit = tmp_path / "egress.jsonl"
-    log = AuditLog(audit, bottle="t-abcde")
-    guard = Guard(PolicyFile(policy), log)
-    server = await guard.serve("127.0.0.1", 0)
     try:
-        return await fn(Env(tmp_path, server.sockets[0].getsockname()[1], up_port, audit))
+        async with serving_guard(tmp_path, rules) as (port, audit):
+            return await fn(Env(tmp_path, port, up_port, audit))
     finally:
-        for s in (server, up):
-            s.close()
-            await s.wait_closed()
-        for _ in range(50):
-            if guard.connections == 0:
-                break
-            await asyncio.sleep(0.01)
-        log.close()
+        up.close()
+        await up.wait_closed()
 
 
 def test_connect_allowed_relays_both_ways(make_env: Any) -> None:

@@ -39,6 +39,7 @@ from .compose import (
     NetPlan,
     RuntimeIds,
     container_name,
+    parse_labels,
     project_name,
     render_compose,
 )
@@ -70,34 +71,29 @@ def _engine_hint() -> str:
     return f"Docker engine not reachable at {host}: start it (./scripts/setup does) or set DOCKER_HOST"
 
 
-def docker(*args: str, what: str, input: str | None = None, timeout: float | None = 120) -> process.Result:
-    result = process.run(["docker", *args], input=input, timeout=timeout)
+def docker_run(*args: str, timeout: float | None = 120) -> process.Result:
+    """`docker ARGS`; an unreachable engine is one clear error, any other failure is the caller's to judge."""
+    result = process.run(["docker", *args], timeout=timeout)
     if not result.ok and _UNREACHABLE.search(result.stderr):
         raise BackendError(_engine_hint())
-    return process.check(result, what)
+    return result
+
+
+def docker(*args: str, what: str, timeout: float | None = 120) -> process.Result:
+    """`docker ARGS` that must succeed."""
+    return process.check(docker_run(*args, timeout=timeout), what)
 
 
 def image_ids(refs: Sequence[str]) -> dict[str, str]:
     """Ids of the given image references that exist, from one engine call."""
     if not refs:
         return {}
-    result = process.run(["docker", "image", "inspect", "--format", "{{.Id}}", *refs])
-    if not result.ok and _UNREACHABLE.search(result.stderr):
-        raise BackendError(_engine_hint())
+    result = docker_run("image", "inspect", "--format", "{{.Id}}", *refs)
     # Output has one id per found image, in order; missing ones are named on stderr.
     missing = {r for r in refs if f"No such image: {r}" in result.stderr}
     found = [r for r in refs if r not in missing]
     ids = result.stdout.split()
     return dict(zip(found, ids, strict=False)) if len(ids) == len(found) else {}
-
-
-def _parse_labels(text: str) -> dict[str, str]:
-    out = {}
-    for part in text.split(","):
-        k, sep, v = part.partition("=")
-        if sep:
-            out[k] = v
-    return out
 
 
 class DockerBottleBackend(BottleBackend):
@@ -279,8 +275,6 @@ class DockerBottleBackend(BottleBackend):
                 # Another network holds that subnet: clear the partial project and draw again.
                 self._compose_run(state, "down", "--volumes", "--remove-orphans", "--timeout", "1")
                 continue
-            if _UNREACHABLE.search(result.stderr):
-                raise BackendError(_engine_hint())
             process.check(result, "docker compose up")
 
     def wait_ready(self, *, state: StateDir, timeout: float = 30.0) -> None:
@@ -341,7 +335,7 @@ class DockerBottleBackend(BottleBackend):
         return docker(*self._compose_argv(state, *args), what=what, timeout=timeout)
 
     def _compose_run(self, state: StateDir, *args: str, timeout: float = 300) -> process.Result:
-        return process.run(["docker", *self._compose_argv(state, *args)], timeout=timeout)
+        return docker_run(*self._compose_argv(state, *args), timeout=timeout)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def stop(self, *, state: StateDir) -> None:
@@ -398,7 +392,7 @@ class DockerBottleBackend(BottleBackend):
             if not line.strip():
                 continue
             row = json.loads(line)
-            labels = _parse_labels(row.get("Labels", ""))
+            labels = parse_labels(row.get("Labels", ""))
             slug = labels.get("claude-bottle.slug")
             if not slug:
                 continue
@@ -421,7 +415,7 @@ class DockerBottleBackend(BottleBackend):
             slug
             for row in ps.stdout.splitlines()
             if row.strip()
-            if (slug := _parse_labels(json.loads(row).get("Labels", "")).get("claude-bottle.slug"))
+            if (slug := parse_labels(json.loads(row).get("Labels", "")).get("claude-bottle.slug"))
         }
         for slugs in enumerate_active_bottles(skip=self.name).values():
             live |= slugs

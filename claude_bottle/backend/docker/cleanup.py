@@ -20,6 +20,7 @@ from ... import process
 from ...errors import BottleError
 from ...state import StateDir, StateSummary, list_state_dirs
 from .. import BottleCleanupPlan
+from .compose import parse_labels
 
 __all__ = ["DockerBottleCleanupPlan", "plan_from_engine", "run_cleanup"]
 
@@ -80,15 +81,6 @@ def _json_lines(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def _labels(text: str) -> dict[str, str]:
-    out = {}
-    for part in (text or "").split(","):
-        k, sep, v = part.partition("=")
-        if sep:
-            out[k] = v
-    return out
-
-
 def plan_from_engine(
     *, compose_ls: str, ps: str, networks: str, live: set[str], state_root: Path | None = None
 ) -> DockerBottleCleanupPlan:
@@ -105,11 +97,11 @@ def plan_from_engine(
     )
     for row in _json_lines(ps):
         name = row.get("Names", "")
-        if name.startswith(PREFIX) and COMPOSE_LABEL not in _labels(row.get("Labels", "")):
+        if name.startswith(PREFIX) and COMPOSE_LABEL not in parse_labels(row.get("Labels", "")):
             plan.containers.append(Stray(row["ID"], name))
     for row in _json_lines(networks):
         name = row.get("Name", "")
-        if name.startswith(PREFIX) and COMPOSE_LABEL not in _labels(row.get("Labels", "")):
+        if name.startswith(PREFIX) and COMPOSE_LABEL not in parse_labels(row.get("Labels", "")):
             plan.networks.append(Stray(row["ID"], name))
     plan.containers.sort(key=lambda s: s.name)
     plan.networks.sort(key=lambda s: s.name)

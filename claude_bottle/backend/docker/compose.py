@@ -23,6 +23,16 @@ AGENT_HOME = "/home/claude"
 LABEL = "claude-bottle"
 
 
+def parse_labels(text: str) -> dict[str, str]:
+    """The `Labels` field of docker's JSON listings ("k=v,k=v") as a dict."""
+    out = {}
+    for part in (text or "").split(","):
+        k, sep, v = part.partition("=")
+        if sep:
+            out[k] = v
+    return out
+
+
 def project_name(slug: str) -> str:
     return f"claude-bottle-{slug}"
 
