@@ -59,16 +59,13 @@ class BottlePlan:
     actions: list[str] = field(default_factory=list)
 
     def print(self, console: Console) -> None:
-        console.print(
-            f"[bold]{self.slug}[/]: agent [cyan]{self.agent_name}[/] in bottle "
-            f"[cyan]{self.bottle_name}[/] on {self.backend}"
+        """One line: what will run where, and what it may reach."""
+        allowed = ", ".join(r.label() for r in self.bottle.egress.allow) or "nothing"
+        line = (
+            f"starting {self.slug}: agent {self.agent_name} in bottle {self.bottle_name} on {self.backend}; "
+            f"workspace {self.workspace}; egress: {allowed}"
         )
-        # Paths and host names are the user's text: printed as text, never as markup.
-        console.print(f"  workspace {self.workspace} -> /workspace", markup=False)
-        allowed = ", ".join(r.label() for r in self.bottle.egress.allow) or "(nothing)"
-        console.print(f"  egress allowed: {allowed}", markup=False)
-        for action in self.actions:
-            console.print(f"  - {action}", markup=False)
+        console.print(line + "".join(f"; {a}" for a in self.actions), markup=False)  # user text, not markup
 
 
 class BottleCleanupPlan(ABC):

@@ -124,7 +124,7 @@ class DockerBottleBackend(BottleBackend):
             manifest_path=manifest_path,
         )
         plan.actions = [
-            f"compose project {project_name(slug)}: agent on an internal network, guard as its only way out",
+            f"compose project {project_name(slug)}: agent sealed behind its guard",
         ]
         return plan
 
