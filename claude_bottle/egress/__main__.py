@@ -17,7 +17,14 @@ from .proxy import Guard
 
 def _hostport(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
-    return host or "0.0.0.0", int(port)  # noqa: S104 - the guard serves its bottle's network
+    return host or "127.0.0.1", int(port)
+
+
+async def _summaries(audit: AuditLog) -> None:
+    """Floods are summarised on a timer, not when the next query happens to arrive."""
+    while True:
+        await asyncio.sleep(1.0)
+        audit.flush_summaries()
 
 
 async def _main(args: argparse.Namespace) -> None:
@@ -25,13 +32,23 @@ async def _main(args: argparse.Namespace) -> None:
     secrets_path = Path(args.secrets) if args.secrets else None
     secrets = load_secrets(secrets_path)
     audit = AuditLog(Path(args.audit) if args.audit else None, bottle=policy.current().bottle)
-    guard = Guard(policy, audit, secrets, cafile=args.cafile if args.cafile and Path(args.cafile).exists() else None)
+    clients = [c for c in (args.clients or "").split(",") if c]
+    guard = Guard(
+        policy,
+        audit,
+        secrets,
+        cafile=args.cafile if args.cafile and Path(args.cafile).exists() else None,
+        clients=clients,
+    )
     server = await guard.serve(*_hostport(args.listen))
-    dns_transport = None
+    dns_transport = dns_tcp = None
     if args.dns:
         local = {"egress": args.guard_ip} if args.guard_ip else {}
-        dns = DnsServer(audit, lambda: {**local, **policy.current().local_names}, lambda: guard.scanner)
+        dns = DnsServer(
+            audit, lambda: {**local, **policy.current().local_names}, lambda: guard.scanner, guard.client_allowed
+        )
         dns_transport, dns_tcp = await dns.serve(*_hostport(args.dns))
+    summaries = asyncio.create_task(_summaries(audit))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -39,11 +56,15 @@ async def _main(args: argparse.Namespace) -> None:
     print(f"claude-bottle guard listening on {args.listen}" + (f", dns on {args.dns}" if args.dns else ""), flush=True)
     if args.ready_file:
         Path(args.ready_file).write_text("listening\n")  # the CLI waits for this mark, not a healthcheck
-    async with server:
-        await stop.wait()
-    if dns_transport is not None:
+    await stop.wait()
+    server.close()
+    if dns_transport is not None and dns_tcp is not None:
         dns_transport.close()
         dns_tcp.close()
+    # Open connections get their closing audit line before the guard goes.
+    await guard.close_connections()
+    summaries.cancel()
+    audit.flush_summaries()
     audit.close()
 
 
@@ -57,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guard-ip", help="the address `egress` resolves to")
     parser.add_argument("--cafile", help="CA bundle for upstream TLS (credential routes)")
     parser.add_argument("--ready-file", help="written once the guard is listening")
+    parser.add_argument("--clients", help="comma-separated networks allowed to use the guard (default: any)")
     args = parser.parse_args(argv)
     asyncio.run(_main(args))
     return 0

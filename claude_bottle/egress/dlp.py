@@ -107,15 +107,19 @@ class Scanner:
         return None
 
     def redact(self, text: str) -> str:
-        """Text with every hit replaced, for the audit log: a secret never lands on disk."""
-        for _ in range(64):
-            hit = self.find(text) or self.find(text, ignore_case=True)
-            if hit is None:
-                break
-            text = text[: hit.start] + f"[REDACTED:{hit.pattern}]" + text[hit.end :]
-        if any(is_tunnel_label(label) for label in text.split(".")):
-            text = ".".join("[REDACTED:encoded-hostname]" if is_tunnel_label(x) else x for x in text.split("."))
+        """Text with every secret replaced, for the audit log: a secret never lands on disk. One pass per
+        pattern, so there is no count after which the rest goes through; the record around it stays."""
+        if self._regex_ci is not None:
+            text = self._regex_ci.sub(lambda m: f"[REDACTED:{self._lower[m.group(0).lower()]}]", text)
+        for name, rx in PATTERNS_CI.items():
+            text = rx.sub(f"[REDACTED:{name}]", text)
         return text
+
+    def redact_host(self, host: str) -> str:
+        """A host name for the log: secrets redacted, and each label shaped like encoded data (a DNS
+        tunnel) replaced on its own; the other labels stay readable."""
+        host = self.redact(host)
+        return ".".join("[REDACTED:encoded-hostname]" if is_tunnel_label(x) else x for x in host.split("."))
 
 
 def is_tunnel_label(label: str) -> bool:

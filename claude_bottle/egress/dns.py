@@ -79,38 +79,46 @@ def answer(msg: bytes, local: dict[str, str]) -> tuple[bytes, str, str]:
 
 
 class DnsServer:
-    """UDP and TCP on one port; every query is one audit line (kind "dns"), up to LINES_PER_SECOND: past
-    that a flood is summarised in one line a second, so a looping agent cannot fill the host's disk."""
+    """UDP and TCP on one port; every query is one audit line (kind "dns") within the audit log's DNS
+    budget (bytes per second, with a burst): past it a flood is counted and summarised once a second
+    on the guard's timer, so a looping agent can neither fill the host's disk nor hide in the noise.
+    Queries past QUERIES_PER_SECOND are dropped unanswered (clients retry), which bounds the work a
+    flood costs the guard; TCP connections are capped and short-lived."""
 
-    LINES_PER_SECOND = 50
+    QUERIES_PER_SECOND = 500
+    MAX_TCP = 16
+    TCP_QUERIES = 64
+    TCP_IDLE = 10.0
 
-    def __init__(self, audit: AuditLog, local: Callable[[], dict[str, str]], scanner: Callable[[], Scanner]) -> None:
+    def __init__(
+        self,
+        audit: AuditLog,
+        local: Callable[[], dict[str, str]],
+        scanner: Callable[[], Scanner],
+        client_allowed: Callable[[str], bool] = lambda _addr: True,
+    ) -> None:
         self.audit = audit
         self.local = local
         self.scanner = scanner
+        self.client_allowed = client_allowed
         self._second = 0
-        self._lines = 0
-        self._suppressed = 0
+        self._queries = 0
+        self._tcp = 0
 
-    def _may_log(self) -> bool:
+    def _may_answer(self) -> bool:
         now = int(time.monotonic())
         if now != self._second:
-            if self._suppressed:
-                self.audit.write(
-                    kind="dns",
-                    decision="deny",
-                    reason="rate-limited",
-                    suppressed=self._suppressed,
-                    note="queries answered but not logged one by one",
-                )
-            self._second, self._lines, self._suppressed = now, 0, 0
-        self._lines += 1
-        if self._lines > self.LINES_PER_SECOND:
-            self._suppressed += 1
-            return False
-        return True
+            self._second, self._queries = now, 0
+        self._queries += 1
+        return self._queries <= self.QUERIES_PER_SECOND
 
     def handle(self, msg: bytes, client: str) -> bytes | None:
+        if not self.client_allowed(client):
+            self.audit.count("dns", ("deny", "client outside the bottle"))
+            return None
+        if not self._may_answer():
+            self.audit.count("dns", ("deny", "query flood: dropped"))
+            return None
         try:
             reply, decision, reason = answer(msg, self.local())
             _, _, name, qtype, _ = parse_query(msg)
@@ -120,12 +128,12 @@ class DnsServer:
         hit = scanner.find_host(name)
         if hit is not None:  # even a local name carrying a secret gets no answer
             reply, decision, reason = answer(msg, {})[0], "deny", hit.reason
-        if not self._may_log():
-            return reply
-        self.audit.write(
+        self.audit.budgeted(
+            "dns",
+            (decision, reason),
             kind="dns",
             client=client,
-            host=scanner.redact(name),
+            host=scanner.redact_host(name),
             qtype=QTYPES.get(qtype, str(qtype)),
             decision=decision,
             reason=reason,
@@ -149,10 +157,16 @@ class DnsServer:
 
         async def tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             peer = writer.get_extra_info("peername")
+            if self._tcp >= self.MAX_TCP or not self.client_allowed(str(peer[0])):
+                self.audit.count("dns", ("deny", "tcp connection refused"))
+                writer.close()
+                return
+            self._tcp += 1
             try:
-                while True:
-                    size = struct.unpack("!H", await asyncio.wait_for(reader.readexactly(2), 10))[0]
-                    reply = server.handle(await asyncio.wait_for(reader.readexactly(size), 10), peer[0])
+                for _ in range(self.TCP_QUERIES):
+                    size = struct.unpack("!H", await asyncio.wait_for(reader.readexactly(2), self.TCP_IDLE))[0]
+                    msg = await asyncio.wait_for(reader.readexactly(size), self.TCP_IDLE)
+                    reply = server.handle(msg, peer[0])
                     if reply is None:
                         break
                     writer.write(struct.pack("!H", len(reply)) + reply)
@@ -160,7 +174,8 @@ class DnsServer:
             except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
                 pass
             finally:
+                self._tcp -= 1
                 writer.close()
 
-        tcp_server = await asyncio.start_server(tcp, host, port)
+        tcp_server = await asyncio.start_server(tcp, host, port, limit=1024)
         return transport, tcp_server

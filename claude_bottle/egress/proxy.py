@@ -1,41 +1,55 @@
 """The forward proxy: CONNECT and absolute-URI HTTP to allowed hosts only, credential routes, DLP.
 
-Every request gets one decision and one audit line. Refusals answer 403 (or 400/502/413) with a
-one-line reason in the body and in X-Claude-Bottle-Reason.
+Every request is decided from its head, before any of its body is read, and the decision is written
+to the audit log when it is made (an allow the log cannot record is refused); a closing line with byte
+counts follows when the connection ends. Bodies are streamed, every byte scanned before it leaves, so
+the guard's memory is bounded by its connection cap times a small per-connection buffer, whatever
+clients send. Refusals answer 403 (or 400/413/502/503) with a one-line reason in the body and in
+X-Claude-Bottle-Reason.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
+import itertools
 import json
 import re
+import secrets as _random
 import socket
 import ssl
 import traceback
-from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Collection, Sequence
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from .audit import AuditLog, Timer
+from . import HEALTH_PATH
+from .audit import AuditLog, Timer, cap
 from .config import Route, Secrets
 from .dlp import Scanner
 from .policy import Decision, PolicyFile, is_ip, is_public_address, normalise_host
 from .tls import NEED_MORE, client_hello_sni
 
-__all__ = ["HEALTH_PATH", "Guard", "Refused"]
+__all__ = ["HEALTH_PATH", "Guard", "Refused", "judge_tunnel", "parse_head"]
 
-from . import HEALTH_PATH
-
-MAX_HEAD = 64 * 1024
+MAX_HEAD = 32 * 1024
 MAX_BODY = 32 * 1024 * 1024
 MAX_CHUNKS = 16384
+MAX_FIRST_BYTES = 16 * 1024 + 2048  # one TLS record: a ClientHello must fit in it
+MAX_SSH_BANNER = 255
 BODY_TIMEOUT = 120.0
-MAX_CONNECTIONS = 2048  # beyond this a client waits: the guard's memory and descriptors stay bounded
 HEAD_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 10.0
 FIRST_BYTES_TIMEOUT = 30.0
-CHUNK = 256 * 1024
+RESPONSE_TIMEOUT = 300.0
+CHUNK = 32 * 1024
+SCAN_WINDOW = 4096  # bytes held back between body pieces, so a secret split across two is still seen
+SOCKET_BUFFER = 64 * 1024
+# Memory: each connection holds at most ~2*limit in each reader plus the writers' high-water marks and
+# the kernel's socket buffers (~0.5 MiB in all); the cap makes that a fixed budget for the whole guard.
+MAX_CONNECTIONS = 512
+
 # Hop-by-hop headers and the proxy's own: never forwarded upstream.
 _HOP = {
     "connection",
@@ -56,9 +70,11 @@ _PHRASES = {
     400: "Bad Request",
     403: "Forbidden",
     404: "Not Found",
+    408: "Request Timeout",
     413: "Content Too Large",
     431: "Request Header Fields Too Large",
     502: "Bad Gateway",
+    503: "Service Unavailable",
 }
 
 
@@ -158,87 +174,141 @@ def _port(text: str) -> int:
     return n
 
 
-async def read_body(req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
-    """The whole request body, read within BODY_TIMEOUT, so it can be scanned before it leaves."""
-    try:
-        return await asyncio.wait_for(_read_body(req, reader, writer), BODY_TIMEOUT)
-    except TimeoutError:
-        raise Refused(408, "request body too slow") from None
+@dataclass(frozen=True)
+class Framing:
+    """How a request body is delimited, judged from the head alone (before any body byte is read)."""
+
+    kind: str  # "none" | "length" | "chunked"
+    length: int = 0
 
 
-async def _read_body(req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
-    """The whole request body (Content-Length or chunked), so it can be scanned before it leaves."""
+def body_framing(req: Request) -> Framing:
     te = req.header("transfer-encoding")
     cl = req.header("content-length")
     if te is not None and cl is not None:
         raise Refused(400, "both Content-Length and Transfer-Encoding")  # request smuggling shape
-    if (req.header("expect") or "").lower() == "100-continue":
-        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     if te is not None:
         if te.lower() != "chunked":
             raise Refused(400, "unsupported Transfer-Encoding")
-        body = bytearray()
-        for _ in range(MAX_CHUNKS):
-            line = await reader.readuntil(b"\r\n")
-            size = _number(line.split(b";")[0].strip().decode("latin-1"), 16)
-            if size is None:
-                raise Refused(400, "bad chunk size")
-            if size == 0:
-                for _ in range(64):  # trailers, bounded
-                    if await reader.readuntil(b"\r\n") == b"\r\n":
-                        return bytes(body)
-                raise Refused(400, "too many trailers")
-            if len(body) + size > MAX_BODY:
-                raise Refused(413, "request body over 32 MiB")
-            body += await reader.readexactly(size)
-            if await reader.readexactly(2) != b"\r\n":
-                raise Refused(400, "bad chunk framing")
-        raise Refused(413, "too many chunks")
+        return Framing("chunked")
     if cl is None:
-        return b""
+        return Framing("none")
     length = _number(cl)
     if length is None:
         raise Refused(400, "bad Content-Length")
     if length > MAX_BODY:
         raise Refused(413, "request body over 32 MiB")
-    return await reader.readexactly(length)
+    return Framing("length", length) if length else Framing("none")
 
 
-def inspect_tunnel(buf: bytes, host: str) -> str | None:
-    """Check the first bytes a client sends into a tunnel: TLS SNI or HTTP Host must name the
-    CONNECT host. Returns a refusal reason, None when fine, or raises LookupError for "need more"."""
+class BodyScan:
+    """Scans a body piece by piece before it leaves, holding back the last SCAN_WINDOW bytes so a secret
+    split across two pieces is still seen whole. Work per piece is bounded (window + piece)."""
+
+    def __init__(self, scanner: Scanner) -> None:
+        self.scanner = scanner
+        self.tail = b""
+
+    def feed(self, piece: bytes) -> bytes:
+        data = self.tail + piece
+        hit = self.scanner.find_bytes(data)
+        if hit is not None:
+            raise Refused(403, hit.reason)
+        cut = max(0, len(data) - SCAN_WINDOW)
+        self.tail = data[cut:]
+        return data[:cut]
+
+    def finish(self) -> bytes:
+        rest, self.tail = self.tail, b""
+        return rest
+
+
+SNI_MISMATCH = "sni-mismatch"
+NEED = object()  # judge_tunnel: not enough bytes yet
+
+
+def judge_tunnel(buf: bytes, host: str, *, eof: bool = False) -> tuple[object, str | None]:
+    """Judge the first bytes a client sends into a tunnel before any of them is relayed. Returns
+    (NEED, None) for "need more", ("allow", detail) or ("deny", reason); detail/SNI for the log.
+
+    Allowed: a whole TLS ClientHello whose SNI names the CONNECT host (no SNI only for an IP-literal
+    host), or a whole SSH identification line. Anything else, or the client closing before the first
+    bytes could be judged, is refused: plain HTTP in a tunnel could name any virtual host on the
+    allowed address, request after request, unscanned."""
     if not buf:
-        return None
-    if buf[0] == 0x16:
+        return ("deny", "tunnel-closed-before-first-bytes") if eof else (NEED, None)
+    if buf[:1] == b"\x16":
         try:
             sni = client_hello_sni(buf)
         except ValueError:
-            return "bad-client-hello"
+            return "deny", "bad-client-hello"
         if sni is NEED_MORE:
-            raise LookupError
-        if sni is not None and normalise_host(str(sni)) != host:
-            return "sni-mismatch"
-        return None
-    if buf.startswith(b"SSH-2.0-") or (len(buf) < 8 and b"SSH-2.0-".startswith(buf)):
-        if len(buf) < 8:
-            raise LookupError
-        return None  # git over SSH to an allowed host: the host key, not a name, says who answers
-    # Plain HTTP inside a tunnel could name any virtual host on the allowed address, request after
-    # request; plain HTTP goes through the absolute-URI path instead, where every request is checked.
-    return "tunnel-not-tls"
+            if eof or len(buf) > MAX_FIRST_BYTES:
+                return "deny", "incomplete-client-hello"
+            return NEED, None
+        if sni is None:
+            return ("allow", None) if is_ip(host) else ("deny", "no-sni")
+        if normalise_host(str(sni)) != host:
+            return "deny", SNI_MISMATCH
+        return "allow", str(sni)
+    if b"SSH-2.0-".startswith(buf[:8]) and len(buf) < 8:
+        return ("deny", "incomplete-ssh-banner") if eof else (NEED, None)
+    if buf.startswith(b"SSH-2.0-"):
+        end = buf.find(b"\n")
+        if end < 0:
+            if eof or len(buf) > MAX_SSH_BANNER:
+                return "deny", "incomplete-ssh-banner"
+            return NEED, None
+        line = buf[: end + 1].rstrip(b"\r\n")
+        if end + 1 > MAX_SSH_BANNER or any(not 0x20 <= c < 0x7F for c in line):
+            return "deny", "bad-ssh-banner"
+        return "allow", None
+    return "deny", "tunnel-not-tls"
+
+
+def inspect_tunnel(buf: bytes, host: str) -> str | None:
+    """Compatibility wrapper: a refusal reason, None when fine; LookupError for "need more"."""
+    verdict, detail = judge_tunnel(buf, host)
+    if verdict is NEED:
+        raise LookupError
+    return detail if verdict == "deny" else None
+
+
+# Agent-shaped fields: redacted before they are written. Reasons are the guard's own words.
+_AGENT_TEXT = ("path", "query", "sni", "host_header")
+
+
+@dataclass
+class Conn:
+    """One client connection's audit record."""
+
+    cid: str
+    entry: dict[str, object]
+    timer: Timer = field(default_factory=Timer)
+    allowed: bool = False  # an allow line was written: an end line follows
+    up: int = 0
+    down: int = 0
 
 
 class Guard:
     """One guard serves one bottle: its policy file, secrets, audit log."""
 
     def __init__(
-        self, policy: PolicyFile, audit: AuditLog, secrets: Secrets | None = None, cafile: str | None = None
+        self,
+        policy: PolicyFile,
+        audit: AuditLog,
+        secrets: Secrets | None = None,
+        cafile: str | None = None,
+        clients: Sequence[str] = (),
     ) -> None:
         self.policy = policy
         self.audit = audit
         self.secrets = secrets or Secrets()
         self.connections = 0
-        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
+        self.clients = [ipaddress.ip_network(c, strict=False) for c in clients]
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._ids = itertools.count(1)
+        self._boot = secrets_token()
         self._ssl = ssl.create_default_context(cafile=cafile) if cafile else ssl.create_default_context()
 
     @property
@@ -248,15 +318,61 @@ class Guard:
     async def serve(self, host: str, port: int) -> asyncio.Server:
         return await asyncio.start_server(self._handle, host, port, limit=MAX_HEAD, reuse_address=True)
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        async with self._slots:
-            await self._handle_one(reader, writer)
+    def client_allowed(self, addr: str) -> bool:
+        if not self.clients:
+            return True
+        try:
+            ip = ipaddress.ip_address(addr)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.clients)
 
-    async def _handle_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
+    async def close_connections(self, reason: str = "guard stopping") -> None:
+        """Cut every open connection; each writes its closing audit line on the way out."""
+        for task in list(self._tasks):
+            task.cancel(reason)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
+
+    # -- one connection ---------------------------------------------------------------------------
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
-        timer = Timer()
-        entry: dict[str, object] = {"kind": "http", "client": peer[0] if peer else "?"}
+        client = str(peer[0]) if peer else "?"
+        if not self.client_allowed(client):
+            # Only the bottle's own network may use the guard: never a neighbour on its outbound side.
+            self.audit.budgeted(
+                "proxy",
+                ("deny", "client outside the bottle"),
+                kind="client",
+                client=client,
+                decision="deny",
+                reason="client outside the bottle",
+            )
+            writer.close()
+            return
+        if self.connections >= MAX_CONNECTIONS:
+            self.audit.count("proxy", ("deny", "guard at capacity"))
+            await self._respond(
+                writer, 503, b"claude-bottle egress guard: at capacity\n", "text/plain", "guard at capacity"
+            )
+            writer.close()
+            return
+        _tune(writer)
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        self.connections += 1
+        conn = Conn(f"{self._boot}-{next(self._ids)}", {"kind": "http", "client": client})
+        try:
+            await self._serve(conn, reader, writer)
+        finally:
+            self.connections -= 1
+            if task is not None:
+                self._tasks.discard(task)
+
+    async def _serve(self, conn: Conn, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        entry = conn.entry
+        ended = "closed"
         try:
             try:
                 raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
@@ -266,44 +382,97 @@ class Guard:
                 raise Refused(431, "request head too large") from None
             req = parse_head(raw[:-4])
             entry["method"] = req.method
-            await self._dispatch(req, reader, writer, entry)
+            await self._dispatch(req, reader, writer, conn)
         except Refused as exc:
-            entry["decision"] = "deny"
-            entry["reason"] = exc.reason
-            await self._respond(
-                writer, exc.status, f"claude-bottle egress guard: {exc.reason}\n".encode(), "text/plain", exc.reason
-            )
-        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            entry.setdefault("reason", "client went away")
+            self._deny(conn, exc.reason)
+            if not entry.get("tunnel"):
+                await self._respond(
+                    writer,
+                    exc.status,
+                    f"claude-bottle egress guard: {exc.reason}\n".encode(),
+                    "text/plain",
+                    exc.reason,
+                )
+        except asyncio.CancelledError:
+            ended = "guard stopping"
+            raise
+        except (TimeoutError, ConnectionError, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            ended = "client went away"
         except Exception:  # noqa: BLE001 - hostile input must never take the guard down: fail closed, on record
             traceback.print_exc()
-            entry["decision"] = "deny"
-            entry["reason"] = "internal error"
+            self._deny(conn, "internal error")
+            ended = "internal error"
         finally:
-            if "decision" in entry:
-                entry["duration_ms"] = timer.ms()
-                for key, value in entry.items():  # every string the agent could have shaped is redacted
-                    if isinstance(value, str):
-                        entry[key] = self.scanner.redact(value)
-                self.audit.write(**entry)
+            if conn.allowed:
+                status = {"status": entry["status"]} if "status" in entry else {}
+                self.audit.write(
+                    kind="end",
+                    conn=conn.cid,
+                    bytes_up=conn.up,
+                    bytes_down=conn.down,
+                    duration_ms=conn.timer.ms(),
+                    reason=ended,
+                    **status,
+                )
             with contextlib.suppress(Exception):
                 writer.close()
-            self.connections -= 1
 
+    # -- audit ------------------------------------------------------------------------------------
+    def _fields(self, conn: Conn) -> dict[str, object]:
+        out: dict[str, object] = {"conn": conn.cid}
+        for key, value in conn.entry.items():
+            if key == "tunnel":
+                continue
+            if isinstance(value, str) and key == "host":
+                out[key] = self.scanner.redact_host(cap(value))
+            elif isinstance(value, str) and key in _AGENT_TEXT:
+                out[key] = self.scanner.redact(cap(value))
+            else:
+                out[key] = value
+        return out
+
+    def _allow(self, conn: Conn, reason: str) -> None:
+        """The allow line, written before a byte of the request is relayed. No room to record it: refused."""
+        self._recordable()
+        conn.entry.update(decision="allow", reason=reason)
+        fields = self._fields(conn)
+        if not self.audit.admit("proxy"):
+            self.audit.count("proxy", ("deny", "over the audit budget"))
+            conn.entry["budget"] = True
+            raise Refused(503, "over the audit budget: slow down")
+        if not self.audit.write(**fields):
+            raise Refused(503, "audit log cannot record: refusing")
+        conn.allowed = True
+
+    def _deny(self, conn: Conn, reason: str) -> None:
+        if conn.entry.pop("budget", None):
+            return  # already counted for the summary
+        conn.entry.update(decision="deny", reason=reason)
+        fields = self._fields(conn)
+        fields["duration_ms"] = conn.timer.ms()
+        self.audit.budgeted("proxy", ("deny", reason), **fields)
+
+    # -- dispatch ---------------------------------------------------------------------------------
     async def _dispatch(
-        self, req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, entry: dict[str, object]
+        self, req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: Conn
     ) -> None:
+        entry = conn.entry
         if req.method == "CONNECT":
             entry["kind"] = "connect"
             host, port = split_host_port(req.target, 443)
             entry.update(host=host, port=port)
             self._scan_host(host)
-            decision = self._decide(host, port, entry)
+            decision = self._decide(host, port)
             up_r, up_w = await self._open(host, port, decision, entry)
             try:
                 writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
                 await writer.drain()
-                await self._relay(reader, writer, up_r, up_w, entry, inspect=host)
+                entry["tunnel"] = True  # from here a refusal can only close the connection
+                first = await self._first_bytes(reader, host, entry)
+                self._allow(conn, decision.reason)
+                up_w.write(first)
+                conn.up += len(first)
+                await self._relay(reader, writer, up_r, up_w, conn)
             finally:
                 up_w.close()
             return
@@ -314,11 +483,15 @@ class Guard:
                 return
             matched = self.secrets.match(req.target)
             if matched is None:
-                entry.update(kind="local", path=req.target.split("?")[0])
+                path, _, query = req.target.partition("?")
+                entry.update(kind="local", path=path, **({"query": query} if query else {}))
                 raise Refused(404, "not a proxy request or credential route")
             route, rest = matched
-            entry.update(kind="route", route=route.name, host=route.host, port=route.port, path=rest.split("?")[0])
-            await self._route(req, route, rest, reader, writer, entry)
+            path, _, query = rest.partition("?")
+            entry.update(kind="route", route=route.name, host=route.host, port=route.port, path=path)
+            if query:
+                entry["query"] = query
+            await self._route(req, route, rest, reader, writer, conn)
             return
         url = urlsplit(req.target)
         if url.scheme != "http" or not url.netloc:
@@ -326,25 +499,26 @@ class Guard:
         host, port = split_host_port(url.netloc, 80)
         path = (url.path or "/") + (f"?{url.query}" if url.query else "")
         entry.update(host=host, port=port, path=url.path or "/")
+        if url.query:
+            entry["query"] = url.query
         self._scan_host(host)
         hh = req.header("host")
         if hh is not None and split_host_port(hh, port)[0] != host:
+            entry["host_header"] = hh
             raise Refused(403, "host-header-mismatch")
         self._scan_request(req, path)
-        body = await read_body(req, reader, writer)
-        self._scan(body)
-        decision = self._decide(host, port, entry)
+        framing = body_framing(req)
+        decision = self._decide(host, port)
         up_r, up_w = await self._open(host, port, decision, entry)
-        authority = (f"[{host}]" if ":" in host else host) + ("" if port == 80 else f":{port}")
-        # The Host header is always the checked host: another one could reach another vhost.
-        lines = [
-            f"{req.method} {path} HTTP/1.1",
-            f"Host: {authority}",
-            *req.forwarded_headers(),
-            *([f"Content-Length: {len(body)}"] if body or req.method in ("POST", "PUT", "PATCH") else []),
-            "Connection: close",
-        ]
-        await self._relay(reader, writer, up_r, up_w, entry, first=("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        try:
+            self._allow(conn, decision.reason)
+            authority = (f"[{host}]" if ":" in host else host) + ("" if port == 80 else f":{port}")
+            # The Host header is always the checked host: another one could reach another vhost.
+            head = [f"{req.method} {path} HTTP/1.1", f"Host: {authority}", *req.forwarded_headers()]
+            await self._send_request(req, framing, head, reader, writer, up_w, conn)
+            await self._relay(reader, writer, up_r, up_w, conn, client_done=True)
+        finally:
+            up_w.close()
 
     # -- checks -----------------------------------------------------------------------------------
     def _scan(self, data: bytes | str) -> None:
@@ -361,13 +535,42 @@ class Guard:
         self._scan(path)
         self._scan("\n".join(f"{k}: {v}" for k, v in req.headers if k.lower() not in skip))
 
-    def _decide(self, host: str, port: int, entry: dict[str, object]) -> Decision:
+    def _decide(self, host: str, port: int) -> Decision:
         decision = self.policy.current().check(host, port)
-        entry["decision"] = "allow" if decision.allowed else "deny"
-        entry["reason"] = decision.reason
         if not decision.allowed:
             raise Refused(403, decision.reason)
+        self._recordable()
         return decision
+
+    def _recordable(self) -> None:
+        """Before connecting anywhere: an allow the audit log could not record is not made."""
+        if not self.audit.can_record():
+            raise Refused(503, "audit log cannot record: refusing")
+
+    async def _first_bytes(self, reader: asyncio.StreamReader, host: str, entry: dict[str, object]) -> bytes:
+        """The tunnel's first bytes, read until they can be judged (nothing is relayed before)."""
+        try:
+            async with asyncio.timeout(FIRST_BYTES_TIMEOUT):
+                return await self._judge_first(reader, host, entry)
+        except TimeoutError:
+            raise Refused(408, "tunnel-first-bytes-too-slow") from None
+
+    async def _judge_first(self, reader: asyncio.StreamReader, host: str, entry: dict[str, object]) -> bytes:
+        buf = b""
+        while True:
+            chunk = await reader.read(CHUNK)
+            buf += chunk
+            verdict, detail = judge_tunnel(buf, host, eof=not chunk)
+            if verdict is NEED:
+                continue
+            if verdict == "deny":
+                if detail == SNI_MISMATCH:
+                    with contextlib.suppress(ValueError):
+                        entry["sni"] = str(client_hello_sni(buf))
+                raise Refused(403, str(detail))
+            if detail:
+                entry["sni"] = detail
+            return buf
 
     async def _resolve(self, host: str, port: int) -> list[str]:
         if is_ip(host):
@@ -375,7 +578,7 @@ class Guard:
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except OSError:
-            raise Refused(502, f"cannot resolve {host}") from None
+            raise Refused(502, "cannot resolve the host") from None
         return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
     async def _open(
@@ -385,11 +588,12 @@ class Guard:
         allow_private = decision is None or (decision.rule is not None and decision.rule.private)
         usable = [a for a in addrs if allow_private or is_public_address(a)]
         if not usable:
-            raise Refused(403, f"ssrf: {host} resolves to a non-public address ({addrs[0]})")
+            entry["resolved"] = addrs[0] if addrs else ""
+            raise Refused(403, "ssrf: resolves to a non-public address")
         last: Exception | None = None
         for addr in usable:  # connect to the very address that was checked: no second lookup
             try:
-                conn = await asyncio.wait_for(
+                up_r, up_w = await asyncio.wait_for(
                     asyncio.open_connection(
                         addr, port, limit=CHUNK, ssl=self._ssl if tls else None, server_hostname=host if tls else None
                     ),
@@ -399,8 +603,55 @@ class Guard:
                 last = exc
                 continue
             entry["addr"] = addr
-            return conn
-        raise Refused(502, f"cannot connect to {host}:{port} ({type(last).__name__})")
+            _tune(up_w)
+            return up_r, up_w
+        raise Refused(502, f"cannot connect upstream ({type(last).__name__})")
+
+    # -- request bodies ---------------------------------------------------------------------------
+    async def _send_request(
+        self,
+        req: Request,
+        framing: Framing,
+        head: list[str],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        up_w: asyncio.StreamWriter,
+        conn: Conn,
+    ) -> None:
+        """The request head, then its body streamed upstream as it arrives, each piece scanned first."""
+        if framing.kind == "chunked":
+            head.append("Transfer-Encoding: chunked")
+        elif framing.kind == "length" or req.method in ("POST", "PUT", "PATCH"):
+            head.append(f"Content-Length: {framing.length}")
+        head.append("Connection: close")
+        data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
+        up_w.write(data)
+        conn.up += len(data)
+        if framing.kind == "none":
+            await up_w.drain()
+            return
+        if (req.header("expect") or "").lower() == "100-continue":
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        scan = BodyScan(self.scanner)
+
+        async def emit(piece: bytes) -> None:
+            if not piece:
+                return
+            out = f"{len(piece):x}\r\n".encode() + piece + b"\r\n" if framing.kind == "chunked" else piece
+            up_w.write(out)
+            conn.up += len(piece)
+            await up_w.drain()
+
+        try:
+            async with asyncio.timeout(BODY_TIMEOUT):
+                async for piece in _body_pieces(framing, reader):
+                    await emit(scan.feed(piece))
+                await emit(scan.finish())
+        except TimeoutError:
+            raise Refused(408, "request body too slow") from None
+        if framing.kind == "chunked":
+            up_w.write(b"0\r\n\r\n")
+        await up_w.drain()
 
     # -- credential routes ------------------------------------------------------------------------
     async def _route(
@@ -410,59 +661,46 @@ class Guard:
         rest: str,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        entry: dict[str, object],
+        conn: Conn,
     ) -> None:
         # The agent's placeholder credential headers are replaced, so they are not scanned.
         self._scan_request(req, rest, skip=_CRED_HEADERS)
-        body = await read_body(req, reader, writer)
-        self._scan(body)
-        entry.update(decision="allow", reason=f"credential route {route.name}")
+        framing = body_framing(req)
+        self._recordable()
         # The operator named this upstream: private addresses are fine, no allow rule needed.
-        up_r, up_w = await self._open(route.host, route.port, None, entry, tls=route.scheme == "https")
+        up_r, up_w = await self._open(route.host, route.port, None, conn.entry, tls=route.scheme == "https")
         try:
-            await self._route_exchange(req, route, rest, body, up_r, up_w, writer, entry)
+            self._allow(conn, f"credential route {route.name}")
+            authority = route.host if route.port in (80, 443) else f"{route.host}:{route.port}"
+            head = [
+                f"{req.method} {route.base_path}{rest} HTTP/1.1",
+                f"Host: {authority}",
+                *req.forwarded_headers(drop=_CRED_HEADERS),
+                f"{route.header}: {route.value}",
+            ]
+            await self._send_request(req, framing, head, reader, writer, up_w, conn)
+            await self._route_response(route, up_r, writer, conn)
         finally:
             up_w.close()
 
-    async def _route_exchange(
-        self,
-        req: Request,
-        route: Route,
-        rest: str,
-        body: bytes,
-        up_r: asyncio.StreamReader,
-        up_w: asyncio.StreamWriter,
-        writer: asyncio.StreamWriter,
-        entry: dict[str, object],
+    async def _route_response(
+        self, route: Route, up_r: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: Conn
     ) -> None:
-        authority = route.host if route.port in (80, 443) else f"{route.host}:{route.port}"
-        lines = [
-            f"{req.method} {route.base_path}{rest} HTTP/1.1",
-            f"Host: {authority}",
-            *req.forwarded_headers(drop=_CRED_HEADERS),
-            f"{route.header}: {route.value}",
-            f"Content-Length: {len(body)}",
-            "Connection: close",
-        ]
-        up_w.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
-        await up_w.drain()
-        entry["bytes_up"] = len(body)
         try:
-            head = await asyncio.wait_for(up_r.readuntil(b"\r\n\r\n"), 300)
+            head = await asyncio.wait_for(up_r.readuntil(b"\r\n\r\n"), RESPONSE_TIMEOUT)
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
-            raise Refused(502, f"upstream {route.host} sent no response ({type(exc).__name__})") from None
+            raise Refused(502, f"upstream {route.name} sent no response ({type(exc).__name__})") from None
         status_line, *resp_headers = head[:-4].decode("latin-1").split("\r\n")
         code = status_line.split(" ")[1] if status_line.count(" ") else ""
-        entry["status"] = _number(code) or 0
+        conn.entry["status"] = _number(code) or 0
         # One request per connection: tell the client so it never reuses a socket we are closing.
         kept = [h for h in resp_headers if h.split(":", 1)[0].strip().lower() not in ("connection", "keep-alive")]
         writer.write(("\r\n".join([status_line, *kept, "Connection: close"]) + "\r\n\r\n").encode("latin-1"))
-        down = 0
+        conn.entry["tunnel"] = True  # the response has begun: a late failure can only close
         while chunk := await up_r.read(CHUNK):  # streamed as it arrives: SSE is not buffered
             writer.write(chunk)
-            down += len(chunk)
+            conn.down += len(chunk)
             await writer.drain()
-        entry["bytes_down"] = down
 
     # -- relaying ---------------------------------------------------------------------------------
     async def _relay(
@@ -471,69 +709,34 @@ class Guard:
         writer: asyncio.StreamWriter,
         up_r: asyncio.StreamReader,
         up_w: asyncio.StreamWriter,
-        entry: dict[str, object],
-        first: bytes = b"",
-        inspect: str | None = None,
+        conn: Conn,
+        *,
+        client_done: bool = False,
     ) -> None:
-        counts = {"up": 0, "down": 0}
-        refused: list[str] = []
-        if first:
-            up_w.write(first)
-            counts["up"] += len(first)
+        """Both directions until each side closes. With client_done (one checked request has been sent),
+        nothing more from the client is relayed: a pipelined second request would go unchecked."""
+        conn.entry["tunnel"] = True
 
-        async def client_to_upstream() -> None:
-            if first:
-                # One checked request, then nothing more from the client: a pipelined second request
-                # would go to the same upstream unscanned and unchecked.
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, up: bool) -> None:
+            with contextlib.suppress(ConnectionError, OSError):
+                while chunk := await src.read(CHUNK):
+                    dst.write(chunk)
+                    if up:
+                        conn.up += len(chunk)
+                    else:
+                        conn.down += len(chunk)
+                    await dst.drain()
+                if dst.can_write_eof():
+                    dst.write_eof()
+
+        async def half_close() -> None:
+            with contextlib.suppress(ConnectionError, OSError):
                 await up_w.drain()
                 if up_w.can_write_eof():
                     up_w.write_eof()
-                return
-            if inspect is not None:
-                buf = b""
-                while True:
-                    chunk = await asyncio.wait_for(reader.read(CHUNK), FIRST_BYTES_TIMEOUT)
-                    buf += chunk
-                    try:
-                        why = inspect_tunnel(buf, inspect) if chunk else None
-                    except LookupError:
-                        if len(buf) <= MAX_HEAD:
-                            continue
-                        why = "first bytes too large"
-                    if why is not None:
-                        refused.append(why)
-                        up_w.close()
-                        writer.close()
-                        return
-                    break
-                if buf:
-                    up_w.write(buf)
-                    counts["up"] += len(buf)
-                    await up_w.drain()
-            await pump(reader, up_w, "up")
 
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, key: str) -> None:
-            while chunk := await src.read(CHUNK):
-                dst.write(chunk)
-                counts[key] += len(chunk)
-                await dst.drain()
-            if dst.can_write_eof():
-                dst.write_eof()
-
-        async def guarded(fn: Callable[[], object]) -> None:
-            with contextlib.suppress(ConnectionError, OSError, asyncio.TimeoutError):
-                await fn()  # type: ignore[misc]
-
-        try:
-            await asyncio.gather(guarded(client_to_upstream), guarded(lambda: pump(up_r, writer, "down")))
-        finally:
-            entry["bytes_up"] = counts["up"]
-            entry["bytes_down"] = counts["down"]
-            if refused:
-                entry["decision"] = "deny"
-                entry["reason"] = refused[0]
-            with contextlib.suppress(Exception):
-                up_w.close()
+        upward = half_close() if client_done else pump(reader, up_w, up=True)
+        await asyncio.gather(upward, pump(up_r, writer, up=False))
 
     @staticmethod
     async def _respond(
@@ -547,6 +750,57 @@ class Guard:
         ]
         if reason:
             head.append(f"X-Claude-Bottle-Reason: {reason}")
-        with contextlib.suppress(ConnectionError, OSError):
+        with contextlib.suppress(ConnectionError, OSError, TimeoutError):
             writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
-            await writer.drain()
+            await asyncio.wait_for(writer.drain(), 5)
+
+
+async def _body_pieces(framing: Framing, reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
+    """The body's bytes in pieces of at most CHUNK, de-chunked, within MAX_BODY."""
+    if framing.kind == "length":
+        left = framing.length
+        while left:
+            piece = await reader.read(min(CHUNK, left))
+            if not piece:
+                raise asyncio.IncompleteReadError(b"", left)
+            left -= len(piece)
+            yield piece
+        return
+    total = 0
+    for _ in range(MAX_CHUNKS):
+        line = await reader.readuntil(b"\r\n")
+        size = _number(line[:-2].split(b";")[0].strip().decode("latin-1"), 16)
+        if size is None:
+            raise Refused(400, "bad chunk size")
+        if size == 0:
+            for _ in range(64):  # trailers, bounded; never forwarded
+                if await reader.readuntil(b"\r\n") == b"\r\n":
+                    return
+            raise Refused(400, "too many trailers")
+        total += size
+        if total > MAX_BODY:
+            raise Refused(413, "request body over 32 MiB")
+        left = size
+        while left:
+            piece = await reader.read(min(CHUNK, left))
+            if not piece:
+                raise asyncio.IncompleteReadError(b"", left)
+            left -= len(piece)
+            yield piece
+        if await reader.readexactly(2) != b"\r\n":
+            raise Refused(400, "bad chunk framing")
+    raise Refused(413, "too many chunks")
+
+
+def _tune(writer: asyncio.StreamWriter) -> None:
+    """Small kernel and transport buffers: the per-connection part of the guard's memory budget."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+    with contextlib.suppress(AttributeError, NotImplementedError):
+        writer.transport.set_write_buffer_limits(high=2 * CHUNK)
+
+
+def secrets_token() -> str:
+    return _random.token_hex(2)

@@ -205,6 +205,23 @@ class Cli:
         out = self.run("logs", slug, "--egress", check=True).stdout
         return [json.loads(line) for line in out.splitlines() if line.strip()]
 
+    def wait_line(self, slug: str, timeout: float = 15, **match: Any) -> dict[str, Any]:
+        """The last audit line with these fields, waiting for it (lines land as decisions are made)."""
+        path = self.home / "state" / slug / "egress.jsonl"
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+            found = [ln for ln in lines if all(ln.get(k) == v for k, v in match.items())]
+            if found:
+                return found[-1]
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no audit line with {match} in {slug} after {timeout}s; last: {lines[-3:]}")
+            time.sleep(0.05)
+
+    def end_of(self, slug: str, line: dict[str, Any]) -> dict[str, Any]:
+        """An allowed connection's closing line (bytes, duration, status), written when it ends."""
+        return self.wait_line(slug, kind="end", conn=line["conn"])
+
     def ls(self) -> dict[str, dict[str, object]]:
         return {r["slug"]: r for r in json.loads(self.run("ls", "--json", check=True).stdout)}
 

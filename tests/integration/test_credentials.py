@@ -23,8 +23,8 @@ def test_anthropic_route_adds_the_real_key(cli: Cli, bottle: str, internet: Inte
     seen = [r for r in internet.requests("anthropic") if r["path"].startswith("/v1/messages")]
     assert seen and header(seen[-1], "x-api-key") == TEST_KEY
     assert "placeholder" not in str(seen[-1]["headers"])
-    route = [ln for ln in cli.audit(bottle) if ln["kind"] == "route"]
-    assert route and route[-1]["route"] == "anthropic" and route[-1]["status"] == 200
+    route = cli.wait_line(bottle, kind="route", route="anthropic", decision="allow")
+    assert cli.end_of(bottle, route)["status"] == 200
     assert TEST_KEY not in str(cli.audit(bottle))
 
 

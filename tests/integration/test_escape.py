@@ -210,7 +210,7 @@ def test_exfiltration_in_url_header_body_and_host_name(cli: Cli, bottle: str) ->
     for what, script in attempts.items():
         _, out = cli.sh(bottle, script)
         assert out.startswith("403") or "response 403" in out, f"{what}: {out}"
-    reasons = [ln["reason"] for ln in cli.audit(bottle) if str(ln["reason"]).startswith("dlp:")]
+    reasons = [ln["reason"] for ln in cli.audit(bottle) if str(ln.get("reason", "")).startswith("dlp:")]
     assert reasons.count("dlp:honeytoken") >= 5, reasons
     text = json.dumps(cli.audit(bottle))
     assert key_id not in text and npm not in text and key_id.lower() not in text

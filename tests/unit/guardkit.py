@@ -60,10 +60,19 @@ async def send(port: int, raw: bytes) -> bytes:
 
 
 async def audit_lines(path: Path, n: int = 1) -> list[dict[str, Any]]:
-    """Audit lines, waiting a little for the first n (they are written as a connection ends)."""
+    """Audit lines, waiting a little for the first n (an allowed connection's closing line comes last)."""
     for _ in range(200):
         lines = [json.loads(x) for x in path.read_text().splitlines()]
         if len(lines) >= n:
             return lines
         await asyncio.sleep(0.01)
     return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def decisions(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The decision lines (allow/deny), without the closing lines and summaries."""
+    return [ln for ln in lines if "decision" in ln]
+
+
+def ends(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [ln for ln in lines if ln.get("kind") == "end"]

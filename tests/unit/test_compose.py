@@ -71,7 +71,10 @@ def test_the_guard_is_the_agents_dns(tmp_path: Path) -> None:
     agent, guard = doc["services"]["agent"], doc["services"]["egress"]
     assert doc["services"]["net"]["dns"] == ["10.213.7.30"]
     assert "dns" not in agent
-    assert guard["command"][guard["command"].index("--dns") + 1] == "0.0.0.0:53"
+    # Served on the bottle's internal address only, to the bottle's own network only.
+    assert guard["command"][guard["command"].index("--dns") + 1] == "10.213.7.30:53"
+    assert guard["command"][guard["command"].index("--listen") + 1] == "10.213.7.30:3128"
+    assert guard["command"][guard["command"].index("--clients") + 1] == "10.213.7.16/28"
     assert guard["sysctls"] == {"net.ipv4.ip_unprivileged_port_start": 0}
     assert "cap_add" not in guard
 
@@ -89,7 +92,7 @@ def test_pipelock_engine(tmp_path: Path) -> None:
     )
     guard, agent = doc["services"]["egress"], doc["services"]["agent"]
     assert guard["image"] == "ghcr.io/luckypipewrench/pipelock"
-    assert guard["command"] == ["run", "--listen", "0.0.0.0:8888", "--config", "/etc/pipelock/pipelock.yaml"]
+    assert guard["command"] == ["run", "--listen", "10.213.7.30:8888", "--config", "/etc/pipelock/pipelock.yaml"]
     assert agent["environment"]["HTTPS_PROXY"] == "http://egress:8888"
     assert agent["environment"]["BOTTLE_GUARD_HEALTH"] == "http://egress:8888/health"
     assert "dns" not in agent and "dns" not in doc["services"]["net"]
@@ -212,3 +215,12 @@ def test_workspace_guards_manifest_git_and_mount_sources(tmp_path: Path) -> None
             ids=RuntimeIds(1000, 1000, 10001, 10001),
             net=NetPlan("10.213.7.16/28"),
         )
+
+
+def test_the_guard_restarts_has_its_own_cpu_and_every_log_is_bounded(tmp_path: Path) -> None:
+    doc = render(tmp_path)
+    guard = doc["services"]["egress"]
+    assert guard["restart"] == "on-failure" and guard["cpus"] == 1.0 and guard["mem_limit"] == "512m"
+    for name, svc in doc["services"].items():
+        assert svc["logging"] == {"driver": "json-file", "options": {"max-size": "10m", "max-file": "2"}}, name
+    assert "restart" not in doc["services"]["agent"]

@@ -21,7 +21,7 @@ from claude_bottle.egress.dns import DnsServer, answer, parse_query
 from claude_bottle.egress.proxy import inspect_tunnel
 from claude_bottle.egress.tls import NEED_MORE, client_hello_sni
 
-from .guardkit import audit_lines, client_hello, send, serving_guard
+from .guardkit import audit_lines, client_hello, decisions, ends, send, serving_guard
 
 REAL_KEY = "sk-ant-api03-REALKEYabcdefghijklmnopqrstuvwxyz0123456789"
 HONEY = "AKIAHONEYTOKEN0000001"
@@ -179,16 +179,24 @@ def test_credential_route_adds_the_real_key_and_streams(tmp_path: Path) -> None:
         assert req.startswith(b"POST /base/v1/messages?beta=true HTTP/1.1\r\n")
         assert f"x-api-key: {REAL_KEY}".encode() in req and b"placeholder" not in req
         assert req.endswith(body)
-        (line,) = await audit_lines(audit)
-        assert line["kind"] == "route" and line["route"] == "anthropic" and line["status"] == 200
+        lines = await audit_lines(audit, 2)
+        (line,) = decisions(lines)
+        assert line["kind"] == "route" and line["route"] == "anthropic" and line["decision"] == "allow"
+        assert line["path"] == "/v1/messages" and line["query"] == "beta=true"
+        (end,) = ends(lines)
+        assert end["conn"] == line["conn"] and end["status"] == 200 and end["bytes_down"] == len(first + rest)
         assert REAL_KEY not in audit.read_text()
 
     asyncio.run(with_guard(tmp_path, recording_sse_upstream, go))
 
 
+received: list[bytes] = []
+
+
 async def echo_upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     with contextlib.suppress(Exception):
-        await reader.readuntil(b"\r\n\r\n")
+        received.append(await reader.readuntil(b"\r\n\r\n"))
+        received.append(await asyncio.wait_for(reader.read(), 1))
     writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
     await writer.drain()
     writer.close()
@@ -227,13 +235,19 @@ async def echo_upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
     ],
 )
 def test_dlp_blocks_and_never_logs_the_secret(tmp_path: Path, request_text: str, reason: str, leak: str) -> None:
+    received.clear()
+
     async def go(port: int, up: int, audit: Path) -> None:
         resp = await send(port, request_text.replace("{up}", str(up)).encode())
         assert resp.startswith(b"HTTP/1.1 403"), resp
         assert reason.encode() in resp
-        (line,) = await audit_lines(audit)
-        assert line["decision"] == "deny" and line["reason"] == reason
+        # A secret in a head is refused before anything is sent; one in a body after its destination was
+        # allowed (an allow line, then the deny): either way the upstream never sees it.
+        lines = decisions(await audit_lines(audit))
+        assert lines[-1]["decision"] == "deny" and lines[-1]["reason"] == reason
+        assert [ln["decision"] for ln in lines] in (["deny"], ["allow", "deny"])
         assert leak not in audit.read_text()
+        assert leak.encode() not in b"".join(received[1:])  # the body (a route's head carries the real key)
 
     asyncio.run(with_guard(tmp_path, echo_upstream, go))
 
@@ -249,7 +263,7 @@ def test_connect_with_mismatched_sni_is_cut_and_audited(tmp_path: Path) -> None:
         writer.close()
         await writer.wait_closed()
         (line,) = await audit_lines(audit)
-        assert (line["decision"], line["reason"]) == ("deny", "sni-mismatch")
+        assert (line["decision"], line["reason"], line["sni"]) == ("deny", "sni-mismatch", "forbidden.example")
 
     asyncio.run(with_guard(tmp_path, echo_upstream, go))
 
@@ -308,12 +322,18 @@ def test_dns_flood_is_summarised_not_logged_line_by_line(tmp_path: Path) -> None
     audit = tmp_path / "egress.jsonl"
     log = AuditLog(audit, bottle="t")
     server = DnsServer(log, dict, Scanner)
+    t0 = time.monotonic()
     for i in range(500):
         assert server.handle(query(f"n{i}.example.com"), "10.0.0.3") is not None  # every query answered
-    server._second -= 1  # the next second begins
-    server.handle(query("last.example.com"), "10.0.0.3")
+    logged = [json.loads(x) for x in audit.read_text().splitlines()]
+    assert 0 < len(logged) < 500  # the DNS budget's burst, then counting
+    budget = log.budgets["dns"]
+    assert sum(len(json.dumps(x, separators=(",", ":"))) + 1 for x in logged) <= budget.burst + budget.rate * (
+        time.monotonic() - t0
+    )
+    log.flush_summaries()  # the guard's once-a-second timer
     log.close()
     lines = [json.loads(x) for x in audit.read_text().splitlines()]
-    assert len(lines) == DnsServer.LINES_PER_SECOND + 2
-    summary = next(ln for ln in lines if ln["reason"] == "rate-limited")
-    assert summary["suppressed"] == 500 - DnsServer.LINES_PER_SECOND
+    (summary,) = [ln for ln in lines if ln["kind"] == "summary"]
+    assert summary["source"] == "dns" and summary["suppressed"] == 500 - len(logged)
+    assert summary["counts"] == [{"decision": "deny", "reason": "nxdomain", "count": 500 - len(logged)}]

@@ -62,9 +62,43 @@ def test_wrapped_private_v4_addresses_are_not_public(addr: str) -> None:
     assert not is_public_address(addr)
 
 
-async def _guard(tmp: Path, fn: Callable[[int, Path], Awaitable[Any]], upstream_port: int = 1) -> Any:
-    async with serving_guard(tmp, [{"host": "127.0.0.1", "ports": [upstream_port], "private": True}]) as (port, audit):
-        return await fn(port, audit)
+sunk: list[bytes] = []
+
+
+async def _sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """An upstream that records everything it is sent, then answers."""
+    with contextlib.suppress(Exception):
+        sunk.append(await asyncio.wait_for(reader.read(), 5))
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    with contextlib.suppress(Exception):
+        await writer.drain()
+    writer.close()
+
+
+async def _guard(tmp: Path, fn: Callable[[int, Path], Awaitable[Any]]) -> Any:
+    """The guard allowing one loopback upstream (a sink); requests name it as 127.0.0.1:UP."""
+    sunk.clear()
+    up = await asyncio.start_server(_sink, "127.0.0.1", 0)
+    up_port = up.sockets[0].getsockname()[1]
+    try:
+        async with serving_guard(tmp, [{"host": "127.0.0.1", "ports": [up_port], "private": True}]) as (port, audit):
+
+            async def patched(p: int, a: Path) -> Any:
+                return await fn(p, a)
+
+            global UP  # noqa: PLW0603 - the requests below are module-level byte strings
+            UP = up_port
+            return await patched(port, audit)
+    finally:
+        up.close()
+        await up.wait_closed()
+
+
+UP = 0
+
+
+def req(raw: bytes) -> bytes:
+    return raw.replace(b"127.0.0.1:1/", b"127.0.0.1:%d/" % UP)
 
 
 def test_secrets_in_refusal_reasons_are_not_written_to_the_audit_log(tmp_path: Path) -> None:
@@ -73,7 +107,7 @@ def test_secrets_in_refusal_reasons_are_not_written_to_the_audit_log(tmp_path: P
             b"CONNECT a.example:AKIAIOSFODNN7EXAMPLE HTTP/1.1\r\n\r\n",
             b"POST http://127.0.0.1:1/ HTTP/1.1\r\nTransfer-Encoding: AKIAIOSFODNN7EXAMPLE\r\n\r\n",
         ):
-            resp = await send(port, raw)
+            resp = await send(port, req(raw))
             assert resp.startswith((b"HTTP/1.1 400", b"HTTP/1.1 403"))
         await asyncio.sleep(0.05)
         assert "AKIAIOSFODNN7EXAMPLE" not in audit.read_text()
@@ -89,10 +123,17 @@ def test_unicode_digits_and_odd_chunk_sizes_are_400_not_crashes(tmp_path: Path) 
             b"POST http://127.0.0.1:1/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\n",
             b"POST http://127.0.0.1:1/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0x10\r\n",
         ):
-            resp = await send(port, raw)
+            resp = await send(port, req(raw))
             assert resp.startswith(b"HTTP/1.1 400"), (raw, resp)
         await asyncio.sleep(0.05)
-        assert all(json.loads(x)["decision"] == "deny" for x in audit.read_text().splitlines())
+        lines = [json.loads(x) for x in audit.read_text().splitlines()]
+        assert [ln["reason"] for ln in lines if ln.get("decision") == "deny"] == [
+            "malformed request target",
+            "bad Content-Length",
+            "bad chunk size",
+            "bad chunk size",
+        ]
+        assert all(b"x" not in s.split(b"\r\n\r\n", 1)[1] for s in sunk)  # no body byte went upstream
 
     asyncio.run(_guard(tmp_path, go))
 
@@ -100,7 +141,7 @@ def test_unicode_digits_and_odd_chunk_sizes_are_400_not_crashes(tmp_path: Path) 
 def test_many_tiny_chunks_are_bounded(tmp_path: Path) -> None:
     async def go(port: int, audit: Path) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"POST http://127.0.0.1:1/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+        writer.write(req(b"POST http://127.0.0.1:1/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"))
         writer.write(b"1\r\nx\r\n" * 20000)
         writer.write(b"0\r\n\r\n")
         await writer.drain()

@@ -42,7 +42,7 @@ class Env:
         return [json.loads(x) for x in self.audit.read_text().splitlines()]
 
     async def wait_lines(self, n: int = 1) -> list[dict[str, Any]]:
-        """Audit lines are written when a connection ends, just after the client saw its close."""
+        """Audit lines: a decision when it is made, an allowed connection's closing line when it ends."""
         for _ in range(200):
             if len(self.lines()) >= n:
                 break
@@ -84,12 +84,15 @@ def test_connect_allowed_relays_both_ways(make_env: Any) -> None:
         assert b"upstream saw: SSH-2.0-tunnelled" in body
         writer.close()
         await writer.wait_closed()
-        (line,) = await env.wait_lines()
+        line, end = await env.wait_lines(2)
         assert line["kind"] == "connect" and line["decision"] == "allow"
         assert line["host"] == "127.0.0.1" and line["port"] == env.upstream_port
-        assert line["bytes_up"] > 0 and line["bytes_down"] > len(b"upstream saw")
-        for key in ("time", "bottle", "client", "method", "reason", "duration_ms"):
+        for key in ("time", "bottle", "client", "method", "reason", "conn"):
             assert key in line
+        assert end["kind"] == "end" and end["conn"] == line["conn"] and "decision" not in end
+        assert end["bytes_up"] > 0 and end["bytes_down"] > len(b"upstream saw")
+        for key in ("time", "bottle", "duration_ms"):
+            assert key in end
 
     run(_with_env(make_env, [{"host": "127.0.0.1", "private": True}], go))
 
@@ -133,8 +136,9 @@ def test_absolute_uri_http_forwarded_with_checked_host(make_env: Any) -> None:
         assert b"upstream saw: GET /a/b?q=1 HTTP/1.1" in resp
         assert f"Host: 127.0.0.1:{env.upstream_port}".encode() in resp
         assert b"Proxy-Authorization" not in resp
-        (line,) = await env.wait_lines()
+        line, end = await env.wait_lines(2)
         assert line["kind"] == "http" and line["path"] == "/a/b" and line["decision"] == "allow"
+        assert line["query"] == "q=1" and end["conn"] == line["conn"] and end["bytes_down"] == len(resp)
 
     run(_with_env(make_env, [{"host": "127.0.0.1", "private": True}], go))
 

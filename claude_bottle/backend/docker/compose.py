@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 __all__ = ["GUARD_PORT", "Identity", "NetPlan", "RuntimeIds", "container_name", "project_name", "render_compose"]
 
 GUARD_PORT = 3128
+GUARD_CPUS = 1.0
+LOG_MAX_SIZE = "10m"
 GUARD_URL = f"http://egress:{GUARD_PORT}"
 AGENT_HOME = "/home/claude"
 LABEL = "claude-bottle"
@@ -187,6 +189,8 @@ def render_compose(
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges:true"],
         "labels": labels,
+        # Whatever a container writes to its stdout (the agent can reach /proc/1/fd/1) is bounded on disk.
+        "logging": {"driver": "json-file", "options": {"max-size": LOG_MAX_SIZE, "max-file": "2"}},
     }
     if bottle.egress.networks:
         outbound_nets = {n: {"name": n, "external": True} for n in bottle.egress.networks}
@@ -200,15 +204,25 @@ def render_compose(
         "container_name": container_name(slug, "egress"),
         "user": f"{ids.guard_uid}:{ids.guard_gid}",
         "read_only": True,
-        "mem_limit": "256m",
+        "mem_limit": "512m",
+        # A CPU share of its own: the agent's load (or a connection it feeds) cannot starve the guard's loop.
+        "cpus": GUARD_CPUS,
         "pids_limit": 256,
+        # Killed (out of memory, a crash), it comes back: meanwhile the agent is fenced in with nowhere to go.
+        "restart": "on-failure",
         **hardening,
         "networks": guard_nets,
     }
     if pipelock:
         guard = {
             "image": PIPELOCK_IMAGE,
-            "command": ["run", "--listen", f"0.0.0.0:{PIPELOCK_PORT}", "--config", "/etc/pipelock/pipelock.yaml"],
+            "command": [
+                "run",
+                "--listen",
+                f"{net.guard_ip}:{PIPELOCK_PORT}",
+                "--config",
+                "/etc/pipelock/pipelock.yaml",
+            ],
             **guard_common,
             "volumes": [
                 {"type": "bind", "source": str(state_path / "guard"), "target": "/etc/pipelock", "read_only": True}
@@ -222,17 +236,22 @@ def render_compose(
             "/etc/claude-bottle/secrets.json",
             "--audit",
             "/var/log/claude-bottle/egress.jsonl",
+            # The bottle's internal address only, and only for clients on that network: a neighbour on the
+            # outbound side (egress.networks) can never use the credential routes.
             "--listen",
-            f"0.0.0.0:{GUARD_PORT}",
+            f"{net.guard_ip}:{GUARD_PORT}",
             "--dns",
-            "0.0.0.0:53",
+            f"{net.guard_ip}:53",
             "--guard-ip",
             net.guard_ip,
+            "--clients",
+            net.subnet,
             "--ready-file",
             "/bottle-run/guard-ready",
         ]
         if guard_cafile:
             command += ["--cafile", "/etc/claude-bottle/ca.crt"]
+        guard_self = f"http://{net.guard_ip}:{GUARD_PORT}"
         guard = {
             "image": guard_image,
             "command": command,
@@ -259,7 +278,7 @@ def render_compose(
                     "CMD",
                     "python3",
                     "-c",
-                    f"import urllib.request as u; u.urlopen('http://127.0.0.1:{GUARD_PORT}{HEALTH_PATH}', timeout=2)",
+                    f"import urllib.request as u; u.urlopen('{guard_self}{HEALTH_PATH}', timeout=2)",
                 ],
                 "interval": "10s",
                 "timeout": "3s",
