@@ -6,6 +6,7 @@ Run in a container on the test network: python3 upstream.py --port 80 --root /sr
   The reply is a Bash tool_use when the last user text contains "TOOL: <command>" and no tool result
   has come back yet; otherwise a text reply that quotes the user's first words. Enough for `claude -p`
   to complete a plain turn and a tool-use turn.
+- POST /_hold?SECONDS       -> reads the body, records it, then holds the connection that long unanswered
 - anything else under GET   -> a file from --root, or "hello from NAME"
 Standard library only, so it runs in any python3 image.
 """
@@ -109,6 +110,10 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self._record(self.rfile.read(length))
+        if self.path.startswith("/_hold"):
+            time.sleep(float(self.path.partition("?")[2] or 30))
+            self._send(200, b"held\n")
+            return
         if not self.path.startswith("/v1/messages") or not isinstance(body, dict):
             self._send(200, b"ok\n")
             return

@@ -167,6 +167,10 @@ class Cli:
         env.update(extra)
         return env
 
+    @staticmethod
+    def argv(*args: str) -> list[str]:
+        return [sys.executable, "-m", "claude_bottle", *args]
+
     def run(
         self, *args: str, check: bool = False, timeout: float = 900, **env: str
     ) -> subprocess.CompletedProcess[str]:

@@ -137,6 +137,14 @@ class NetPlan:
         # so a container started first can never take the guard's address.
         return str(ipaddress.ip_network(self.subnet)[-2])
 
+    @property
+    def clients(self) -> str:
+        """The addresses Docker hands the bottle's containers: the subnet without its gateway (the host's
+        side of the bridge) and the guard itself, as CIDRs for the guard's --clients."""
+        net = ipaddress.ip_network(self.subnet)
+        first, last = net[2], net[-3]
+        return ",".join(str(n) for n in ipaddress.summarize_address_range(first, last))
+
 
 PIPELOCK_IMAGE = "ghcr.io/luckypipewrench/pipelock"
 PIPELOCK_PORT = 8888
@@ -245,7 +253,7 @@ def render_compose(
             "--guard-ip",
             net.guard_ip,
             "--clients",
-            net.subnet,
+            net.clients,
             "--ready-file",
             "/bottle-run/guard-ready",
         ]
