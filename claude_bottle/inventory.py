@@ -51,7 +51,10 @@ def list_bottles(root: Path | None = None) -> list[BottleRow]:
     rows = []
     for d, recorded in records:
         engine = live.get(recorded.backend, {}).get(recorded.slug)
-        r = _notice_crash(d, recorded, engine)
+        try:
+            r = _notice_crash(d, recorded, engine)
+        except (OSError, BottleError):
+            r = recorded  # one odd state dir never breaks the listing of the others
         status: str = r.status
         if r.status == "running":
             status = engine or "gone"
@@ -78,7 +81,7 @@ def _notice_crash(state: StateDir, record: BottleRecord, engine: str | None) -> 
         why = f"agent container {engine}"
     if why is None or state.busy():
         return record
-    state.preserve_crash(why)
+    state.preserve_crash(why, snapshot=False)  # `ls` copies nothing: the next stop or resume does
     return state.read()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -103,6 +104,7 @@ def resume_bottle(state: StateDir, *, progress: Progress) -> Started:
         raise BottleError(f"workspace {workspace} of {state.slug} no longer exists: restore it to resume")
     with state.lock():
         backend.stop(state=state)  # whatever an earlier generation left (a crash keeps its containers)
+        state.settle_snapshot()
     state.update(
         status="creating",
         generation=record.generation + 1,
@@ -181,6 +183,9 @@ def stop_bottle(state: StateDir, *, remove: bool = False, status: str = "stopped
     backend = get_bottle_backend(record.backend)
     with state.lock():
         backend.stop(state=state)
+        state.settle_snapshot()  # a crash `ls` noticed: its snapshot, now that nothing writes any more
+        if record.status == "crashed" and status == "stopped":
+            status = "crashed"  # stopping a crashed bottle keeps what happened to it
         record = state.update(status=status, attached_pid=None)
         if remove:
             if state.preserved():
@@ -279,14 +284,31 @@ def _interactive(started: Started, argv: list[str], *, tty: bool) -> int | None:
     if still == 0:
         return None
     code, out = backend.exec_output(state=state, argv=["cat", EXIT_FILE])
-    return int(out.strip()) if code == 0 and out.strip().lstrip("-").isdigit() else 137
+    rc = parse_exit_code(out) if code == 0 else None
+    return UNREADABLE_EXIT if rc is None else rc
+
+
+UNREADABLE_EXIT = 137  # what an unreadable exit file counts as: killed
+
+
+def parse_exit_code(text: str) -> int | None:
+    """The exit code bottle-run left, strictly: ASCII digits only (the agent can write this file, and
+    int() also takes "²", "+1" or "1_0")."""
+    t = text.strip()
+    return int(t) if re.fullmatch(r"[0-9]{1,3}", t) and int(t) < 256 else None
 
 
 def _finish(started: Started, *, abnormal: str | None) -> None:
+    """End a foreground run: preserve it when it ended badly, then stop it. Each step is tried on its own:
+    a tree the agent made that cannot be copied must not leave the bottle running or unpreserved."""
     state = started.state
     with _no_interrupts():
         if abnormal:
-            state.preserve_crash(abnormal)
+            try:
+                state.preserve_crash(abnormal)
+            except (OSError, BottleError):
+                with contextlib.suppress(OSError, BottleError):
+                    state.preserve("crash")
         with contextlib.suppress(BottleError):
             stop_bottle(state, status="crashed" if abnormal else "stopped")
 

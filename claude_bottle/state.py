@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BottleError, NotFoundError
+from .walk import Walk, remove_tree, tree_size
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -38,6 +40,8 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
+SNAPSHOT_BYTES = 256 * 1024 * 1024
+SNAPSHOTS_KEPT = 10
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,29}-[a-z0-9]{5}$")
 _ALPHABET = string.ascii_lowercase + string.digits
 
@@ -109,6 +113,7 @@ class BottleRecord:
     rebuilt: bool = False  # the Dockerfile was rewritten by a capability rebuild
     attached_pid: int | None = None  # the CLI running claude in the foreground, while it does
     attached_started: float | None = None
+    snapshot_due: bool = False  # a crash was noticed (by `ls`) and its transcript snapshot not yet taken
 
     @classmethod
     def from_json(cls, data: Any) -> BottleRecord:
@@ -256,41 +261,72 @@ class StateDir:
         write_private(self.preserve_path, reason + "\n")
 
     def remove(self) -> None:
-        shutil.rmtree(self.path)
+        remove_tree(self.path)
 
     def snapshot_transcript(self) -> Path | None:
-        """Copy the agent's session transcripts into transcript/<time>/ (the live ones keep changing)."""
+        """Copy the agent's session transcripts into transcript/<time>/ (the live ones keep changing).
+
+        The agent wrote these files, so the copy is bounded: regular `.jsonl` files only, opened without
+        following links and walked by descriptor; sparse files stay sparse (holes are not copied); at most
+        SNAPSHOT_BYTES (and half the free space) per snapshot, and the newest SNAPSHOTS_KEPT snapshots."""
         projects = self.claude_home / "projects"
         if projects.is_symlink() or not projects.is_dir():
             return None
-        dest = self.path / "transcript" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-        copied = 0
-        # The agent may still be writing here: walk by directory descriptors and open with O_NOFOLLOW, so
-        # neither a symlinked directory swapped in mid-walk nor a symlinked file leads outside, and read
-        # regular files only (a FIFO would hang us).
-        for dirpath, _dirs, files, dir_fd in os.fwalk(projects, follow_symlinks=False):
-            for name in files:
-                if not name.endswith(".jsonl"):
+        base = self.path / "transcript"
+        dest = base / datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        try:
+            free = os.statvfs(self.path).f_bavail * os.statvfs(self.path).f_frsize
+        except OSError:
+            free = 0
+        budget = min(SNAPSHOT_BYTES, free // 2)
+        copied, skipped = 0, []
+        walk = Walk(projects)
+        for d in walk:
+            for entry in d.entries:
+                if not entry.name.endswith(".jsonl"):
                     continue
                 try:
-                    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+                    fd = os.open(entry.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=d.fd)
                 except OSError:
                     continue
                 with os.fdopen(fd, "rb") as src:
-                    if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):
+                    st = os.fstat(src.fileno())
+                    if not stat.S_ISREG(st.st_mode):  # a FIFO would hang us, a device would never end
                         continue
-                    target = dest / Path(dirpath).relative_to(projects) / name
+                    held = min(st.st_size, st.st_blocks * 512)
+                    if held > budget:
+                        skipped.append(f"{d.path(entry.name)} ({st.st_size} bytes): over the snapshot budget")
+                        continue
+                    target = dest / d.path(entry.name)
                     target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                    with target.open("wb") as out:
-                        shutil.copyfileobj(src, out)
+                    budget -= _copy_sparse(src.fileno(), target, budget)
                     copied += 1
-        return dest if copied else None
+        if walk.truncated or walk.unreadable:
+            skipped.append(f"the folder tree was too deep or large to copy whole ({walk.unreadable} unreadable)")
+        if not copied:
+            return None
+        if skipped:
+            write_private(dest / "SKIPPED.txt", "\n".join(skipped) + "\n")
+        for old in sorted(p for p in base.iterdir() if p.is_dir() and not p.is_symlink())[:-SNAPSHOTS_KEPT]:
+            remove_tree(old)
+        return dest
 
-    def preserve_crash(self, why: str) -> None:
-        """Keep everything needed to look at and resume a bottle that ended badly (SPEC S2)."""
-        self.snapshot_transcript()
+    def preserve_crash(self, why: str, *, snapshot: bool = True) -> None:
+        """Keep everything needed to look at and resume a bottle that ended badly (SPEC S2). Without
+        `snapshot` (from `ls`, which must stay fast and write little) the snapshot is owed: the next stop
+        or resume takes it, before anything could change the transcript."""
+        if snapshot:
+            with contextlib.suppress(OSError):
+                self.snapshot_transcript()
         self.preserve("crash")
-        self.update(status="crashed", error=why, attached_pid=None)
+        self.update(status="crashed", error=why, attached_pid=None, snapshot_due=not snapshot)
+
+    def settle_snapshot(self) -> None:
+        """Take the snapshot an earlier crash notice owed."""
+        if self.read().snapshot_due:
+            with contextlib.suppress(OSError):
+                self.snapshot_transcript()
+            self.update(snapshot_due=False)
 
     def busy(self) -> bool:
         """Does another claude-bottle process hold this bottle's lock right now?"""
@@ -308,13 +344,9 @@ class StateDir:
     def summary(self) -> StateSummary:
         record = self.read()
         home = self.claude_home
-        sessions = list(home.glob("projects/*/*.jsonl")) if home.is_dir() else []
+        sessions = list(home.glob("projects/*/*.jsonl")) if home.is_dir() and not home.is_symlink() else []
         snapshots = (self.path / "transcript").is_dir() and any((self.path / "transcript").iterdir())
-        size = 0
-        for p in self.path.rglob("*"):
-            with contextlib.suppress(OSError):
-                if p.is_file() and not p.is_symlink():
-                    size += p.stat().st_size
+        size, _complete = tree_size(self.path)
         return StateSummary(
             slug=self.slug,
             path=self.path,
@@ -383,3 +415,34 @@ def resolve_slug(text: str, root: Path | None = None) -> StateDir:
         raise NotFoundError(f"no bottle matches {text!r}: `claude-bottle ls` lists them")
     names = ", ".join(d.slug for d in matches[:5])
     raise NotFoundError(f"{text!r} matches {len(matches)} bottles ({names}): type more of the slug")
+
+
+def _copy_sparse(src: int, target: Path, budget: int) -> int:
+    """Copy the data of src into a new private file, leaving holes as holes, at most `budget` bytes of
+    data. Returns the bytes written."""
+    written, off = 0, 0
+    out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        size = os.fstat(src).st_size
+        while off < size and written < budget:
+            try:
+                start = os.lseek(src, off, os.SEEK_DATA)
+                end = os.lseek(src, start, os.SEEK_HOLE)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # only a hole is left
+                    break
+                start, end = off, size  # no SEEK_DATA on this filesystem: all of it is data
+            off = start
+            while off < end and written < budget:
+                chunk = os.pread(src, min(1024 * 1024, end - off, budget - written), off)
+                if not chunk:
+                    end = off
+                    break
+                os.pwrite(out, chunk, off)
+                off += len(chunk)
+                written += len(chunk)
+            off = max(off, end)
+        os.ftruncate(out, min(size, off) if written >= budget else size)
+    finally:
+        os.close(out)
+    return written

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import json
@@ -19,6 +20,7 @@ from rich.console import Console
 from ... import process
 from ...errors import BackendError, BottleError
 from ...state import StateDir, now_iso, process_started, write_private
+from ...walk import Walk
 from .. import (
     BottleBackend,
     BottleCleanupPlan,
@@ -243,11 +245,14 @@ class DockerBottleBackend(BottleBackend):
             # The containers run unprivileged: hand each exactly the paths it reads or writes.
             for p in guard_owned:
                 os.chown(p, ids.guard_uid, ids.guard_gid)
-            # ~/.claude is the agent's: Claude Code writes its settings and transcripts there.
-            agent_owned = [state.claude_home, *state.claude_home.rglob("*"), *(state.path / "honey").glob("*")]
-            for p in agent_owned:
-                # lchown: the agent writes in there, and a symlink it planted must not hand it a host file.
+            # ~/.claude is the agent's: Claude Code writes its settings and transcripts there. Walked by
+            # descriptor and changed without following links: a link it planted must not hand it a host file.
+            for p in [state.claude_home, *(state.path / "honey").glob("*")]:
                 os.lchown(p, ids.agent_uid, ids.agent_gid)
+            for d in Walk(state.claude_home):
+                for e in d.entries:
+                    with contextlib.suppress(OSError):
+                        os.chown(e.name, ids.agent_uid, ids.agent_gid, dir_fd=d.fd, follow_symlinks=False)
         agent_env = agent_credential_env(creds, f"http://egress:{GUARD_PORT}")
         progress("starting containers")
         for attempt in range(SUBNET_ATTEMPTS):

@@ -7,7 +7,6 @@ The plan comes from three engine calls whatever the number of bottles (`compose 
 from __future__ import annotations
 
 import json
-import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from rich.markup import escape
 from ... import process
 from ...errors import BottleError
 from ...state import StateDir, StateSummary, list_state_dirs
+from ...walk import remove_tree
 from .. import BottleCleanupPlan
 from .compose import parse_labels
 
@@ -166,7 +166,7 @@ def run_cleanup(plan: DockerBottleCleanupPlan, console: Console) -> list[str]:
 
 def _remove_tree(path: Path) -> process.Result | Exception:
     try:
-        shutil.rmtree(path)
+        remove_tree(path)
     except OSError as exc:
         return exc
     return process.Result(("rm", "-r", str(path)), 0, "", "")
