@@ -18,7 +18,7 @@ from typing import Any
 
 from .errors import BottleError
 from .manifest import BottleSpec, CredentialSpec, EgressRule
-from .paths import outside_workspace
+from .paths import Roots, check_path, read_host_file
 from .state import StateDir, write_private
 
 __all__ = [
@@ -50,18 +50,19 @@ class Credential:
     source: str = ""
 
 
-def _read_source(source: str, environ: Mapping[str, str], base: Path, what: str, workspace: Path | None = None) -> str:
+def _read_source(source: str, environ: Mapping[str, str], base: Path, what: str, roots: Roots | None = None) -> str:
     kind, _, ref = source.partition(":")
     if kind == "env":
         value = environ.get(ref, "")
         if not value:
             raise BottleError(f"{what}: {ref} is not set on the host: export it, or change {what}.source")
         return value.strip()
-    path = (base / Path(ref).expanduser()).resolve()
-    if workspace is not None:
-        outside_workspace(base / Path(ref).expanduser(), workspace, f"{what} file")
+    # Never from a place an agent can read or redirect (any bottle's workspace or rw mounts).
+    path = check_path(base / Path(ref).expanduser(), f"{what} file", roots or Roots(), read_by_host=True)
     try:
-        value = path.read_text(encoding="utf-8").strip()
+        value = read_host_file(path).decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise BottleError(f"{what}: {path} is not text: fix {what}.source") from None
     except OSError as exc:
         raise BottleError(f"{what}: cannot read {path} ({exc.strerror}): fix {what}.source") from None
     if not value:
@@ -70,7 +71,7 @@ def _read_source(source: str, environ: Mapping[str, str], base: Path, what: str,
 
 
 def resolve_credentials(
-    bottle: BottleSpec, *, environ: Mapping[str, str], base: Path, workspace: Path | None = None
+    bottle: BottleSpec, *, environ: Mapping[str, str], base: Path, roots: Roots | None = None
 ) -> list[Credential]:
     creds: list[Credential] = []
     spec = bottle.credentials.anthropic
@@ -78,7 +79,7 @@ def resolve_credentials(
     if spec is not None or auto_var is not None:
         spec = spec or CredentialSpec()
         source = spec.source or f"env:{auto_var or 'ANTHROPIC_API_KEY'}"
-        value = _read_source(source, environ, base, "credentials.anthropic", workspace)
+        value = _read_source(source, environ, base, "credentials.anthropic", roots)
         oauth = source == "env:CLAUDE_CODE_OAUTH_TOKEN" or value.startswith("sk-ant-oat")
         kind = spec.kind or ("oauth" if oauth else "api-key")
         header, header_value = ("authorization", f"Bearer {value}") if kind == "oauth" else ("x-api-key", value)
@@ -88,7 +89,7 @@ def resolve_credentials(
     gh = bottle.credentials.github
     if gh is not None:
         source = gh.source or ("env:GH_TOKEN" if environ.get("GH_TOKEN") else "env:GITHUB_TOKEN")
-        token = _read_source(source, environ, base, "credentials.github", workspace)
+        token = _read_source(source, environ, base, "credentials.github", roots)
         basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
         creds.append(
             Credential(

@@ -17,8 +17,9 @@ from .backend import BottleBackend, BottlePlan, Progress, get_bottle_backend, re
 from .errors import BottleError
 from .guard_config import GuardFiles, load_grants, policy_document, save_grants
 from .manifest import AgentSpec, BottleSpec, EgressRule, Manifest
+from .paths import BottlePaths
 from .pipelock import pipelock_config, to_yaml
-from .state import BottleRecord, StateDir, new_slug, process_started, write_private
+from .state import BottleRecord, StateDir, bottle_home, new_slug, process_started, state_root, write_private
 
 __all__ = [
     "claude_argv",
@@ -63,6 +64,7 @@ def start_bottle(
     workspace = manifest.workspace(agent_name)
     if not workspace.is_dir():
         raise BottleError(f"workspace {workspace} does not exist: create it or fix agents.{agent_name}.workspace")
+    paths = _check_paths(bottle, workspace, manifest.directory, root)
     backend_name, _source = resolve_backend_name(flag=backend_flag, manifest=bottle.backend)
     backend = get_bottle_backend(backend_name)
     slug = new_slug(agent_name)
@@ -76,14 +78,24 @@ def start_bottle(
             backend=backend_name,
             manifest_path=str(manifest.path) if manifest.path else None,
             manifest={"bottle": bottle.model_dump(mode="json"), "agent": agent.model_dump(mode="json")},
-            workspace=str(workspace),
+            workspace=str(paths.workspace),
+            writable=[str(p) for p in paths.writable],
             owner_pid=os.getpid(),
             owner_started=process_started(os.getpid()),
             session_id=str(uuid.uuid4()),
         )
     )
     return _bring_up(
-        state, backend, agent_name, agent, bottle, workspace, manifest.path, progress, fresh=True, show_plan=show_plan
+        state, backend, agent_name, agent, bottle, paths, manifest.path, progress, fresh=True, show_plan=show_plan
+    )
+
+
+def _check_paths(bottle: BottleSpec, workspace: Path, base: Path, root: Path | None) -> BottlePaths:
+    """Every host path the bottle will bind or read, checked before anything is built (paths.py)."""
+    from .paths import check_bottle_paths
+
+    return check_bottle_paths(
+        bottle, workspace, base, state_root=root or state_root(), state_home=bottle_home(), home=Path.home()
     )
 
 
@@ -102,6 +114,9 @@ def resume_bottle(state: StateDir, *, progress: Progress) -> Started:
     workspace = Path(record.workspace or ".")
     if not workspace.is_dir():
         raise BottleError(f"workspace {workspace} of {state.slug} no longer exists: restore it to resume")
+    manifest_path = Path(record.manifest_path) if record.manifest_path else None
+    # Checked again: since the last run an agent (this one or another) may have planted a link on the way.
+    paths = _check_paths(bottle, workspace, manifest_path.parent if manifest_path else workspace, state.path.parent)
     with state.lock():
         backend.stop(state=state)  # whatever an earlier generation left (a crash keeps its containers)
         state.settle_snapshot()
@@ -112,8 +127,7 @@ def resume_bottle(state: StateDir, *, progress: Progress) -> Started:
         owner_started=process_started(os.getpid()),
         error=None,
     )
-    manifest_path = Path(record.manifest_path) if record.manifest_path else None
-    started = _bring_up(state, backend, record.agent, agent, bottle, workspace, manifest_path, progress, fresh=False)
+    started = _bring_up(state, backend, record.agent, agent, bottle, paths, manifest_path, progress, fresh=False)
     if state.preserved() in ("crash", "capability-block"):
         state.preserve_path.unlink(missing_ok=True)  # live again; an operator's `keep` stays
     return started
@@ -125,7 +139,7 @@ def _bring_up(
     agent_name: str,
     agent: AgentSpec,
     bottle: BottleSpec,
-    workspace: Path,
+    paths: BottlePaths,
     manifest_path: Path | None,
     progress: Progress,
     *,
@@ -141,7 +155,8 @@ def _bring_up(
                 agent=agent,
                 bottle_name=state.read().bottle,
                 bottle=bottle,
-                workspace=workspace,
+                workspace=paths.workspace,
+                paths=paths,
                 state=state,
                 manifest_path=manifest_path,
             )

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .errors import BackendError
 
-__all__ = ["Result", "check", "redact_argv", "run", "run_interactive", "run_streaming"]
+__all__ = ["Result", "check", "redact_argv", "run", "run_interactive", "run_streaming", "run_to"]
 
 log = logging.getLogger(__name__)
 
@@ -136,11 +136,35 @@ def run_streaming(
     return Result(tuple(argv), rc, "", tail)
 
 
+def run_to(argv: Sequence[str], sink: Callable[[bytes], None], *, env: Mapping[str, str] | None = None) -> int:
+    """Run argv, handing its output (stdout and stderr merged, raw bytes) to sink as it arrives."""
+    argv = [str(a) for a in argv]
+    log.debug("run (to sink): %s", " ".join(redact_argv(argv)))
+    try:
+        proc = subprocess.Popen(
+            argv, env=_env(env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+    except FileNotFoundError as exc:
+        raise _missing(argv) from exc
+    with proc:
+        assert proc.stdout is not None  # noqa: S101 - set by PIPE above
+        try:
+            while chunk := os.read(proc.stdout.fileno(), 65536):
+                sink(chunk)
+        except BaseException:
+            proc.terminate()
+            raise
+        return proc.wait()
+
+
 def run_interactive(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> int:
-    """Run argv on this terminal (stdin/stdout/stderr inherited) and return its exit code."""
+    """Run argv with this terminal's input, and return its exit code. Its output is a bottle's, so on a
+    terminal it goes through the screen filter (terminal.py): the agent never writes to it directly."""
+    from .terminal import run_on_terminal
+
     argv = [str(a) for a in argv]
     log.debug("run (interactive): %s", " ".join(redact_argv(argv)))
     try:
-        return subprocess.call(argv, env=_env(env))
+        return run_on_terminal(argv, env=_env(env))
     except FileNotFoundError as exc:
         raise _missing(argv) from exc

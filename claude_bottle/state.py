@@ -104,6 +104,7 @@ class BottleRecord:
     manifest_path: str | None = None
     manifest: dict[str, Any] = field(default_factory=dict)
     workspace: str | None = None
+    writable: list[str] = field(default_factory=list)  # host paths the agent can write (workspace, rw mounts)
     images: dict[str, str] = field(default_factory=dict)
     session_id: str | None = None
     owner_pid: int | None = None

@@ -17,6 +17,7 @@ from ..state import StateDir
 
 if TYPE_CHECKING:  # the manifest's models cost ~0.2 s to import: only for commands that read one
     from ..manifest import AgentSpec, BottleSpec
+    from ..paths import BottlePaths
 
 __all__ = [
     "DEFAULT_BACKEND",
@@ -54,6 +55,7 @@ class BottlePlan:
     bottle: BottleSpec
     backend: str
     workspace: Path
+    paths: BottlePaths  # every host path, checked (workspace, mounts, ca_certs)
     state: StateDir
     manifest_path: Path | None
     actions: list[str] = field(default_factory=list)
@@ -112,6 +114,7 @@ class BottleBackend(ABC):
         bottle_name: str,
         bottle: BottleSpec,
         workspace: Path,
+        paths: BottlePaths,
         state: StateDir,
         manifest_path: Path | None,
     ) -> BottlePlan: ...
@@ -147,7 +150,8 @@ class BottleBackend(ABC):
         """Run a command in the agent container with no terminal; its exit code and output."""
 
     @abstractmethod
-    def logs(self, *, state: StateDir, follow: bool) -> int: ...
+    def logs(self, *, state: StateDir, follow: bool, sink: Callable[[bytes], None]) -> int:
+        """The bottle's output, raw, handed to sink as it comes (the caller decides how it is shown)."""
 
     @abstractmethod
     def statuses(self) -> dict[str, BottleStatus]:

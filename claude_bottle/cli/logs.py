@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from typing import Any
 
 from ..backend import get_bottle_backend
+from ..terminal import LineEscaper
 from ._common import out, slug_arg, state_for
 
 
@@ -16,13 +18,26 @@ def register(sub: Any) -> None:
     slug_arg(p)
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
     p.add_argument("--egress", action="store_true", help="the guard's audit log (one JSON line per decision)")
+    p.add_argument("--raw", action="store_true", help="the bottle's output byte for byte (control characters too)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     state = state_for(args)
     if not args.egress:
-        return get_bottle_backend(state.read().backend).logs(state=state, follow=args.follow)
+        # The bottle's output was shaped by the agent: control characters are shown escaped, so nothing in
+        # it can drive this terminal (set the clipboard, the title, clear the screen), unless --raw.
+        escaper = LineEscaper()
+        stdout = sys.stdout.buffer
+
+        def sink(data: bytes) -> None:
+            stdout.write(data if args.raw else escaper.feed(data).encode())
+            stdout.flush()
+
+        rc = get_bottle_backend(state.read().backend).logs(state=state, follow=args.follow, sink=sink)
+        if not args.raw:
+            stdout.write(escaper.feed(b"", final=True).encode())
+        return rc
     path = state.audit_path
     if not path.exists():
         return 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -12,6 +12,7 @@ from rich.console import Console
 from claude_bottle.backend import BottleBackend, BottleCleanupPlan, BottlePlan, BottleStatus, Check, Progress
 from claude_bottle.errors import BackendError
 from claude_bottle.manifest import AgentSpec, BottleSpec
+from claude_bottle.paths import BottlePaths
 from claude_bottle.state import StateDir
 
 
@@ -30,6 +31,7 @@ class FakeBackend(BottleBackend):
     def reset(cls) -> None:
         cls.calls, cls.live, cls.fail_at, cls.interrupt_at, cls.exec_rc = [], {}, None, None, 0
         cls.leftovers, cls.unremovable = set(), set()
+        cls.logs_output = b""
 
     def _step(self, what: str) -> None:
         self.calls.append(what)
@@ -47,6 +49,7 @@ class FakeBackend(BottleBackend):
         bottle_name: str,
         bottle: BottleSpec,
         workspace: Path,
+        paths: BottlePaths,
         state: StateDir,
         manifest_path: Path | None,
     ) -> BottlePlan:
@@ -59,6 +62,7 @@ class FakeBackend(BottleBackend):
             bottle=bottle,
             backend=self.name,
             workspace=workspace,
+            paths=paths,
             state=state,
             manifest_path=manifest_path,
         )
@@ -96,7 +100,10 @@ class FakeBackend(BottleBackend):
         self.calls.append("exec_output " + " ".join(argv))
         return 1, ""
 
-    def logs(self, *, state: StateDir, follow: bool) -> int:
+    logs_output: ClassVar[bytes] = b""
+
+    def logs(self, *, state: StateDir, follow: bool, sink: Callable[[bytes], None]) -> int:
+        sink(self.logs_output)
         return 0
 
     def statuses(self) -> dict[str, BottleStatus]:

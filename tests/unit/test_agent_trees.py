@@ -4,11 +4,11 @@ unreadable, sparse files, links, a hostile exit file. None may break a verb or f
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 

@@ -10,6 +10,7 @@ import pytest
 from claude_bottle.backend.docker.compose import Identity, NetPlan, RuntimeIds, render_compose
 from claude_bottle.errors import BottleError
 from claude_bottle.manifest import parse_manifest
+from claude_bottle.paths import check_bottle_paths
 
 MANIFEST = """
 [bottles.default]
@@ -30,14 +31,23 @@ def workspace(tmp_path: Path) -> Path:
     return ws
 
 
+def checked(tmp_path: Path, text: str, ws: Path, base: Path | None = None) -> tuple[Any, Any]:
+    """The bottle spec and its paths, checked as `start` checks them (paths.check_bottle_paths)."""
+    base = base or tmp_path
+    m = parse_manifest(text, path=base / "claude-bottle.toml")
+    b = m.bottles["default"]
+    home = tmp_path / "bottle-home"
+    return b, check_bottle_paths(b, ws, base, state_root=home / "state", state_home=home, home=tmp_path / "h")
+
+
 def render(tmp_path: Path, text: str = MANIFEST, ids: RuntimeIds | None = None) -> dict[str, Any]:
-    m = parse_manifest(text, path=tmp_path / "claude-bottle.toml")
+    b, paths = checked(tmp_path, text, workspace(tmp_path))
     return render_compose(
         identity=Identity("claude-abcde", 4242, 12.5, "2026-01-01T00:00:00+00:00"),
-        bottle=m.bottles["default"],
-        workspace=workspace(tmp_path),
+        bottle=b,
+        workspace=paths.workspace,
+        mounts=paths.mounts,
         state_path=tmp_path / "s",
-        manifest_dir=tmp_path,
         agent_image="agent:x",
         guard_image="guard:y",
         ids=ids or RuntimeIds(1000, 1000, 10001, 10001),
@@ -168,6 +178,10 @@ def test_mounts_default_read_only_and_must_exist(tmp_path: Path) -> None:
     assert extra == {"/data": True, "/rw": False}
     with pytest.raises(BottleError, match="does not exist"):
         render(tmp_path, text.replace('host = "data", guest = "/data"', 'host = "nope", guest = "/data"'))
+    # Every bind whose source is outside the state dir is verified at start: the agent reports each.
+    doc = render(tmp_path, text)
+    verify = doc["services"]["agent"]["environment"]["BOTTLE_VERIFY"].split("\n")
+    assert verify == ["/workspace", "/data", "/rw"]
 
 
 def test_root_host_maps_to_unprivileged_ids(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -191,7 +205,6 @@ def test_workspace_guards_manifest_git_and_mount_sources(tmp_path: Path) -> None
         bottle=m.bottles["default"],
         workspace=ws,
         state_path=tmp_path / "s",
-        manifest_dir=ws,
         agent_image="a",
         guard_image="g",
         ids=RuntimeIds(1000, 1000, 10001, 10001),
@@ -206,19 +219,8 @@ def test_workspace_guards_manifest_git_and_mount_sources(tmp_path: Path) -> None
         "[bottles.default.resources]", 'mounts = [{ host = "data", guest = "/data" }]\n[bottles.default.resources]'
     )
     (ws / "data").mkdir()
-    m = parse_manifest(inside, path=ws / "claude-bottle.toml")
     with pytest.raises(BottleError, match="inside the workspace"):
-        render_compose(
-            identity=Identity("claude-abcde", 1, 1.0, "t"),
-            bottle=m.bottles["default"],
-            workspace=ws,
-            state_path=tmp_path / "s",
-            manifest_dir=ws,
-            agent_image="a",
-            guard_image="g",
-            ids=RuntimeIds(1000, 1000, 10001, 10001),
-            net=NetPlan("10.213.7.16/28"),
-        )
+        checked(tmp_path, inside, ws, base=ws)
 
 
 def test_the_guard_restarts_has_its_own_cpu_and_every_log_is_bounded(tmp_path: Path) -> None:

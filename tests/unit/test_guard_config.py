@@ -23,6 +23,7 @@ from claude_bottle.guard_config import (
 )
 from claude_bottle.lifecycle import grant_egress
 from claude_bottle.manifest import EgressRule, parse_manifest
+from claude_bottle.paths import Roots
 from claude_bottle.pipelock import pipelock_config, to_yaml
 from claude_bottle.state import BottleRecord, StateDir
 
@@ -176,17 +177,18 @@ def test_pipelock_yaml_shape() -> None:
 def test_a_credential_file_inside_the_workspace_is_refused(tmp_path: Path) -> None:
     ws = tmp_path / "ws"
     ws.mkdir()
+    roots = Roots(((ws, "this bottle"),))
     (ws / "key").write_text(KEY)
     b = bottle("[bottles.default.credentials.anthropic]\nsource = 'file:key'\n")
-    with pytest.raises(BottleError, match=r"inside the workspace .* move it outside the workspace"):
-        resolve_credentials(b, environ={}, base=ws, workspace=ws)  # type: ignore[arg-type]
+    with pytest.raises(BottleError, match=r"lies in this bottle's writable files.*move it outside"):
+        resolve_credentials(b, environ={}, base=ws, roots=roots)  # type: ignore[arg-type]
     outside = tmp_path / "secrets"
     outside.mkdir()
     (outside / "key").write_text(KEY)
     (ws / "link").symlink_to(outside / "key")  # a symlink from the workspace is refused too
     b = bottle("[bottles.default.credentials.anthropic]\nsource = 'file:link'\n")
-    with pytest.raises(BottleError, match="inside the workspace"):
-        resolve_credentials(b, environ={}, base=ws, workspace=ws)  # type: ignore[arg-type]
+    with pytest.raises(BottleError, match="passes through the symbolic link"):
+        resolve_credentials(b, environ={}, base=ws, roots=roots)  # type: ignore[arg-type]
     b = bottle(f"[bottles.default.credentials.anthropic]\nsource = 'file:{outside / 'key'}'\n")
-    (cred,) = resolve_credentials(b, environ={}, base=ws, workspace=ws)  # type: ignore[arg-type]
+    (cred,) = resolve_credentials(b, environ={}, base=ws, roots=roots)  # type: ignore[arg-type]
     assert cred.secret == KEY

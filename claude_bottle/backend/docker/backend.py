@@ -11,7 +11,7 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,8 +19,9 @@ from rich.console import Console
 
 from ... import process
 from ...errors import BackendError, BottleError
+from ...paths import file_identity, read_host_file, verify_mounts
 from ...state import StateDir, now_iso, process_started, write_private
-from ...walk import Walk
+from ...walk import Walk, remove_tree
 from .. import (
     BottleBackend,
     BottleCleanupPlan,
@@ -33,6 +34,7 @@ from .. import (
 
 if TYPE_CHECKING:
     from ...manifest import AgentSpec, BottleSpec
+    from ...paths import BottlePaths
     from .images import ImageSpec
 from .cleanup import PREFIX, DockerBottleCleanupPlan, plan_from_engine, run_cleanup
 from .compose import (
@@ -44,11 +46,13 @@ from .compose import (
     parse_labels,
     project_name,
     render_compose,
+    verified_binds,
 )
 
 __all__ = ["DockerBottleBackend"]
 
 COMPOSE_FILE = "compose.json"
+MOUNTS_FILE = "mounts.json"
 SUBNET_ATTEMPTS = 6
 DEFAULT_SUBNET_POOL = "10.213.0.0/16"
 HONEY_FILES = (".aws/credentials", ".npmrc")
@@ -111,6 +115,7 @@ class DockerBottleBackend(BottleBackend):
         bottle_name: str,
         bottle: BottleSpec,
         workspace: Path,
+        paths: BottlePaths,
         state: StateDir,
         manifest_path: Path | None,
     ) -> BottlePlan:
@@ -122,6 +127,7 @@ class DockerBottleBackend(BottleBackend):
             bottle=bottle,
             backend=self.name,
             workspace=workspace,
+            paths=paths,
             state=state,
             manifest_path=manifest_path,
         )
@@ -133,12 +139,9 @@ class DockerBottleBackend(BottleBackend):
     def _specs(self, plan: BottlePlan) -> list[ImageSpec]:
         from .images import agent_image_spec, guard_image_spec
 
-        manifest_dir = plan.manifest_path.parent if plan.manifest_path else Path.cwd()
         return [
             guard_image_spec(),
-            agent_image_spec(
-                plan.bottle, RuntimeIds.for_host(plan.workspace), manifest_dir=manifest_dir, workspace=plan.workspace
-            ),
+            agent_image_spec(plan.bottle, RuntimeIds.for_host(plan.workspace), ca_certs=plan.paths.ca_certs),
         ]
 
     def prepare_images(self, *, plan: BottlePlan, progress: Progress) -> dict[str, str]:
@@ -213,7 +216,7 @@ class DockerBottleBackend(BottleBackend):
         creds = (
             []
             if pipelock
-            else resolve_credentials(bottle, environ=os.environ, base=manifest_dir, workspace=plan.workspace)
+            else resolve_credentials(bottle, environ=os.environ, base=manifest_dir, roots=plan.paths.roots)
         )
         files = GuardFiles(state)
         files.dir.mkdir(mode=0o700, exist_ok=True)
@@ -231,13 +234,16 @@ class DockerBottleBackend(BottleBackend):
             files.write_policy(policy_document(plan.slug, bottle, load_grants(state)))
             files.write_secrets(secrets_document(creds, honey))
             guard_owned += [files.policy, files.secrets]
-            if bottle.ca_certs:
-                shutil.copyfile((manifest_dir / bottle.ca_certs).expanduser(), files.dir / "ca.crt")
+            if plan.paths.ca_certs is not None:
+                write_private(files.dir / "ca.crt", read_host_file(plan.paths.ca_certs))
                 guard_owned.append(files.dir / "ca.crt")
         run_dir = state.path / "run"
-        shutil.rmtree(run_dir, ignore_errors=True)  # a stale "firewall-ready" must never be trusted
+        remove_tree(run_dir)  # a stale "firewall-ready" must never be trusted
         run_dir.mkdir()
         run_dir.chmod(0o777)  # root in the net container has no DAC override; the state dir stays 0700
+        (run_dir / "agent").mkdir(mode=0o700)
+        if os.getuid() == 0:
+            os.chown(run_dir / "agent", ids.agent_uid, ids.agent_gid)
         state.audit_path.touch(mode=0o600, exist_ok=True)
         state.claude_home.mkdir(mode=0o700, exist_ok=True)
         seed_config(state.claude_home, placeholder_key=PLACEHOLDER if creds else None)
@@ -261,8 +267,8 @@ class DockerBottleBackend(BottleBackend):
                 identity=identity,
                 bottle=bottle,
                 workspace=plan.workspace,
+                mounts=plan.paths.mounts,
                 state_path=state.path,
-                manifest_dir=manifest_dir,
                 agent_image=images["agent"],
                 guard_image=images["guard"],
                 ids=ids,
@@ -273,6 +279,11 @@ class DockerBottleBackend(BottleBackend):
                 manifest_file=plan.manifest_path,
             )
             write_private(state.path / COMPOSE_FILE, json.dumps(doc, indent=2) + "\n")
+            # What the engine must mount, named by device and inode (opened without following a link, so a
+            # link swapped in since the paths were checked fails here), for wait_ready to compare.
+            binds = verified_binds(doc["services"]["agent"], state.path)
+            expected = [(v["target"], *file_identity(Path(v["source"]))) for v in binds]
+            write_private(state.path / MOUNTS_FILE, json.dumps(expected) + "\n")
             result = self._compose_run(state, "up", "-d", "--no-build", "--pull", "never", "--quiet-pull")
             if result.ok:
                 return
@@ -287,7 +298,7 @@ class DockerBottleBackend(BottleBackend):
         mark in the state dir's run/, so this polls the host filesystem (no `docker exec`), and looks at
         the containers only when it is slow, to fail fast if one died."""
         run = state.path / "run"
-        marks = [run / "firewall-ready"]
+        marks = [run / "firewall-ready", run / "agent" / "mounts"]
         if not (state.path / "guard" / "pipelock.yaml").exists():
             marks.append(run / "guard-ready")
         deadline = time.monotonic() + timeout
@@ -298,7 +309,8 @@ class DockerBottleBackend(BottleBackend):
                 self._fail_if_dead(state, timed_out=now > deadline, timeout=timeout)
                 next_look = now + 1.0
             time.sleep(0.01)
-        if len(marks) == 1:  # pipelock writes no mark: ask from inside, once
+        self._verify_mounts(state)
+        if len(marks) == 2:  # pipelock writes no mark: ask from inside, once
             argv = [
                 "docker",
                 "exec",
@@ -308,6 +320,19 @@ class DockerBottleBackend(BottleBackend):
                 "/usr/local/bin/bottle-wait-guard",
             ]
             process.check(process.run(argv, timeout=timeout + 10), f"waiting for {state.slug}'s guard")
+
+    @staticmethod
+    def _verify_mounts(state: StateDir) -> None:
+        """The agent's entrypoint reported what the engine mounted before anything of the agent ran; it must
+        be what the CLI checked (a link swapped in during start would show as another device or inode)."""
+        expected = [(str(t), int(d), int(i)) for t, d, i in json.loads((state.path / MOUNTS_FILE).read_text())]
+        report = (state.path / "run" / "agent" / "mounts").read_text(encoding="utf-8", errors="replace")
+        wrong = verify_mounts(report, expected)
+        if wrong is not None:
+            raise BackendError(
+                f"bottle {state.slug}: what the engine mounted at {wrong} is not what was checked (did a "
+                "symbolic link appear on the way while it started?): refusing to run it"
+            )
 
     def _fail_if_dead(self, state: StateDir, *, timed_out: bool, timeout: float) -> None:
         names = [container_name(state.slug, s) for s in ("agent", "egress", "net")]
@@ -381,11 +406,11 @@ class DockerBottleBackend(BottleBackend):
         result = process.run(["docker", "exec", container_name(state.slug, "agent"), *argv], timeout=60)
         return result.returncode, result.stdout
 
-    def logs(self, *, state: StateDir, follow: bool) -> int:
-        cmd = ["docker", "compose", "-p", project_name(state.slug), "-f", str(state.path / COMPOSE_FILE), "logs"]
+    def logs(self, *, state: StateDir, follow: bool, sink: Callable[[bytes], None]) -> int:
+        cmd = ["docker", *self._compose_argv(state, "logs", "--no-color")]
         if follow:
             cmd.append("--follow")
-        return process.run_interactive(cmd)
+        return process.run_to(cmd, sink)
 
     # -- inventory ------------------------------------------------------------------------------
     def statuses(self) -> dict[str, BottleStatus]:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...egress import HEALTH_PATH
-from ...errors import BottleError
-from ...paths import outside_workspace
 
 if TYPE_CHECKING:
     from ...manifest import BottleSpec
@@ -115,14 +114,15 @@ def _guarded_files(workspace: Path, manifest_file: Path | None) -> list[dict[str
     return out
 
 
-def _mounts(bottle: BottleSpec, base: Path, workspace: Path) -> list[dict[str, Any]]:
-    out = []
-    for m in bottle.mounts:
-        src = outside_workspace(base / Path(m.host).expanduser(), workspace, "mount source")
-        if not src.exists():
-            raise BottleError(f"mount source {src} does not exist: create it or fix bottles.*.mounts")
-        out.append({"type": "bind", "source": str(src), "target": m.guest, "read_only": m.mode == "ro"})
-    return out
+def _mounts(mounts: Sequence[tuple[Path, str, bool]]) -> list[dict[str, Any]]:
+    """The manifest's mounts, from their checked, resolved sources (paths.check_bottle_paths)."""
+    return [{"type": "bind", "source": str(src), "target": guest, "read_only": ro} for src, guest, ro in mounts]
+
+
+def verified_binds(agent: dict[str, Any], state_path: Path) -> list[dict[str, Any]]:
+    """The agent's binds whose source lies outside the state dir: places an agent may reach on the host, so
+    what the engine mounted there is compared with what was checked (run/agent/mounts)."""
+    return [v for v in agent["volumes"] if state_path not in Path(v["source"]).parents]
 
 
 @dataclass(frozen=True)
@@ -156,8 +156,8 @@ def render_compose(
     bottle: BottleSpec,
     workspace: Path,
     state_path: Path,
-    manifest_dir: Path,
     agent_image: str,
+    mounts: Sequence[tuple[Path, str, bool]] = (),
     guard_image: str,
     ids: RuntimeIds,
     net: NetPlan,
@@ -338,13 +338,17 @@ def render_compose(
                 for name in honey_files
             ),
             *_guarded_files(workspace, manifest_file),
-            *_mounts(bottle, manifest_dir, workspace),
+            *_mounts(mounts),
             {**run_mount, "read_only": True},
+            # The one place the agent's entrypoint writes, before anything of the agent runs: what the
+            # engine mounted (device and inode at each mount point), for the CLI to check.
+            {"type": "bind", "source": str(state_path / "run" / "agent"), "target": "/bottle-run/agent"},
         ],
         # Ordering only: the agent's entrypoint itself waits until the firewall is in place and the guard
         # answers (50 ms polls), which is faster than waiting on a healthcheck interval.
         "depends_on": {"egress": {"condition": "service_started"}, "net": {"condition": "service_started"}},
     }
+    agent_env["BOTTLE_VERIFY"] = "\n".join(v["target"] for v in verified_binds(agent_svc, state_path))
     return {
         "name": project_name(slug),
         "services": {"egress": guard, "net": net_svc, "agent": agent_svc},

@@ -13,7 +13,7 @@ from ... import egress
 from ...claude_code import resolve_version
 from ...errors import BottleError
 from ...manifest import BottleSpec
-from ...paths import outside_workspace
+from ...paths import read_host_file
 from .compose import RuntimeIds
 
 __all__ = ["GUARD_BASE_IMAGE", "ImageSpec", "agent_image_spec", "guard_image_spec"]
@@ -55,18 +55,15 @@ class ImageSpec:
                 target.chmod(0o755)
 
 
-def agent_image_spec(
-    bottle: BottleSpec, ids: RuntimeIds, *, manifest_dir: Path, workspace: Path | None = None
-) -> ImageSpec:
+def agent_image_spec(bottle: BottleSpec, ids: RuntimeIds, *, ca_certs: Path | None = None) -> ImageSpec:
+    """The agent image for a bottle. `ca_certs` is the bundle's checked, resolved path (paths.py)."""
     images = resources.files("claude_bottle.images")
     files = {name: images.joinpath(name).read_bytes() for name in SCRIPTS}
     ca_copy = ca_update = ca_env = ""
-    if bottle.ca_certs:
-        ca_path = (manifest_dir / bottle.ca_certs).expanduser()
-        if workspace is not None:
-            ca_path = outside_workspace(ca_path, workspace, "ca_certs")
+    if ca_certs is not None:
+        ca_path = ca_certs
         try:
-            files[CA_NAME] = ca_path.read_bytes()
+            files[CA_NAME] = read_host_file(ca_path)
         except OSError as exc:
             raise BottleError(f"ca_certs {ca_path} cannot be read ({exc.strerror}): fix bottles.*.ca_certs") from None
         if b"-----BEGIN CERTIFICATE-----" not in files[CA_NAME]:
