@@ -251,9 +251,11 @@ class Manifest(_Strict):
         return self.agents[name]
 
     def workspace(self, name: str) -> Path:
+        """The agent's workspace as written (absolute, links not yet resolved: paths.check_path does that,
+        refusing links an agent may have planted)."""
         ws = self.agent(name).workspace
         base = self.directory
-        return (base / Path(ws).expanduser()).resolve() if ws else base.resolve()
+        return base / Path(ws).expanduser() if ws else base
 
 
 def _format_error(source: str, err: ValidationError) -> str:
