@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.markup import escape
 
 from ..errors import BottleError
 from ..state import StateDir, bottle_home, resolve_slug
@@ -58,10 +59,25 @@ def add_manifest_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def load(args: argparse.Namespace) -> Manifest:
-    from ..manifest import find_manifest, load_manifest
+    """The manifest for this command, once its content is trusted (asked here on a terminal)."""
+    from ..manifest import find_manifest
+    from ..state import state_root
+    from ..trust import load_trusted
 
     path = args.manifest if getattr(args, "manifest", None) else find_manifest(home=bottle_home())
-    return load_manifest(path)
+
+    def ask(lines: list[str]) -> bool:
+        for line in lines:
+            err.print(line, markup=False, highlight=False)
+        return confirm("trust this manifest and use it")
+
+    return load_trusted(
+        path,
+        home=bottle_home(),
+        state_root=state_root(),
+        ask=ask if sys.stdin.isatty() else None,
+        say=lambda line: err.print(f"[dim]{escape(line)}[/]"),
+    )
 
 
 def slug_arg(parser: argparse.ArgumentParser) -> None:

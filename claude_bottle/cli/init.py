@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BottleError
-from ..state import write_private
+from ..state import bottle_home, write_private
 from ._common import err, out
 
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
@@ -34,7 +34,10 @@ def write_starter(path: Path, *, force: bool) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..trust import trust_file
+
     path = write_starter(args.path, force=args.force)
+    trust_file(path, home=bottle_home())  # written by claude-bottle itself, just now: trusted as it is
     out.print(str(path))
     err.print("next: claude-bottle start claude --detach   (then: claude-bottle ls)")
     return 0

@@ -252,13 +252,21 @@ def write_manifest(directory: Path, internet: Internet) -> Path:
     return path
 
 
+def trusted(cli: Cli, manifest: Path) -> Path:
+    """The operator reviewed this manifest and trusts it (as `claude-bottle trust` in a script)."""
+    cli.run("trust", str(manifest), check=True)
+    return manifest
+
+
 @pytest.fixture(scope="module")
 def cli(tmp_path_factory: pytest.TempPathFactory, internet: Internet) -> Iterator[Cli]:
     root = tmp_path_factory.mktemp("bottles")
     ws = root / "workspace"
     ws.mkdir()
-    write_manifest(ws, internet)
+    if os.getuid() == 0:
+        os.chown(ws, 1000, 1000)  # a user's project: the agent runs as its owner and can write it
     c = Cli(root / "home", ws)
+    trusted(c, write_manifest(ws, internet))
     yield c
     # Whatever a test left: stop and remove it, by the CLI first, then by label.
     for slug in c.ls():

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import TEST_IMAGE, TEST_KEY, Cli, Internet, docker, write_manifest
+from .conftest import TEST_IMAGE, TEST_KEY, Cli, Internet, docker, trusted, write_manifest
 
 
 def guard_addresses(slug: str) -> dict[str, str]:
@@ -164,8 +164,8 @@ def test_filling_the_disk_does_not_let_a_request_through_unrecorded(
 ) -> None:
     ws = tmp_path / "ws"
     ws.mkdir()
-    write_manifest(ws, internet)
     c = Cli(small_home / "home", ws)
+    trusted(c, write_manifest(ws, internet))
     slug = c.start()
     try:
         _rc, out = c.sh(slug, "dd if=/dev/zero of=$HOME/.claude/fill bs=1M 2>&1; df -h $HOME/.claude | tail -1")

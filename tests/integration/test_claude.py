@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import TEST_KEY, Cli, Internet, docker, write_manifest
+from .conftest import TEST_KEY, Cli, Internet, docker, trusted, write_manifest
 
 AGENT_UID = 1000
 
@@ -26,10 +26,11 @@ def ccli(tmp_path_factory: pytest.TempPathFactory, internet: Internet) -> Iterat
     root = tmp_path_factory.mktemp("claude")
     ws = root / "workspace"
     ws.mkdir()
-    write_manifest(ws, internet)
+    manifest = write_manifest(ws, internet)
     if os.getuid() == 0:
         os.chown(ws, AGENT_UID, AGENT_UID)
     c = Cli(root / "home", ws)
+    trusted(c, manifest)
     yield c
     for slug in c.ls():
         c.run("keep", slug, "--release")

@@ -10,7 +10,8 @@ import pytest
 
 from claude_bottle.backend import _BACKENDS
 from claude_bottle.cli import main
-from claude_bottle.state import list_state_dirs
+from claude_bottle.state import bottle_home, list_state_dirs
+from claude_bottle.trust import trust_file
 
 from .fakes import FakeBackend
 
@@ -37,6 +38,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     d = tmp_path / "proj"
     d.mkdir()
     (d / "claude-bottle.toml").write_text(MANIFEST)
+    trust_file(d / "claude-bottle.toml", home=bottle_home())  # the operator trusted it
     monkeypatch.chdir(d)
     return d
 
@@ -187,6 +189,8 @@ def test_env_var_selects_backend(
 ) -> None:
     (project / "claude-bottle.toml").write_text(MANIFEST.replace('backend = "fake"\n', ""))
     monkeypatch.setenv("CLAUDE_BOTTLE_BACKEND", "fake")
+    assert main(["start", "claude", "--detach"]) == 1  # changed since trusted
+    assert main(["trust"]) == 0
     assert main(["start", "claude", "--detach"]) == 0
     assert FakeBackend.calls[0] == "plan"
 
