@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from .backend import BottleBackend, BottlePlan, Progress, get_bottle_backend, resolve_backend_name
 from .errors import BottleError
+from .gitguard import settle_bottle
 from .guard_config import GuardFiles, load_grants, policy_document, save_grants
 from .manifest import AgentSpec, BottleSpec, EgressRule, Manifest
 from .paths import BottlePaths
@@ -29,6 +31,13 @@ __all__ = [
     "start_bottle",
     "stop_bottle",
 ]
+
+
+Notify = Callable[[str], None]  # a line for the operator (what a verb found, e.g. a quarantined git hook)
+
+
+def _quiet(_line: str) -> None:
+    pass
 
 
 @contextlib.contextmanager
@@ -99,7 +108,7 @@ def _check_paths(bottle: BottleSpec, workspace: Path, base: Path, root: Path | N
     )
 
 
-def resume_bottle(state: StateDir, *, progress: Progress) -> Started:
+def resume_bottle(state: StateDir, *, progress: Progress, notify: Notify = _quiet) -> Started:
     """A new generation of an existing bottle from its state dir: same slug, same ~/.claude, same grants."""
     from .manifest import AgentSpec, BottleSpec
 
@@ -120,6 +129,7 @@ def resume_bottle(state: StateDir, *, progress: Progress) -> Started:
     with state.lock():
         backend.stop(state=state)  # whatever an earlier generation left (a crash keeps its containers)
         state.settle_snapshot()
+        settle_bottle(state, notify)
     state.update(
         status="creating",
         generation=record.generation + 1,
@@ -165,6 +175,8 @@ def _bring_up(
             images = backend.prepare_images(plan=plan, progress=progress)
             state.update(images=images)
             engine_touched = True
+            # From here the agent may write the workspace: what git would read is settled when the run ends.
+            state.update(run_started=time.time(), git_protected=list(paths.protected))
             backend.start(plan=plan, images=images, progress=progress)
             progress("waiting for the guard")
             backend.wait_ready(state=state)
@@ -193,12 +205,15 @@ def _roll_back(backend: BottleBackend, state: StateDir, exc: BaseException) -> N
     state.remove()
 
 
-def stop_bottle(state: StateDir, *, remove: bool = False, status: str = "stopped") -> BottleRecord:
+def stop_bottle(
+    state: StateDir, *, remove: bool = False, status: str = "stopped", notify: Notify = _quiet
+) -> BottleRecord:
     record = state.read()
     backend = get_bottle_backend(record.backend)
     with state.lock():
         backend.stop(state=state)
         state.settle_snapshot()  # a crash `ls` noticed: its snapshot, now that nothing writes any more
+        settle_bottle(state, notify)
         if record.status == "crashed" and status == "stopped":
             status = "crashed"  # stopping a crashed bottle keeps what happened to it
         record = state.update(status=status, attached_pid=None)
@@ -253,7 +268,14 @@ def start_session(backend: BottleBackend, state: StateDir, argv: list[str], *, l
 
 
 def run_claude(
-    started: Started, agent: AgentSpec, *, prompt: str | None, detach: bool, resume: bool, tty: bool
+    started: Started,
+    agent: AgentSpec,
+    *,
+    prompt: str | None,
+    detach: bool,
+    resume: bool,
+    tty: bool,
+    notify: Notify = _quiet,
 ) -> RunResult:
     """Run claude in a started bottle. Foreground runs stop the bottle when claude ends; an abnormal end
     (non-zero exit, killed container, this CLI terminated) preserves the bottle as crashed."""
@@ -275,13 +297,13 @@ def run_claude(
                     return RunResult(0, detached=True)
                 rc = maybe
     except (KeyboardInterrupt, BottleError):
-        _finish(started, abnormal=None)  # the user stopped it, or it never began: stopped, resumable
+        _finish(started, abnormal=None, notify=notify)  # the user stopped it, or it never began: stopped, resumable
         raise
     except BaseException as exc:
-        _finish(started, abnormal=f"claude-bottle was terminated ({type(exc).__name__} {exc})")
+        _finish(started, abnormal=f"claude-bottle was terminated ({type(exc).__name__} {exc})", notify=notify)
         raise
     crashed = rc != 0
-    _finish(started, abnormal=f"claude exited with {rc}" if crashed else None)
+    _finish(started, abnormal=f"claude exited with {rc}" if crashed else None, notify=notify)
     return RunResult(rc, crashed=crashed)
 
 
@@ -313,7 +335,7 @@ def parse_exit_code(text: str) -> int | None:
     return int(t) if re.fullmatch(r"[0-9]{1,3}", t) and int(t) < 256 else None
 
 
-def _finish(started: Started, *, abnormal: str | None) -> None:
+def _finish(started: Started, *, abnormal: str | None, notify: Notify = _quiet) -> None:
     """End a foreground run: preserve it when it ended badly, then stop it. Each step is tried on its own:
     a tree the agent made that cannot be copied must not leave the bottle running or unpreserved."""
     state = started.state
@@ -325,7 +347,7 @@ def _finish(started: Started, *, abnormal: str | None) -> None:
                 with contextlib.suppress(OSError, BottleError):
                     state.preserve("crash")
         with contextlib.suppress(BottleError):
-            stop_bottle(state, status="crashed" if abnormal else "stopped")
+            stop_bottle(state, status="crashed" if abnormal else "stopped", notify=notify)
 
 
 @contextlib.contextmanager

@@ -226,6 +226,7 @@ class BottlePaths:
     mounts: tuple[tuple[Path, str, bool], ...] = ()  # (source, guest path, read-only)
     ca_certs: Path | None = None
     roots: Roots = Roots()  # every agent-writable root, this bottle's own included
+    protected: tuple[str, ...] = ()  # the workspace repository's control paths, mounted read-only (gitguard)
 
     @property
     def writable(self) -> tuple[Path, ...]:
@@ -259,4 +260,6 @@ def check_bottle_paths(
         ca = check_path(base / Path(bottle.ca_certs).expanduser(), "ca_certs", own, read_by_host=True)
         if not ca.is_file():
             raise ManifestError(f"ca_certs {ca} is not a file: point it at a CA bundle (.crt/.pem)")
-    return BottlePaths(ws, tuple(mounts), ca, own)
+    from .gitguard import protected
+
+    return BottlePaths(ws, tuple(mounts), ca, own, tuple(protected(ws)))

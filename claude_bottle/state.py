@@ -115,6 +115,8 @@ class BottleRecord:
     attached_pid: int | None = None  # the CLI running claude in the foreground, while it does
     attached_started: float | None = None
     snapshot_due: bool = False  # a crash was noticed (by `ls`) and its transcript snapshot not yet taken
+    run_started: float | None = None  # epoch time the current run began; cleared once its workspace is settled
+    git_protected: list[str] = field(default_factory=list)  # workspace paths mounted read-only in that run
 
     @classmethod
     def from_json(cls, data: Any) -> BottleRecord:

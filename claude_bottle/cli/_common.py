@@ -117,7 +117,15 @@ def run_agent(started: Started, agent: AgentSpec, *, prompt: str | None, detach:
             "[dim]claude runs in tmux inside the bottle: Ctrl-b d detaches (it keeps running), "
             f"`claude-bottle attach {slug}` comes back[/]"
         )
-    result = run_claude(started, agent, prompt=prompt, detach=detach, resume=resume, tty=is_tty())
+    result = run_claude(
+        started,
+        agent,
+        prompt=prompt,
+        detach=detach,
+        resume=resume,
+        tty=is_tty(),
+        notify=lambda line: err.print(line, markup=False, highlight=False),
+    )
     if result.detached:
         err.print(
             f"claude is running in {slug}: `claude-bottle attach {slug}` to watch, "

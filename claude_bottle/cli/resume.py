@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
         f"resuming [bold]{escape(state.slug)}[/] (generation {record.generation + 1}, "
         f"session {record.session_id or 'new'})"
     )
-    started = resume_bottle(state, progress=progress)
+    started = resume_bottle(state, progress=progress, notify=lambda line: err.print(line, markup=False))
     out.print(started.slug)
     agent = AgentSpec.model_validate(record.manifest.get("agent", {}))
     return run_agent(started, agent, prompt=args.prompt, detach=args.detach, resume=True)

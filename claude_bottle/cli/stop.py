@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
     from ..lifecycle import stop_bottle
 
     state = state_for(args)
-    stop_bottle(state, remove=args.rm)
+    stop_bottle(state, remove=args.rm, notify=lambda line: err.print(line, markup=False, highlight=False))
     out.print(state.slug)
     err.print("stopped" + (" and removed" if args.rm else f"; state kept in {state.path}"))
     return 0

@@ -7,9 +7,11 @@ import contextlib
 import os
 import pty
 import select
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -213,3 +215,95 @@ def test_a_planted_manifest_is_refused_before_anything_starts(cli: Cli, bottle: 
         f"`claude-bottle trust {src}/claude-bottle.toml`"
     )
     assert set(cli.ls()) == before and len(internet.requests("forbidden")) == before_forbidden
+
+
+# -- 1: git on the host runs nothing the agent wrote -------------------------------------------------
+def host_git(ws: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """git as the workspace's owner (uid 1000, a normal user), as the operator would run it."""
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(ws.parent / "userhome"),
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_AUTHOR_NAME": "u",
+        "GIT_AUTHOR_EMAIL": "u@u",
+        "GIT_COMMITTER_NAME": "u",
+        "GIT_COMMITTER_EMAIL": "u@u",
+    }
+    return subprocess.run(
+        ["setpriv", "--reuid=1000", "--regid=1000", "--clear-groups", "git", *args],
+        cwd=ws,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture
+def user_project(tmp_path: Path, internet: Internet) -> Iterator[Cli]:
+    """A project a normal user (uid 1000) owns, where that user can run git: outside pytest's root-only
+    temporary root. Removed afterwards."""
+    base = Path(tempfile.mkdtemp(prefix="cbtest-git-"))
+    base.chmod(0o755)
+    ws, home = base / "ws", base / "userhome"
+    for d in (ws, home):
+        d.mkdir()
+        os.chown(d, 1000, 1000)
+    c = Cli(tmp_path / "cb-home", ws)
+    trusted(c, write_manifest(ws, internet))
+    try:
+        yield c
+    finally:
+        for slug in c.ls():
+            c.run("keep", slug, "--release")
+            c.run("stop", slug, "--rm")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_git_on_the_host_runs_nothing_the_agent_wrote(user_project: Cli) -> None:
+    cli = user_project
+    ws = cli.cwd
+    assert host_git(ws, "init", "-q", "-b", "main").returncode == 0
+    (ws / "a.txt").write_text("a\n")
+    host_git(ws, "add", "a.txt")
+    assert host_git(ws, "commit", "-qm", "init").returncode == 0
+    marker = ws.parent / "ran"  # where the planted command would leave its mark (the user can write there)
+    ws.parent.chmod(0o777)
+    slug = cli.start("claude")
+    try:
+        plant = (
+            "set -e; cd /workspace; "
+            # The read-only binds hold: hooks and config cannot be changed in place.
+            "! sh -c 'echo x >> .git/config' 2>/dev/null; ! sh -c 'echo x > .git/hooks/pre-commit' 2>/dev/null; "
+            # The attacks: a commondir to a directory the agent made, a nested repository, a .git file out.
+            "mkdir -p evil/hooks evil/objects evil/refs; cp -r .git/refs/. evil/refs/; "
+            f"printf '[core]\\n\\tfsmonitor = \"touch {marker}; false\"\\n' > evil/config; "
+            "printf '../evil\\n' > .git/commondir; "  # relative to .git: the same place on the host
+            "mkdir -p src && cd src && git init -q && "
+            f"printf '[core]\\n\\tfsmonitor = \"touch {marker}; false\"\\n' >> .git/config && cd .. && "
+            "mkdir -p sub && printf 'gitdir: /etc\\n' > sub/.git && echo planted"
+        )
+        _rc, out = cli.sh(slug, plant)
+        assert "planted" in out, out
+        for where in (ws, ws / "src"):
+            host_git(where, "status")
+            assert marker.exists(), f"the control: while the bottle runs, git in {where} runs the agent's command"
+            marker.unlink()
+        r = cli.run("stop", slug)
+        assert r.returncode == 0, r.stderr
+        for what in (".git/commondir", "src/.git/config", "sub/.git"):
+            assert f"git: {ws / what}:" in r.stderr, r.stderr
+        assert f"claude-bottle keep {slug} --release" in r.stderr
+        for where in (ws, ws / "src", ws / "sub"):
+            host_git(where, "status")
+        (ws / "new.txt").write_text("x")
+        host_git(ws, "add", "new.txt")
+        assert host_git(ws, "commit", "-qm", "after the bottle").returncode == 0
+        assert not marker.exists()
+        assert cli.ls()[slug]["preserved"] == "git-quarantine"
+        quarantined = list((cli.home / "state" / slug / "git-quarantine").rglob("commondir"))
+        assert quarantined and quarantined[0].read_text() == "../evil\n"
+    finally:
+        cli.run("keep", slug, "--release")
+        cli.run("stop", slug, "--rm")

@@ -200,6 +200,8 @@ def test_workspace_guards_manifest_git_and_mount_sources(tmp_path: Path) -> None
     (ws / ".git" / "config").write_text("[core]\n")
     (ws / "claude-bottle.toml").write_text(MANIFEST)
     m = parse_manifest(MANIFEST, path=ws / "claude-bottle.toml")
+    _, paths = checked(tmp_path, MANIFEST, ws, base=ws)
+    assert paths.protected == (".git/config", ".git/hooks")
     doc = render_compose(
         identity=Identity("claude-abcde", 1, 1.0, "t"),
         bottle=m.bottles["default"],
@@ -210,6 +212,7 @@ def test_workspace_guards_manifest_git_and_mount_sources(tmp_path: Path) -> None
         ids=RuntimeIds(1000, 1000, 10001, 10001),
         net=NetPlan("10.213.7.16/28"),
         manifest_file=ws / "claude-bottle.toml",
+        protected=paths.protected,
     )
     vols = {v["target"]: v.get("read_only", False) for v in doc["services"]["agent"]["volumes"]}
     assert vols["/workspace/.git"] is False  # a mount point: it cannot be renamed away

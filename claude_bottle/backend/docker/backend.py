@@ -277,6 +277,7 @@ class DockerBottleBackend(BottleBackend):
                 honey_files=() if pipelock else tuple(HONEY_FILES),
                 guard_cafile=bool(bottle.ca_certs) and not pipelock,
                 manifest_file=plan.manifest_path,
+                protected=plan.paths.protected,
             )
             write_private(state.path / COMPOSE_FILE, json.dumps(doc, indent=2) + "\n")
             # What the engine must mount, named by device and inode (opened without following a link, so a

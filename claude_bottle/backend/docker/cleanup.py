@@ -6,6 +6,7 @@ The plan comes from three engine calls whatever the number of bottles (`compose 
 
 from __future__ import annotations
 
+import contextlib
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from rich.markup import escape
 
 from ... import process
 from ...errors import BottleError
+from ...gitguard import settle_bottle
 from ...state import StateDir, StateSummary, list_state_dirs
 from ...walk import remove_tree
 from .. import BottleCleanupPlan
@@ -154,12 +156,19 @@ def run_cleanup(plan: DockerBottleCleanupPlan, console: Console) -> list[str]:
     with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
         for project, outcome in zip(plan.projects, pool.map(_down, plan.projects), strict=True):
             if _report(f"compose project {project.name}", outcome, failures, console):
-                _mark_stopped(project.slug)
+                _mark_stopped(project.slug, console)
     # Containers before networks: they hold the network attachments. One call for each kind, and one
     # per object only if the batch failed, so a single bad object is named and does not stop the rest.
     _batch(["docker", "rm", "-f"], "container", plan.containers, failures, console)
     _batch(["docker", "network", "rm"], "network", plan.networks, failures, console)
     for s in plan.state_dirs:
+        # Its last run's workspace is settled first (gitguard): what that moves aside keeps the state dir.
+        state = StateDir(s.slug, s.path.parent)
+        with contextlib.suppress(BottleError, OSError):
+            settle_bottle(state, lambda line: console.print(line, markup=False, highlight=False))
+        if state.preserved():
+            console.print(f"kept state dir {escape(str(s.path))}: preserved ({escape(state.preserved() or '')})")
+            continue
         _report(f"state dir {s.path}", _remove_tree(s.path), failures, console)
     return failures
 
@@ -184,7 +193,7 @@ def _batch(argv: list[str], kind: str, items: list[Stray], failures: list[str], 
         _report(f"{kind} {i.name}", _attempt([*argv, i.id]), failures, console)
 
 
-def _mark_stopped(slug: str) -> None:
+def _mark_stopped(slug: str, console: Console) -> None:
     """A bottle whose containers cleanup removed is no longer running: say so in its record."""
     try:
         state = StateDir(slug)
@@ -194,3 +203,5 @@ def _mark_stopped(slug: str) -> None:
         record = state.read()
         if record.status in ("running", "creating"):
             state.update(status="stopped")
+        with contextlib.suppress(BottleError, OSError):
+            settle_bottle(state, lambda line: console.print(line, markup=False, highlight=False))

@@ -94,20 +94,19 @@ class Identity:
         }
 
 
-def _guarded_files(workspace: Path, manifest_file: Path | None) -> list[dict[str, Any]]:
-    """Workspace files the agent must not change, mounted read-only over themselves: the git hooks and
-    config (code written there would run on the host the next time the operator uses git) and the
-    manifest (it says what the next bottle may mount and reach). `.git` itself is bound too, so it is
-    a mount point the agent cannot rename away to plant a fresh one."""
+def _guarded_files(workspace: Path, manifest_file: Path | None, protected: Sequence[str]) -> list[dict[str, Any]]:
+    """Workspace files the agent must not change, mounted read-only over themselves: the repository's
+    control paths (`protected`, from gitguard: code or configuration written there would run on the host
+    the next time the operator uses git) and the manifest (it says what the next bottle may mount and
+    reach). `.git` itself is bound too, so it is a mount point the agent cannot rename away."""
     out: list[dict[str, Any]] = []
     git = workspace / ".git"
     if git.is_dir() and not git.is_symlink():
         out.append({"type": "bind", "source": str(git), "target": "/workspace/.git"})
-        out += [
-            {"type": "bind", "source": str(git / name), "target": f"/workspace/.git/{name}", "read_only": True}
-            for name in ("hooks", "config")
-            if (git / name).exists() and not (git / name).is_symlink()
-        ]
+    out += [
+        {"type": "bind", "source": str(workspace / rel), "target": f"/workspace/{rel}", "read_only": True}
+        for rel in protected
+    ]
     if manifest_file is not None and manifest_file.is_file() and workspace in manifest_file.parents:
         rel = manifest_file.relative_to(workspace)
         out.append({"type": "bind", "source": str(manifest_file), "target": f"/workspace/{rel}", "read_only": True})
@@ -165,6 +164,7 @@ def render_compose(
     honey_files: tuple[str, ...] = (),
     guard_cafile: bool = False,
     manifest_file: Path | None = None,
+    protected: Sequence[str] = (),
 ) -> dict[str, Any]:
     slug = identity.slug
     labels = identity.labels()
@@ -337,7 +337,7 @@ def render_compose(
                 }
                 for name in honey_files
             ),
-            *_guarded_files(workspace, manifest_file),
+            *_guarded_files(workspace, manifest_file, protected),
             *_mounts(mounts),
             {**run_mount, "read_only": True},
             # The one place the agent's entrypoint writes, before anything of the agent runs: what the
