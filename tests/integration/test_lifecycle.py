@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -84,31 +86,38 @@ def test_missing_engine_is_exit_3_with_the_fix(cli: Cli) -> None:
     assert r.returncode == 3 and "fail engine" in r.stdout
 
 
-def test_ctrl_c_mid_start_leaves_nothing(cli: Cli) -> None:
-    before_dirs = set((cli.home / "state").iterdir()) if (cli.home / "state").exists() else set()
+def test_ctrl_c_mid_start_leaves_nothing(cli: Cli, tmp_path: Path) -> None:
+    """The signal lands in the window on purpose: a `docker` shim runs the real `compose up`, then says so
+    and waits, so Ctrl-C arrives while the containers exist and the start is not finished."""
+    shim, real = tmp_path / "shim", shutil.which("docker")
+    shim.mkdir()
+    mark = tmp_path / "containers-up"
+    (shim / "docker").write_text(
+        f"#!{sys.executable}\n"
+        "import os, subprocess, sys, time\n"
+        f"rc = subprocess.call(['{real}', *sys.argv[1:]])\n"
+        "if 'compose' in sys.argv and 'up' in sys.argv:\n"
+        f"    open('{mark}', 'w').close()\n"
+        "    time.sleep(60)\n"
+        "sys.exit(rc)\n"
+    )
+    (shim / "docker").chmod(0o755)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "claude_bottle", "start", "claude", "--detach"],
+        cli.argv("start", "claude", "--detach"),
         cwd=cli.cwd,
-        env=cli.env(),
+        env=cli.env(PATH=f"{shim}:{os.environ['PATH']}"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    slug = None
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and slug is None:
-        names = docker(
-            "ps", "-a", "--filter", "label=claude-bottle.backend=docker", "--format", '{{.Label "claude-bottle.slug"}}'
-        ).stdout.split()
-        new = [n for n in names if (cli.home / "state" / n).exists() and (cli.home / "state" / n) not in before_dirs]
-        slug = new[0] if new else None
+    deadline = time.monotonic() + 120
+    while not mark.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "start never brought its containers up"
         time.sleep(0.05)
-    assert slug, "start never created containers"
+    slug = next(d.name for d in (cli.home / "state").iterdir() if containers(d.name))
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    if proc.returncode == 0:  # it won the race and finished: then a stop must still leave nothing
-        cli.run("stop", slug, "--rm", check=True)
-    else:
-        assert proc.returncode == 130, err
+    assert proc.returncode == 130, err  # interrupted mid-start, never a finished start
     assert containers(slug) == [] and networks(slug) == []
     assert not (cli.home / "state" / slug).exists()

@@ -16,8 +16,26 @@ from claude_bottle.paths import BottlePaths
 from claude_bottle.state import StateDir
 
 
+@dataclass
+class Exec:
+    """One command the fake was asked to run in a bottle, with how it was asked."""
+
+    argv: list[str]
+    tty: bool
+    interactive: bool
+    workdir: str | None
+    env: dict[str, str]
+
+
 class FakeBackend(BottleBackend):
+    """Scriptable: `on_exec(argv)` may act (raise, signal) and return an exit code; `outputs` maps a
+    substring of an exec_output argv to its (exit code, output)."""
+
     name = "fake"
+    execs: ClassVar[list[Exec]] = []
+    on_exec: ClassVar[Callable[[list[str]], int | None] | None] = None
+    outputs: ClassVar[dict[str, tuple[int, str]]] = {}
+    logs_follow: ClassVar[list[bool]] = []
     # Class-level so the test can see what instances created by the registry did.
     calls: ClassVar[list[str]] = []
     live: ClassVar[dict[str, str]] = {}
@@ -32,6 +50,7 @@ class FakeBackend(BottleBackend):
         cls.calls, cls.live, cls.fail_at, cls.interrupt_at, cls.exec_rc = [], {}, None, None, 0
         cls.leftovers, cls.unremovable = set(), set()
         cls.logs_output = b""
+        cls.execs, cls.on_exec, cls.outputs, cls.logs_follow = [], None, {}, []
 
     def _step(self, what: str) -> None:
         self.calls.append(what)
@@ -94,15 +113,25 @@ class FakeBackend(BottleBackend):
         env: dict[str, str] | None = None,
     ) -> int:
         self.calls.append("exec " + " ".join(argv))
+        self.execs.append(Exec(list(argv), tty, interactive, workdir, dict(env or {})))
+        hook = type(self).on_exec  # a plain function: not bound to this instance
+        if hook is not None:
+            rc = hook(list(argv))
+            if rc is not None:
+                return rc
         return self.exec_rc
 
     def exec_output(self, *, state: StateDir, argv: Sequence[str]) -> tuple[int, str]:
         self.calls.append("exec_output " + " ".join(argv))
+        for needle, answer in self.outputs.items():
+            if needle in " ".join(argv):
+                return answer
         return 1, ""
 
     logs_output: ClassVar[bytes] = b""
 
     def logs(self, *, state: StateDir, follow: bool, sink: Callable[[bytes], None]) -> int:
+        self.logs_follow.append(follow)
         sink(self.logs_output)
         return 0
 

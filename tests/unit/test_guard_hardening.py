@@ -109,8 +109,9 @@ def test_secrets_in_refusal_reasons_are_not_written_to_the_audit_log(tmp_path: P
         ):
             resp = await send(port, req(raw))
             assert resp.startswith((b"HTTP/1.1 400", b"HTTP/1.1 403"))
-        await asyncio.sleep(0.05)
-        assert "AKIAIOSFODNN7EXAMPLE" not in audit.read_text()
+        # A refusal's line is written before it is answered: both are there, without the secret.
+        text = audit.read_text()
+        assert len(text.splitlines()) == 2 and "AKIAIOSFODNN7EXAMPLE" not in text
 
     asyncio.run(_guard(tmp_path, go))
 
@@ -125,7 +126,6 @@ def test_unicode_digits_and_odd_chunk_sizes_are_400_not_crashes(tmp_path: Path) 
         ):
             resp = await send(port, req(raw))
             assert resp.startswith(b"HTTP/1.1 400"), (raw, resp)
-        await asyncio.sleep(0.05)
         lines = [json.loads(x) for x in audit.read_text().splitlines()]
         assert [ln["reason"] for ln in lines if ln.get("decision") == "deny"] == [
             "malformed request target",

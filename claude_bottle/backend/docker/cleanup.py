@@ -19,6 +19,7 @@ from rich.markup import escape
 from ... import process
 from ...errors import BottleError
 from ...gitguard import settle_bottle
+from ...guard_config import GuardFiles
 from ...state import StateDir, StateSummary, list_state_dirs
 from ...walk import remove_tree
 from .. import BottleCleanupPlan
@@ -165,6 +166,7 @@ def run_cleanup(plan: DockerBottleCleanupPlan, console: Console) -> list[str]:
         # Its last run's workspace is settled first (gitguard): what that moves aside keeps the state dir.
         state = StateDir(s.slug, s.path.parent)
         with contextlib.suppress(BottleError, OSError):
+            GuardFiles(state).drop_secrets()
             settle_bottle(state, lambda line: console.print(line, markup=False, highlight=False))
         if state.preserved():
             console.print(f"kept state dir {escape(str(s.path))}: preserved ({escape(state.preserved() or '')})")
@@ -203,5 +205,6 @@ def _mark_stopped(slug: str, console: Console) -> None:
         record = state.read()
         if record.status in ("running", "creating"):
             state.update(status="stopped")
+        GuardFiles(state).drop_secrets()
         with contextlib.suppress(BottleError, OSError):
             settle_bottle(state, lambda line: console.print(line, markup=False, highlight=False))

@@ -1,0 +1,249 @@
+"""Lifecycle and inventory paths (issue 10), through main(argv) on a fake backend that records what it is
+asked (argv, tty, env, workdir) and can be scripted, plus the Docker backend's start on a fake `docker`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from claude_bottle import lifecycle
+from claude_bottle.backend import _BACKENDS
+from claude_bottle.cli import main
+from claude_bottle.manifest import AgentSpec
+from claude_bottle.state import bottle_home, list_state_dirs
+from claude_bottle.trust import trust_file
+
+from .fakes import FakeBackend
+
+MANIFEST = """
+[bottles.default]
+backend = "fake"
+[bottles.default.egress]
+allow = ["api.example.com"]
+[agents.claude]
+model = "claude-opus-4"
+permission_mode = "acceptEdits"
+claude_args = ["--verbose", "--max-turns", "3"]
+append_system_prompt = "be brief"
+[agents.plain]
+"""
+
+
+@pytest.fixture(autouse=True)
+def fake_backend(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[FakeBackend]]:
+    monkeypatch.setitem(_BACKENDS, "fake", "tests.unit.fakes:FakeBackend")
+    FakeBackend.reset()
+    yield FakeBackend
+    FakeBackend.reset()
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    d = tmp_path / "proj"
+    d.mkdir()
+    (d / "claude-bottle.toml").write_text(MANIFEST)
+    trust_file(d / "claude-bottle.toml", home=bottle_home())
+    monkeypatch.chdir(d)
+    return d
+
+
+def tty(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("claude_bottle.cli._common.is_tty", lambda: True)
+    monkeypatch.setattr("claude_bottle.cli.attach.is_tty", lambda: True)
+
+
+# -- every agent option reaches claude's argv ---------------------------------------------------------
+def test_every_agent_option_reaches_claudes_argv(project: Path) -> None:
+    assert main(["start", "claude", "--prompt", "do it"]) == 0
+    run = FakeBackend.execs[-1]
+    (sd,) = list_state_dirs()
+    assert run.argv == [
+        "claude", "--permission-mode", "acceptEdits", "--model", "claude-opus-4", "--append-system-prompt",
+        "be brief", "--verbose", "--max-turns", "3", "--session-id", sd.read().session_id, "-p", "do it",
+    ]  # fmt: skip
+    assert (run.tty, run.interactive) == (False, False)
+
+
+def test_the_default_agent_skips_claudes_own_prompts_and_resumes_its_session() -> None:
+    a = AgentSpec()
+    assert lifecycle.claude_argv(a, prompt=None, session_id="s1") == [
+        "claude",
+        "--dangerously-skip-permissions",
+        "--session-id",
+        "s1",
+    ]
+    assert lifecycle.claude_argv(a, prompt="p", session_id="s1", resume=True)[-4:] == ["--resume", "s1", "-p", "p"]
+
+
+# -- interactive runs, attach, detach, signals ---------------------------------------------------------
+def test_interactive_run_in_tmux_then_attached_and_its_exit_read(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tty(monkeypatch)
+    FakeBackend.outputs = {"cat /tmp/claude-bottle-exit": (0, "0\n")}
+    assert main(["start", "plain"]) == 0
+    session, attach = FakeBackend.execs[-2:]
+    assert session.argv[:6] == ["tmux", "new-session", "-d", "-s", "claude", "-x"] and "bottle-run" in session.argv
+    assert attach.argv == ["tmux", "attach-session", "-t", "claude"] and (attach.tty, attach.interactive) == (
+        True,
+        True,
+    )
+    (sd,) = list_state_dirs()
+    assert (sd.read().status, sd.preserved()) == ("stopped", None)
+
+
+def test_detaching_from_an_interactive_run_leaves_it_running(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tty(monkeypatch)
+    FakeBackend.outputs = {"has-session": (0, "")}  # tmux still has the session: the user pressed Ctrl-b d
+    assert main(["start", "plain"]) == 0
+    (sd,) = list_state_dirs()
+    assert sd.read().status == "running" and "stop" not in FakeBackend.calls
+
+
+def test_a_detached_headless_run_logs_to_the_run_log(project: Path) -> None:
+    assert main(["start", "claude", "--detach", "--prompt", "work"]) == 0
+    (session,) = [e for e in FakeBackend.execs if e.argv[:2] == ["tmux", "new-session"]]
+    assert "BOTTLE_RUN_LOG=/home/claude/.claude/bottle-run.log" in session.argv
+    assert session.argv[-2:] == ["-p", "work"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_while_attached_preserves_the_run_as_a_crash(
+    project: Path, monkeypatch: pytest.MonkeyPatch, sig: signal.Signals
+) -> None:
+    def killed(argv: list[str]) -> int | None:
+        if argv[:1] == ["claude"]:
+            os.kill(os.getpid(), sig)  # the terminal closed, or someone ran kill, mid-run
+        return None
+
+    FakeBackend.on_exec = killed
+    with pytest.raises(SystemExit) as exc:
+        main(["start", "plain", "--prompt", "x"])
+    assert exc.value.code == 128 + sig
+    (sd,) = list_state_dirs()
+    record = sd.read()
+    assert (record.status, sd.preserved()) == ("crashed", "crash")
+    assert record.error == f"claude-bottle was terminated (SystemExit {128 + sig})"
+    assert FakeBackend.calls[-1] == "stop" and signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler)
+
+
+def test_attach_starts_claude_continuing_the_session_when_none_runs(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tty(monkeypatch)
+    assert main(["start", "plain", "--detach"]) == 0
+    (sd,) = list_state_dirs()
+    session_id = sd.read().session_id
+    (sd.claude_home / "projects" / "-workspace").mkdir(parents=True)
+    (sd.claude_home / "projects" / "-workspace" / f"{session_id}.jsonl").write_text("{}\n")
+    FakeBackend.execs.clear()
+    assert main(["attach", sd.slug]) == 0
+    session, attach = FakeBackend.execs
+    assert session.argv[-2:] == ["--resume", session_id]
+    assert attach.argv == ["tmux", "attach-session", "-t", "claude"] and attach.tty
+
+
+def test_attach_needs_a_terminal(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["start", "plain", "--detach"]) == 0
+    (sd,) = list_state_dirs()
+    assert main(["attach", sd.slug]) == 1
+    assert "attach needs a terminal" in capsys.readouterr().err
+
+
+def test_shell_and_exec_and_logs_follow(project: Path) -> None:
+    assert main(["start", "plain", "--detach"]) == 0
+    (sd,) = list_state_dirs()
+    assert main(["shell", sd.slug]) == 0
+    shell = FakeBackend.execs[-1]
+    assert shell.argv[0] in ("bash", "sh", "/bin/bash") and shell.interactive
+    assert main(["exec", sd.slug, "--", "id", "-u"]) == 0
+    assert FakeBackend.execs[-1].argv == ["id", "-u"]
+    assert main(["logs", sd.slug, "--follow"]) == 0
+    assert FakeBackend.logs_follow == [True]
+
+
+# -- state across stops -------------------------------------------------------------------------------
+def test_secrets_are_zeroed_and_removed_at_stop(project: Path) -> None:
+    assert main(["start", "plain", "--detach"]) == 0
+    (sd,) = list_state_dirs()
+    secrets = sd.path / "guard" / "secrets.json"
+    secrets.parent.mkdir(exist_ok=True)
+    secrets.write_text('{"routes": {"anthropic": {"value": "sk-ant-REAL"}}}')
+    other_name = sd.path / "guard" / "hardlink"  # another name for the same file: its blocks are zeroed
+    os.link(secrets, other_name)
+    assert main(["stop", sd.slug]) == 0
+    assert not secrets.exists()
+    assert other_name.read_bytes() == b"\0" * other_name.stat().st_size and other_name.stat().st_size > 0
+
+
+def test_grants_are_kept_across_resume(project: Path) -> None:
+    assert main(["start", "plain", "--detach"]) == 0
+    (sd,) = list_state_dirs()
+    assert main(["grant", sd.slug, "--egress", "granted.example:8443"]) == 0
+    assert main(["stop", sd.slug]) == 0
+    assert main(["resume", sd.slug, "--detach"]) == 0
+    grants = json.loads((sd.path / "grants.json").read_text())["egress"]
+    assert grants == [{"host": "granted.example", "ports": [8443], "private": False}]
+    assert sd.read().generation == 2
+
+
+def test_ls_notices_an_agent_that_exited(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["start", "plain", "--detach"]) == 0
+    (sd,) = list_state_dirs()
+    FakeBackend.live[sd.slug] = "exited (137)"
+    capsys.readouterr()
+    assert main(["ls", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["status"] == "crashed" and row["preserved"] == "crash"
+    assert sd.read().error == "agent container exited (137)"
+
+
+# -- the Docker backend's start, on a fake engine ------------------------------------------------------
+DOCKER = """
+log = os.environ["FAKE_DOCKER_LOG"]
+with open(log, "a") as f:
+    f.write(json.dumps(sys.argv[1:]) + "\\n")
+if sys.argv[1:3] == ["network", "inspect"]:
+    print(sys.argv[-1])
+"""
+
+
+def test_docker_start_writes_policy_with_grants_secrets_and_the_project(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_exe: Callable[[str, str], Path]
+) -> None:
+    from claude_bottle.backend.docker.backend import DockerBottleBackend
+    from claude_bottle.manifest import load_manifest
+    from claude_bottle.paths import check_bottle_paths
+    from claude_bottle.state import StateDir, state_root
+
+    fake_exe("docker", DOCKER)
+    monkeypatch.setenv("FAKE_DOCKER_LOG", str(tmp_path / "docker.log"))
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-api03-" + "k" * 40)
+    m = load_manifest(project / "claude-bottle.toml")
+    bottle = m.bottles["default"]
+    sd = StateDir("plain-abcde")
+    sd.create()
+    (sd.path / "grants.json").write_text(json.dumps({"egress": [{"host": "granted.example", "ports": [8443]}]}))
+    paths = check_bottle_paths(
+        bottle, project, project, state_root=state_root(), state_home=bottle_home(), home=tmp_path / "h"
+    )
+    backend = DockerBottleBackend()
+    plan = backend.plan(
+        slug=sd.slug, agent_name="plain", agent=m.agents["plain"], bottle_name="default", bottle=bottle,
+        workspace=project, paths=paths, state=sd, manifest_path=m.path,
+    )  # fmt: skip
+    backend.start(plan=plan, images={"agent": "a:1", "guard": "g:1"}, progress=lambda _l: None)
+    policy = json.loads((sd.path / "guard" / "policy.json").read_text())
+    assert [r["host"] for r in policy["allow"]] == ["api.example.com", "granted.example"]
+    secrets = sd.path / "guard" / "secrets.json"
+    assert oct(secrets.stat().st_mode & 0o777) == "0o600"
+    assert json.loads(secrets.read_text())["routes"]["anthropic"]["value"] == "sk-ant-api03-" + "k" * 40
+    doc = json.loads((sd.path / "compose.json").read_text())
+    assert "sk-ant" not in json.dumps(doc)  # the key is in the guard's secrets file only
+    calls = [json.loads(x) for x in (tmp_path / "docker.log").read_text().splitlines()]
+    assert any(c[:1] == ["compose"] and "up" in c for c in calls)
