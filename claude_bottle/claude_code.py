@@ -1,5 +1,6 @@
-"""Which Claude Code goes into the agent image: "latest" is resolved to a version number (cached for a
-while), so the image tag changes, and the image is rebuilt, when a newer Claude Code is published."""
+"""Claude Code in a bottle, in one place: which version goes into the agent image ("latest" resolved to a
+version number, cached for a while, so a newer release rebuilds the image), its first-run settings, its
+command line, and its session in tmux (started, attached to, its exit code read back)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,34 @@ import re
 import time
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .state import bottle_home, write_private
+from .errors import BottleError
+from .state import StateDir, bottle_home, write_private
 
-__all__ = ["resolve_version", "seed_config"]
+if TYPE_CHECKING:
+    from .backend import BottleBackend
+    from .manifest import AgentSpec
+
+__all__ = [
+    "EXIT_FILE",
+    "RUN_LOG",
+    "SESSION",
+    "UNREADABLE_EXIT",
+    "attach_argv",
+    "claude_argv",
+    "parse_exit_code",
+    "read_exit_code",
+    "resolve_version",
+    "seed_config",
+    "session_running",
+    "start_session",
+]
+
+SESSION = "claude"  # the tmux session holding claude inside the bottle
+EXIT_FILE = "/tmp/claude-bottle-exit"  # noqa: S108 - inside the agent container, written by bottle-run
+RUN_LOG = "/home/claude/.claude/bottle-run.log"  # a detached headless run's output (state dir: claude-home)
+UNREADABLE_EXIT = 137  # what an unreadable exit file counts as: killed
 
 PACKAGE = "@anthropic-ai/claude-code"
 TTL = 6 * 3600.0
@@ -73,3 +98,56 @@ def seed_config(config_dir: Path, *, placeholder_key: str | None) -> None:
     if placeholder_key:
         config["customApiKeyResponses"] = {"approved": [placeholder_key[-20:]], "rejected": []}
     write_private(path, json.dumps(config, indent=2) + "\n")
+
+
+def claude_argv(
+    agent: AgentSpec, *, prompt: str | None, session_id: str | None = None, resume: bool = False
+) -> list[str]:
+    """The claude command line for an agent. The bottle is the boundary, so permissions are skipped
+    inside it unless the agent asks for another permission_mode."""
+    argv = ["claude"]
+    if agent.permission_mode == "bypassPermissions":
+        argv.append("--dangerously-skip-permissions")
+    else:
+        argv += ["--permission-mode", agent.permission_mode]
+    if agent.model:
+        argv += ["--model", agent.model]
+    if agent.append_system_prompt:
+        argv += ["--append-system-prompt", agent.append_system_prompt]
+    argv += list(agent.claude_args)
+    if session_id:
+        argv += ["--resume", session_id] if resume else ["--session-id", session_id]
+    if prompt:
+        argv += ["-p", prompt]
+    return argv
+
+
+def start_session(backend: BottleBackend, state: StateDir, argv: list[str], *, log: bool = False) -> None:
+    """claude in a detached tmux session inside the bottle, so a terminal can attach and detach at will."""
+    env = ["-e", f"BOTTLE_RUN_LOG={RUN_LOG}"] if log else []
+    tmux = ["tmux", "new-session", "-d", "-s", SESSION, "-x", "200", "-y", "50", *env, "--", "bottle-run", *argv]
+    rc = backend.exec(state=state, argv=tmux, tty=False, interactive=False)
+    if rc != 0:
+        raise BottleError(f"could not start claude in {state.slug} (tmux exit {rc})")
+
+
+def attach_argv() -> list[str]:
+    return ["tmux", "attach-session", "-t", SESSION]
+
+
+def session_running(backend: BottleBackend, state: StateDir) -> bool:
+    code, _ = backend.exec_output(state=state, argv=["tmux", "has-session", "-t", SESSION])
+    return code == 0
+
+
+def parse_exit_code(text: str) -> int | None:
+    """The exit code bottle-run left, strictly: ASCII digits only (the agent can write this file, and
+    int() also takes "²", "+1" or "1_0")."""
+    t = text.strip()
+    return int(t) if re.fullmatch(r"[0-9]{1,3}", t) and int(t) < 256 else None
+
+
+def read_exit_code(backend: BottleBackend, state: StateDir) -> int:
+    code, out = backend.exec_output(state=state, argv=["cat", EXIT_FILE])
+    rc = parse_exit_code(out) if code == 0 else None
+    return UNREADABLE_EXIT if rc is None else rc

@@ -1,11 +1,12 @@
-"""What the verbs do, as plain functions: start (with rollback), stop, run claude, list bottles."""
+"""What the verbs do, as plain functions (the work layer): start and resume (with rollback), run claude,
+attach, exec, shell, logs, stop, grant, doctor and cleanup. Verbs in `cli/` parse and print; everything
+else happens here, against the `BottleBackend` ABC only."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-import re
 import signal
 import time
 import uuid
@@ -13,25 +14,46 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .backend import BottleBackend, BottlePlan, Progress, get_bottle_backend, resolve_backend_name
+from .backend import (
+    BottleBackend,
+    BottleCleanupPlan,
+    BottlePlan,
+    Check,
+    Progress,
+    Report,
+    get_bottle_backend,
+    known_backend_names,
+    resolve_backend_name,
+)
+from .claude_code import attach_argv, claude_argv, read_exit_code, seed_config, session_running, start_session
 from .errors import BottleError
 from .gitguard import settle_bottle
-from .guard_config import GuardFiles, load_grants, policy_document, save_grants
-from .manifest import AgentSpec, BottleSpec, EgressRule, Manifest
-from .paths import BottlePaths
-from .pipelock import pipelock_config, to_yaml
-from .state import BottleRecord, StateDir, bottle_home, new_slug, process_started, state_root, write_private
+from .guard.files import drop_secrets, load_grants, save_grants
+from .state import BottleRecord, StateDir, process_started
+
+if TYPE_CHECKING:
+    from .bottle import Bottle
+    from .egress.policy import Rule
+    from .manifest import Manifest
 
 __all__ = [
-    "claude_argv",
+    "Notify",
+    "RunResult",
+    "Started",
+    "attach_bottle",
+    "cleanup_plans",
+    "doctor_checks",
+    "exec_in",
     "grant_egress",
+    "logs_of",
     "resume_bottle",
     "run_claude",
+    "run_cleanup",
     "start_bottle",
     "stop_bottle",
 ]
-
 
 Notify = Callable[[str], None]  # a line for the operator (what a verb found, e.g. a quarantined git hook)
 
@@ -52,12 +74,20 @@ def _no_interrupts() -> Iterator[None]:
 
 @dataclass
 class Started:
-    slug: str
-    state: StateDir
+    bottle: Bottle
     backend: BottleBackend
     plan: BottlePlan
 
+    @property
+    def slug(self) -> str:
+        return self.bottle.slug
 
+    @property
+    def state(self) -> StateDir:
+        return self.bottle.state
+
+
+# -- start and resume -----------------------------------------------------------------------------------
 def start_bottle(
     manifest: Manifest,
     agent_name: str,
@@ -67,50 +97,24 @@ def start_bottle(
     show_plan: Callable[[BottlePlan], None] | None = None,
     root: Path | None = None,
 ) -> Started:
-    """A new bottle (generation 1): state dir, images, containers, guard ready. Rolled back on any failure."""
-    agent = manifest.agent(agent_name)
-    bottle = manifest.bottles[agent.bottle]
-    workspace = manifest.workspace(agent_name)
-    if not workspace.is_dir():
-        raise BottleError(f"workspace {workspace} does not exist: create it or fix agents.{agent_name}.workspace")
-    paths = _check_paths(bottle, workspace, manifest.directory, root)
-    backend_name, _source = resolve_backend_name(flag=backend_flag, manifest=bottle.backend)
+    """A new bottle (generation 1): state dir, images, guard inputs, containers, ready. Rolled back on any
+    failure. Every host path is checked before anything is built."""
+    from .bottle import Bottle
+
+    spec = manifest.bottles[manifest.agent(agent_name).bottle]
+    backend_name, _source = resolve_backend_name(flag=backend_flag, manifest=spec.backend)
     backend = get_bottle_backend(backend_name)
-    slug = new_slug(agent_name)
-    state = StateDir(slug, root)
-    state.create()
-    state.write(
-        BottleRecord(
-            slug=slug,
-            agent=agent_name,
-            bottle=agent.bottle,
-            backend=backend_name,
-            manifest_path=str(manifest.path) if manifest.path else None,
-            manifest={"bottle": bottle.model_dump(mode="json"), "agent": agent.model_dump(mode="json")},
-            workspace=str(paths.workspace),
-            writable=[str(p) for p in paths.writable],
-            owner_pid=os.getpid(),
-            owner_started=process_started(os.getpid()),
-            session_id=str(uuid.uuid4()),
-        )
+    bottle = Bottle.new(manifest, agent_name, backend=backend_name, root=root)
+    bottle.state.create()
+    bottle.state.write(
+        bottle.record(owner_pid=os.getpid(), owner_started=process_started(os.getpid()), session_id=str(uuid.uuid4()))
     )
-    return _bring_up(
-        state, backend, agent_name, agent, bottle, paths, manifest.path, progress, fresh=True, show_plan=show_plan
-    )
-
-
-def _check_paths(bottle: BottleSpec, workspace: Path, base: Path, root: Path | None) -> BottlePaths:
-    """Every host path the bottle will bind or read, checked before anything is built (paths.py)."""
-    from .paths import check_bottle_paths
-
-    return check_bottle_paths(
-        bottle, workspace, base, state_root=root or state_root(), state_home=bottle_home(), home=Path.home()
-    )
+    return _bring_up(bottle, backend, progress, fresh=True, show_plan=show_plan)
 
 
 def resume_bottle(state: StateDir, *, progress: Progress, notify: Notify = _quiet) -> Started:
     """A new generation of an existing bottle from its state dir: same slug, same ~/.claude, same grants."""
-    from .manifest import AgentSpec, BottleSpec
+    from .bottle import Bottle
 
     record = state.read()
     backend = get_bottle_backend(record.backend)
@@ -118,19 +122,10 @@ def resume_bottle(state: StateDir, *, progress: Progress, notify: Notify = _quie
         live = backend.statuses().get(state.slug)
         if live is not None and live.status == "running":
             raise BottleError(f"{state.slug} is running: `claude-bottle attach {state.slug}`, or stop it first")
-    agent = AgentSpec.model_validate(record.manifest.get("agent", {}))
-    bottle = BottleSpec.model_validate(record.manifest.get("bottle", {}))
-    workspace = Path(record.workspace or ".")
-    if not workspace.is_dir():
-        raise BottleError(f"workspace {workspace} of {state.slug} no longer exists: restore it to resume")
-    manifest_path = Path(record.manifest_path) if record.manifest_path else None
-    # Checked again: since the last run an agent (this one or another) may have planted a link on the way.
-    paths = _check_paths(bottle, workspace, manifest_path.parent if manifest_path else workspace, state.path.parent)
+    bottle = Bottle.recorded(state, check_paths=True, record=record)
     with state.lock():
         backend.stop(state=state)  # whatever an earlier generation left (a crash keeps its containers)
-        GuardFiles(state).drop_secrets()
-        state.settle_snapshot()
-        settle_bottle(state, notify)
+        _after_run(state, notify)
     state.update(
         status="creating",
         generation=record.generation + 1,
@@ -138,52 +133,52 @@ def resume_bottle(state: StateDir, *, progress: Progress, notify: Notify = _quie
         owner_started=process_started(os.getpid()),
         error=None,
     )
-    started = _bring_up(state, backend, record.agent, agent, bottle, paths, manifest_path, progress, fresh=False)
+    started = _bring_up(bottle, backend, progress, fresh=False)
     if state.preserved() in ("crash", "capability-block"):
         state.preserve_path.unlink(missing_ok=True)  # live again; an operator's `keep` stays
     return started
 
 
 def _bring_up(
-    state: StateDir,
+    bottle: Bottle,
     backend: BottleBackend,
-    agent_name: str,
-    agent: AgentSpec,
-    bottle: BottleSpec,
-    paths: BottlePaths,
-    manifest_path: Path | None,
     progress: Progress,
     *,
     fresh: bool,
     show_plan: Callable[[BottlePlan], None] | None = None,
 ) -> Started:
+    from .guard.inputs import prepare_guard
+
+    state = bottle.state
     engine_touched = False
     try:
         with state.lock():
-            plan = backend.plan(
-                slug=state.slug,
-                agent_name=agent_name,
-                agent=agent,
-                bottle_name=state.read().bottle,
-                bottle=bottle,
-                workspace=paths.workspace,
-                paths=paths,
-                state=state,
-                manifest_path=manifest_path,
-            )
+            plan = backend.plan(bottle=bottle)
             if show_plan:
                 show_plan(plan)
+            # Host-side inputs first (credentials, CA bundle): a missing one fails before minutes of build.
+            guard = prepare_guard(
+                state,
+                bottle.spec,
+                base=bottle.base,
+                roots=bottle.paths.roots,
+                ca_certs=bottle.paths.ca_certs,
+                ids=bottle.ids,
+                environ=os.environ,
+            )
+            _claude_home(bottle, placeholder=bool(guard.agent_env))
             images = backend.prepare_images(plan=plan, progress=progress)
             state.update(images=images)
             engine_touched = True
             # From here the agent may write the workspace: what git would read is settled when the run ends.
-            state.update(run_started=time.time(), git_protected=list(paths.protected))
-            backend.start(plan=plan, images=images, progress=progress)
+            state.update(run_started=time.time(), git_protected=list(bottle.paths.protected))
+            backend.start(plan=plan, images=images, guard=guard, progress=progress)
             progress("waiting for the guard")
             backend.wait_ready(state=state)
             state.update(status="running")
     except BaseException as exc:
         with _no_interrupts():
+            drop_secrets(state)
             if not fresh:  # never remove a bottle's history: put it back as it was, for cleanup or resume
                 with contextlib.suppress(BottleError):
                     backend.stop(state=state)
@@ -193,7 +188,25 @@ def _bring_up(
             else:  # nothing was created but images (which are cache, not leftovers)
                 state.remove()
         raise
-    return Started(state.slug, state, backend, plan)
+    return Started(bottle, backend, plan)
+
+
+def _claude_home(bottle: Bottle, *, placeholder: bool) -> None:
+    """The agent's ~/.claude on the host (transcripts live there), with Claude Code's first-run answers,
+    owned by the agent's uid (changed without following any link the agent may have left there)."""
+    from .guard.credentials import PLACEHOLDER
+    from .walk import Walk
+
+    home = bottle.state.claude_home
+    home.mkdir(mode=0o700, exist_ok=True)
+    seed_config(home, placeholder_key=PLACEHOLDER if placeholder else None)
+    if os.getuid() == 0:
+        ids = bottle.ids
+        os.lchown(home, ids.agent_uid, ids.agent_gid)
+        for d in Walk(home):
+            for e in d.entries:
+                with contextlib.suppress(OSError):
+                    os.chown(e.name, ids.agent_uid, ids.agent_gid, dir_fd=d.fd, follow_symlinks=False)
 
 
 def _roll_back(backend: BottleBackend, state: StateDir, exc: BaseException) -> None:
@@ -206,6 +219,15 @@ def _roll_back(backend: BottleBackend, state: StateDir, exc: BaseException) -> N
     state.remove()
 
 
+def _after_run(state: StateDir, notify: Notify) -> None:
+    """What follows every run, its containers gone: credentials off the disk, a transcript snapshot an
+    `ls` owed, and the workspace settled for git on the host (gitguard)."""
+    drop_secrets(state)
+    state.settle_snapshot()
+    settle_bottle(state, notify)
+
+
+# -- stop ------------------------------------------------------------------------------------------------
 def stop_bottle(
     state: StateDir, *, remove: bool = False, status: str = "stopped", notify: Notify = _quiet
 ) -> BottleRecord:
@@ -213,9 +235,7 @@ def stop_bottle(
     backend = get_bottle_backend(record.backend)
     with state.lock():
         backend.stop(state=state)
-        GuardFiles(state).drop_secrets()
-        state.settle_snapshot()  # a crash `ls` noticed: its snapshot, now that nothing writes any more
-        settle_bottle(state, notify)
+        _after_run(state, notify)
         if record.status == "crashed" and status == "stopped":
             status = "crashed"  # stopping a crashed bottle keeps what happened to it
         record = state.update(status=status, attached_pid=None)
@@ -226,33 +246,7 @@ def stop_bottle(
     return record
 
 
-def claude_argv(
-    agent: AgentSpec, *, prompt: str | None, session_id: str | None = None, resume: bool = False
-) -> list[str]:
-    """The claude command line for an agent. The bottle is the boundary, so permissions are skipped
-    inside it unless the agent asks for another permission_mode."""
-    argv = ["claude"]
-    if agent.permission_mode == "bypassPermissions":
-        argv.append("--dangerously-skip-permissions")
-    else:
-        argv += ["--permission-mode", agent.permission_mode]
-    if agent.model:
-        argv += ["--model", agent.model]
-    if agent.append_system_prompt:
-        argv += ["--append-system-prompt", agent.append_system_prompt]
-    argv += list(agent.claude_args)
-    if session_id:
-        argv += ["--resume", session_id] if resume else ["--session-id", session_id]
-    if prompt:
-        argv += ["-p", prompt]
-    return argv
-
-
-SESSION = "claude"  # the tmux session holding claude inside the bottle
-EXIT_FILE = "/tmp/claude-bottle-exit"  # noqa: S108 - inside the agent container, written by bottle-run
-RUN_LOG = "/home/claude/.claude/bottle-run.log"  # a detached headless run's output (state dir: claude-home)
-
-
+# -- claude runs ------------------------------------------------------------------------------------------
 @dataclass
 class RunResult:
     exit_code: int
@@ -260,30 +254,16 @@ class RunResult:
     crashed: bool = False
 
 
-def start_session(backend: BottleBackend, state: StateDir, argv: list[str], *, log: bool = False) -> None:
-    """claude in a detached tmux session inside the bottle, so a terminal can attach and detach at will."""
-    env = ["-e", f"BOTTLE_RUN_LOG={RUN_LOG}"] if log else []
-    tmux = ["tmux", "new-session", "-d", "-s", SESSION, "-x", "200", "-y", "50", *env, "--", "bottle-run", *argv]
-    rc = backend.exec(state=state, argv=tmux, tty=False, interactive=False)
-    if rc != 0:
-        raise BottleError(f"could not start claude in {state.slug} (tmux exit {rc})")
-
-
 def run_claude(
-    started: Started,
-    agent: AgentSpec,
-    *,
-    prompt: str | None,
-    detach: bool,
-    resume: bool,
-    tty: bool,
-    notify: Notify = _quiet,
+    started: Started, *, prompt: str | None, detach: bool, resume: bool, tty: bool, notify: Notify = _quiet
 ) -> RunResult:
     """Run claude in a started bottle. Foreground runs stop the bottle when claude ends; an abnormal end
     (non-zero exit, killed container, this CLI terminated) preserves the bottle as crashed."""
     state, backend = started.state, started.backend
     record = state.read()
-    argv = claude_argv(agent, prompt=prompt, session_id=record.session_id, resume=resume and bool(record.session_id))
+    argv = claude_argv(
+        started.bottle.agent, prompt=prompt, session_id=record.session_id, resume=resume and bool(record.session_id)
+    )
     if detach:  # interactive or headless, it runs in tmux: `attach` brings it to a terminal
         start_session(backend, state, argv, log=bool(prompt))
         return RunResult(0, detached=True)
@@ -318,23 +298,10 @@ def _interactive(started: Started, argv: list[str], *, tty: bool) -> int | None:
             "headless run, or --detach and `claude-bottle attach SLUG` later"
         )
     start_session(backend, state, argv)
-    backend.exec(state=state, argv=["tmux", "attach-session", "-t", SESSION], tty=True, interactive=True)
-    still, _ = backend.exec_output(state=state, argv=["tmux", "has-session", "-t", SESSION])
-    if still == 0:
+    backend.exec(state=state, argv=attach_argv(), tty=True, interactive=True)
+    if session_running(backend, state):
         return None
-    code, out = backend.exec_output(state=state, argv=["cat", EXIT_FILE])
-    rc = parse_exit_code(out) if code == 0 else None
-    return UNREADABLE_EXIT if rc is None else rc
-
-
-UNREADABLE_EXIT = 137  # what an unreadable exit file counts as: killed
-
-
-def parse_exit_code(text: str) -> int | None:
-    """The exit code bottle-run left, strictly: ASCII digits only (the agent can write this file, and
-    int() also takes "²", "+1" or "1_0")."""
-    t = text.strip()
-    return int(t) if re.fullmatch(r"[0-9]{1,3}", t) and int(t) < 256 else None
+    return read_exit_code(backend, state)
 
 
 def _finish(started: Started, *, abnormal: str | None, notify: Notify = _quiet) -> None:
@@ -368,11 +335,48 @@ def _terminations_as_exit() -> Iterator[None]:
             signal.signal(sig, h)
 
 
-def grant_egress(state: StateDir, rules: Sequence[EgressRule], *, revoke: bool = False) -> list[EgressRule]:
+def attach_bottle(state: StateDir) -> int:
+    """This terminal on claude in a running bottle; claude is started first (continuing the bottle's
+    session, if it has one) when none runs."""
+    from .bottle import Bottle
+
+    record = state.read()
+    if record.status != "running":
+        raise BottleError(f"{state.slug} is {record.status}: `claude-bottle resume {state.slug}` starts it again")
+    bottle = Bottle.recorded(state, record=record)
+    backend = get_bottle_backend(record.backend)
+    if not session_running(backend, state):
+        projects = state.claude_home / "projects"
+        resume = bool(record.session_id) and any(projects.glob(f"*/{record.session_id}.jsonl"))
+        start_session(
+            backend, state, claude_argv(bottle.agent, prompt=None, session_id=record.session_id, resume=resume)
+        )
+    return backend.exec(state=state, argv=attach_argv(), tty=True, interactive=True)
+
+
+# -- into a running bottle ----------------------------------------------------------------------------------
+def exec_in(state: StateDir, argv: Sequence[str], *, tty: bool, interactive: bool, workdir: str | None = None) -> int:
+    """A command in the bottle as the agent (a shell when argv is a shell)."""
+    record = state.read()
+    if record.status != "running":
+        raise BottleError(f"{state.slug} is {record.status}: `claude-bottle resume {state.slug}` starts it again")
+    return get_bottle_backend(record.backend).exec(
+        state=state, argv=argv, tty=tty, interactive=interactive, workdir=workdir
+    )
+
+
+def logs_of(state: StateDir, *, follow: bool, sink: Callable[[bytes], None]) -> int:
+    return get_bottle_backend(state.read().backend).logs(state=state, follow=follow, sink=sink)
+
+
+# -- grants -------------------------------------------------------------------------------------------------
+def grant_egress(state: StateDir, rules: Sequence[Rule], *, revoke: bool = False) -> list[Rule]:
     """Add (or remove) live egress grants. The guard re-reads its policy file within half a second, so a
     running bottle changes policy without a restart; grants.json keeps them for the bottle's next generation."""
-    record = state.read()
-    bottle = BottleSpec.model_validate(record.manifest.get("bottle", {}))
+    from .bottle import Bottle
+    from .guard.inputs import rewrite_policy
+
+    bottle = Bottle.recorded(state)
     with state.lock():
         grants = load_grants(state)
         for rule in rules:
@@ -386,11 +390,7 @@ def grant_egress(state: StateDir, rules: Sequence[EgressRule], *, revoke: bool =
             else:
                 grants = [g for g in grants if g not in same] + [rule]
         save_grants(state, grants)
-        files = GuardFiles(state)
-        if bottle.egress.engine == "pipelock":
-            write_private(files.dir / "pipelock.yaml", to_yaml(pipelock_config(bottle, grants)) + "\n")
-        elif files.policy.exists():
-            files.write_policy(policy_document(state.slug, bottle, grants))
+        rewrite_policy(state, bottle.spec)
         _record_operator_action(state, "revoke" if revoke else "grant", [r.label() for r in rules])
     return grants
 
@@ -413,3 +413,29 @@ def _record_operator_action(state: StateDir, action: str, what: list[str]) -> No
         os.write(fd, (line + "\n").encode())
     finally:
         os.close(fd)
+
+
+# -- every backend ------------------------------------------------------------------------------------------
+def doctor_checks() -> list[tuple[str, list[Check]]]:
+    """Each known backend's checks (a backend that cannot load says so as a failed check)."""
+    out = []
+    for name in known_backend_names():
+        try:
+            checks = get_bottle_backend(name).doctor()
+        except BottleError as exc:
+            checks = [Check(f"{name} backend", False, str(exc))]
+        out.append((name, checks))
+    return out
+
+
+def cleanup_plans() -> list[BottleCleanupPlan]:
+    """What cleanup would remove, per backend (changing nothing)."""
+    return [get_bottle_backend(name).prepare_cleanup() for name in known_backend_names()]
+
+
+def run_cleanup(plans: Sequence[BottleCleanupPlan], report: Report) -> list[str]:
+    """Each backend removes what its plan lists, best effort; one line per failure comes back."""
+    failures: list[str] = []
+    for plan in plans:
+        failures += get_bottle_backend(plan.backend).cleanup(plan, report=report)
+    return failures

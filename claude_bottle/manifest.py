@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from .egress.policy import DEFAULT_PORTS, normalise_host
+from .egress.policy import DEFAULT_PORTS, Rule, normalise_host
 from .errors import ManifestError
 
 __all__ = [
@@ -99,7 +99,11 @@ class EgressRule(_Strict):
         return v
 
     def label(self) -> str:
-        return self.host if self.ports == DEFAULT_PORTS else f"{self.host}:{','.join(map(str, self.ports))}"
+        return self.rule().label()
+
+    def rule(self) -> Rule:
+        """The guard's own rule type: the one that is written to its policy file."""
+        return Rule(self.host, self.ports, self.private)
 
 
 class EgressSpec(_Strict):

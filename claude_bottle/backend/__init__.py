@@ -1,4 +1,9 @@
-"""Backends: where a bottle runs. The ABC, the plan objects, and the registry that picks one."""
+"""Backends: where a bottle runs. The ABC, the plan objects, and the registry that picks one.
+
+A backend implements `BottleBackend` and nothing else: it is handed a resolved `Bottle` (bottle.py) and
+the guard's prepared inputs (guard/inputs.py), and gives back lines and data, never output on a screen.
+The registry names backends by string, so no code outside a backend's own folder imports it.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +12,14 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
-
-from rich.console import Console
 
 from ..errors import BottleError
 from ..state import StateDir
 
 if TYPE_CHECKING:  # the manifest's models cost ~0.2 s to import: only for commands that read one
-    from ..manifest import AgentSpec, BottleSpec
-    from ..paths import BottlePaths
+    from ..bottle import Bottle
+    from ..guard.inputs import GuardInputs
 
 __all__ = [
     "DEFAULT_BACKEND",
@@ -27,6 +29,7 @@ __all__ = [
     "BottleStatus",
     "Check",
     "Progress",
+    "Report",
     "enumerate_active_bottles",
     "get_bottle_backend",
     "known_backend_names",
@@ -41,42 +44,43 @@ _BACKENDS: dict[str, str] = {
     "docker": "claude_bottle.backend.docker.backend:DockerBottleBackend",
 }
 
-Progress = Callable[[str], None]
+Progress = Callable[[str], None]  # a line of progress (builds, waits)
+Report = Callable[[str], None]  # a line of what was done (cleanup: removed, failed)
 
 
 @dataclass
 class BottlePlan:
-    """What `start` will do, printable before it does it."""
+    """What `start` will do, shown before it does it."""
 
-    slug: str
-    agent_name: str
-    agent: AgentSpec
-    bottle_name: str
-    bottle: BottleSpec
-    backend: str
-    workspace: Path
-    paths: BottlePaths  # every host path, checked (workspace, mounts, ca_certs)
-    state: StateDir
-    manifest_path: Path | None
+    bottle: Bottle
     actions: list[str] = field(default_factory=list)
 
-    def print(self, console: Console) -> None:
+    @property
+    def slug(self) -> str:
+        return self.bottle.slug
+
+    @property
+    def state(self) -> StateDir:
+        return self.bottle.state
+
+    def line(self) -> str:
         """One line: what will run where, and what it may reach."""
-        allowed = ", ".join(r.label() for r in self.bottle.egress.allow) or "nothing"
+        b = self.bottle
+        allowed = ", ".join(r.label() for r in b.spec.egress.allow) or "nothing"
         line = (
-            f"starting {self.slug}: agent {self.agent_name} in bottle {self.bottle_name} on {self.backend}; "
-            f"workspace {self.workspace}; egress: {allowed}"
+            f"starting {b.slug}: agent {b.agent_name} in bottle {b.bottle_name} on {b.backend}; "
+            f"workspace {b.workspace}; egress: {allowed}"
         )
-        console.print(line + "".join(f"; {a}" for a in self.actions), markup=False)  # user text, not markup
+        return line + "".join(f"; {a}" for a in self.actions)
 
 
 class BottleCleanupPlan(ABC):
-    """What `cleanup` would remove for one backend."""
+    """What `cleanup` would remove for one backend (and what it keeps)."""
 
     backend: str
 
     @abstractmethod
-    def print(self, console: Console) -> None: ...
+    def lines(self) -> list[str]: ...
 
     @abstractmethod
     def empty(self) -> bool: ...
@@ -105,26 +109,15 @@ class BottleBackend(ABC):
     name: ClassVar[str]
 
     @abstractmethod
-    def plan(
-        self,
-        *,
-        slug: str,
-        agent_name: str,
-        agent: AgentSpec,
-        bottle_name: str,
-        bottle: BottleSpec,
-        workspace: Path,
-        paths: BottlePaths,
-        state: StateDir,
-        manifest_path: Path | None,
-    ) -> BottlePlan: ...
+    def plan(self, *, bottle: Bottle) -> BottlePlan: ...
 
     @abstractmethod
     def prepare_images(self, *, plan: BottlePlan, progress: Progress) -> dict[str, str]:
         """Build (or find cached) images; returns their ids by role."""
 
     @abstractmethod
-    def start(self, *, plan: BottlePlan, images: dict[str, str], progress: Progress) -> None: ...
+    def start(self, *, plan: BottlePlan, images: dict[str, str], guard: GuardInputs, progress: Progress) -> None:
+        """Create and start the bottle: the agent sealed behind a guard run from `guard`."""
 
     @abstractmethod
     def wait_ready(self, *, state: StateDir, timeout: float = 30.0) -> None: ...
@@ -165,8 +158,8 @@ class BottleBackend(ABC):
         """Everything of this backend's that `cleanup` would remove (and what it keeps), changing nothing."""
 
     @abstractmethod
-    def cleanup(self, plan: BottleCleanupPlan, *, console: Console) -> list[str]:
-        """Remove what the plan lists, best effort; returns one line per failure."""
+    def cleanup(self, plan: BottleCleanupPlan, *, report: Report) -> list[str]:
+        """Remove what the plan lists, best effort, reporting each step; returns one line per failure."""
 
     def enumerate_active(self) -> set[str]:
         """Slugs of bottles that are live (anything still present in the engine)."""
@@ -206,16 +199,17 @@ def resolve_backend_name(
     return DEFAULT_BACKEND, "default"
 
 
-def enumerate_active_bottles(*, skip: str | None = None) -> dict[str, set[str]]:
-    """Live slugs per backend. A backend whose tool is missing contributes nothing (and says so on
-    stderr); it does not fail the call. `skip` leaves out a backend the caller has already asked."""
+def enumerate_active_bottles(*, skip: str | None = None) -> tuple[dict[str, set[str]], list[str]]:
+    """Live slugs per backend, and a warning per backend that could not say. A backend whose tool is
+    missing contributes nothing; it does not fail the call. `skip` leaves out a backend already asked."""
     active: dict[str, set[str]] = {}
+    warnings: list[str] = []
     for name in known_backend_names():
         if name == skip:
             continue
         try:
             active[name] = get_bottle_backend(name).enumerate_active()
         except BottleError as exc:
-            Console(stderr=True).print(f"[dim]{name} backend: no live bottles listed ({exc})[/]")
+            warnings.append(f"{name} backend: no live bottles listed ({exc})")
             active[name] = set()
-    return active
+    return active, warnings

@@ -15,7 +15,7 @@ from ..state import StateDir, bottle_home, resolve_slug
 
 if TYPE_CHECKING:
     from ..lifecycle import Started
-    from ..manifest import AgentSpec, Manifest
+    from ..manifest import Manifest
 
 __all__ = [
     "add_manifest_arg",
@@ -101,7 +101,7 @@ def check_terminal(*, prompt: str | None, detach: bool) -> None:
         )
 
 
-def run_agent(started: Started, agent: AgentSpec, *, prompt: str | None, detach: bool, resume: bool) -> int:
+def run_agent(started: Started, *, prompt: str | None, detach: bool, resume: bool) -> int:
     """After start/resume: claude in the foreground (the bottle stops when it ends), or left running."""
     from ..lifecycle import run_claude
 
@@ -119,7 +119,6 @@ def run_agent(started: Started, agent: AgentSpec, *, prompt: str | None, detach:
         )
     result = run_claude(
         started,
-        agent,
         prompt=prompt,
         detach=detach,
         resume=resume,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..backend import BottleBackend, BottleCleanupPlan, get_bottle_backend, known_backend_names
+from ..backend import BottleCleanupPlan, get_bottle_backend, known_backend_names
 from ..errors import EXIT_BACKEND, BottleError
 from ._common import confirm, err, out
 
@@ -17,23 +17,25 @@ def register(sub: Any) -> None:
     p.set_defaults(run=run)
 
 
-def prepare() -> list[tuple[BottleBackend, BottleCleanupPlan]]:
+def prepare() -> list[BottleCleanupPlan]:
     plans = []
     for name in known_backend_names():
-        backend = get_bottle_backend(name)
         try:
-            plans.append((backend, backend.prepare_cleanup()))
+            plans.append(get_bottle_backend(name).prepare_cleanup())
         except BottleError as exc:
             # A backend whose tool or engine is missing has nothing we can reap; say so, go on.
-            err.print(f"--- {name} backend: skipped ({exc})")
+            err.print(f"--- {name} backend: skipped ({exc})", markup=False)
     return plans
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..lifecycle import run_cleanup
+
     plans = prepare()
-    for _, plan in plans:
-        plan.print(out)
-    if all(plan.empty() for _, plan in plans):
+    for plan in plans:
+        for line in plan.lines():
+            out.print(line, markup=False, highlight=False)
+    if all(plan.empty() for plan in plans):
         return 0
     if args.dry_run:
         err.print("dry run: nothing changed")
@@ -41,10 +43,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.yes and not confirm("remove all of the above?"):
         err.print("aborted: nothing changed")
         return 0
-    failures: list[str] = []
-    for backend, plan in plans:
-        if not plan.empty():
-            failures += backend.cleanup(plan, console=out)
+    failures = run_cleanup([p for p in plans if not p.empty()], lambda line: out.print(line, markup=False))
     if failures:
         err.print(f"[red]{len(failures)} removal(s) failed[/]; the rest was removed")
         return EXIT_BACKEND

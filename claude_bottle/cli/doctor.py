@@ -1,4 +1,4 @@
-"""`claude-bottle doctor`: is this machine ready? One line per check, with the fix."""
+"""`claude-bottle doctor`: is this machine ready? One line per check of every backend, with the fix."""
 
 from __future__ import annotations
 
@@ -8,29 +8,36 @@ from typing import Any
 
 from rich.markup import escape
 
-from ..backend import Check, get_bottle_backend
+from ..backend import DEFAULT_BACKEND, Check
 from ._common import out
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("doctor", help="check the engine, compose, images and KVM")
+    p = sub.add_parser("doctor", help="check the engine, compose, images and KVM (every backend)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    checks = get_bottle_backend("docker").doctor()
-    kvm = os.access("/dev/kvm", os.R_OK | os.W_OK)
-    checks.append(
-        Check(
-            "kvm",
-            kvm,
-            "/dev/kvm usable" if kvm else "/dev/kvm missing",
-            "only the smolmachines backend needs it: enable virtualisation / load kvm",
-        )
-    )
-    for c in checks:
-        mark = "[green]ok[/]  " if c.ok else "[red]fail[/]"
-        fix = "" if c.ok else f"  -> {escape(c.fix)}"
-        out.print(f"{mark} {c.name}: {escape(c.detail)}{fix}")
-    required = [c for c in checks if c.name != "kvm"]
-    return 0 if all(c.ok for c in required) else 3
+    from ..lifecycle import doctor_checks
+
+    required_ok = True
+    for name, found in doctor_checks():
+        checks = list(found)
+        if name == "docker":
+            kvm = os.access("/dev/kvm", os.R_OK | os.W_OK)
+            checks.append(
+                Check(
+                    "kvm",
+                    kvm,
+                    "/dev/kvm usable" if kvm else "/dev/kvm missing",
+                    "only the smolmachines backend needs it: enable virtualisation / load kvm",
+                )
+            )
+        out.print(f"{escape(name)} backend:")
+        for c in checks:
+            mark = "[green]ok[/]  " if c.ok else "[red]fail[/]"
+            fix = "" if c.ok else f"  -> {escape(c.fix)}"
+            out.print(f"  {mark} {c.name}: {escape(c.detail)}{fix}")
+        if name == DEFAULT_BACKEND:
+            required_ok = all(c.ok for c in checks if c.name != "kvm")
+    return 0 if required_ok else 3

@@ -6,7 +6,6 @@ import argparse
 import sys
 from typing import Any
 
-from ..backend import get_bottle_backend
 from ..errors import BottleError
 from ._common import slug_arg, state_for
 
@@ -26,8 +25,8 @@ def run(args: argparse.Namespace) -> int:
         cmd = cmd[1:]
     if not cmd:
         raise BottleError("no command given: claude-bottle exec SLUG -- CMD [ARGS...]")
-    state = state_for(args)
-    backend = get_bottle_backend(state.read().backend)
-    return backend.exec(
-        state=state, argv=cmd, tty=args.tty, interactive=not sys.stdin.isatty() or args.tty, workdir=args.workdir
+    from ..lifecycle import exec_in
+
+    return exec_in(
+        state_for(args), cmd, tty=args.tty, interactive=not sys.stdin.isatty() or args.tty, workdir=args.workdir
     )

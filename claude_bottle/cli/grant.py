@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
             rule = EgressRule.model_validate(spec)
         except ValidationError as exc:
             raise BottleError(f"--egress {spec!r}: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
-        rules.append(rule.model_copy(update={"private": True}) if args.private else rule)
+        rules.append((rule.model_copy(update={"private": True}) if args.private else rule).rule())
     state = state_for(args)
     grants = grant_egress(state, rules, revoke=args.revoke)
     out.print(state.slug)

@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any
 
-from ..backend import get_bottle_backend
+from ..lifecycle import logs_of
 from ..terminal import LineEscaper
 from ._common import out, slug_arg, state_for
 
@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
             stdout.write(data if args.raw else escaper.feed(data).encode())
             stdout.flush()
 
-        rc = get_bottle_backend(state.read().backend).logs(state=state, follow=args.follow, sink=sink)
+        rc = logs_of(state, follow=args.follow, sink=sink)
         if not args.raw:
             stdout.write(escaper.feed(b"", final=True).encode())
         return rc

@@ -20,7 +20,6 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..lifecycle import resume_bottle
-    from ..manifest import AgentSpec
 
     state = state_for(args)
     record = state.read()
@@ -31,5 +30,4 @@ def run(args: argparse.Namespace) -> int:
     )
     started = resume_bottle(state, progress=progress, notify=lambda line: err.print(line, markup=False))
     out.print(started.slug)
-    agent = AgentSpec.model_validate(record.manifest.get("agent", {}))
-    return run_agent(started, agent, prompt=args.prompt, detach=args.detach, resume=True)
+    return run_agent(started, prompt=args.prompt, detach=args.detach, resume=True)

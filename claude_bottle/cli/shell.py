@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..backend import get_bottle_backend
 from ._common import is_tty, slug_arg, state_for
 
 
@@ -16,6 +15,6 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    state = state_for(args)
-    backend = get_bottle_backend(state.read().backend)
-    return backend.exec(state=state, argv=["bash", "-l"], tty=is_tty(), interactive=True)
+    from ..lifecycle import exec_in
+
+    return exec_in(state_for(args), ["bash", "-l"], tty=is_tty(), interactive=True)

@@ -27,8 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from ..lifecycle import start_bottle
 
     manifest = load(args)
-    agent = manifest.agent(args.agent)
-    prompt = args.prompt or agent.prompt
+    prompt = args.prompt or manifest.agent(args.agent).prompt
     check_terminal(prompt=prompt, detach=args.detach)
     hint = leftovers_hint()
     if hint:
@@ -38,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         args.agent,
         backend_flag=args.backend,
         progress=(lambda _line: None) if args.json else progress,
-        show_plan=None if args.json else (lambda plan: plan.print(err)),
+        show_plan=None if args.json else (lambda plan: err.print(plan.line(), markup=False)),
     )
     if args.json:
         out.print_json(
@@ -53,4 +52,4 @@ def run(args: argparse.Namespace) -> int:
         )
     else:
         out.print(started.slug)
-    return run_agent(started, agent, prompt=prompt, detach=args.detach, resume=False)
+    return run_agent(started, prompt=prompt, detach=args.detach, resume=False)

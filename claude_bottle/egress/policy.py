@@ -95,6 +95,12 @@ class Rule:
             bool(d.get("private", False)),
         )
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"host": self.host, "ports": list(self.ports), "private": self.private}
+
+    def label(self) -> str:
+        return self.host if self.ports == DEFAULT_PORTS else f"{self.host}:{','.join(map(str, self.ports))}"
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -118,6 +124,16 @@ class Policy:
             allow=tuple(Rule.from_dict(r) for r in d.get("allow", ())),
             deny=tuple(Rule.from_dict(r) for r in d.get("deny", ())),
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The policy file's form: the one serialiser, read back by from_dict."""
+        return {
+            "version": 1,
+            "bottle": self.bottle,
+            "allow": [r.to_dict() for r in self.allow],
+            "deny": [r.to_dict() for r in self.deny],
+            "local_names": dict(self.local_names),
+        }
 
     def check(self, host: str, port: int) -> Decision:
         host = normalise_host(host)

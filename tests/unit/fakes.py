@@ -1,18 +1,16 @@
-"""A fake backend implementing the real ABC, for CLI and lifecycle tests without an engine."""
+"""A fake backend implementing the real ABC (and nothing else), for CLI and lifecycle tests without an engine.
+No file under claude_bottle/ knows it: tests register it by name in the registry."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar
 
-from rich.console import Console
-
-from claude_bottle.backend import BottleBackend, BottleCleanupPlan, BottlePlan, BottleStatus, Check, Progress
+from claude_bottle.backend import BottleBackend, BottleCleanupPlan, BottlePlan, BottleStatus, Check, Progress, Report
+from claude_bottle.bottle import Bottle
 from claude_bottle.errors import BackendError
-from claude_bottle.manifest import AgentSpec, BottleSpec
-from claude_bottle.paths import BottlePaths
+from claude_bottle.guard.inputs import GuardInputs
 from claude_bottle.state import StateDir
 
 
@@ -59,39 +57,16 @@ class FakeBackend(BottleBackend):
         if self.fail_at == what:
             raise BackendError(f"fake {what} failed")
 
-    def plan(
-        self,
-        *,
-        slug: str,
-        agent_name: str,
-        agent: AgentSpec,
-        bottle_name: str,
-        bottle: BottleSpec,
-        workspace: Path,
-        paths: BottlePaths,
-        state: StateDir,
-        manifest_path: Path | None,
-    ) -> BottlePlan:
+    def plan(self, *, bottle: Bottle) -> BottlePlan:
         self._step("plan")
-        return BottlePlan(
-            slug=slug,
-            agent_name=agent_name,
-            agent=agent,
-            bottle_name=bottle_name,
-            bottle=bottle,
-            backend=self.name,
-            workspace=workspace,
-            paths=paths,
-            state=state,
-            manifest_path=manifest_path,
-        )
+        return BottlePlan(bottle)
 
     def prepare_images(self, *, plan: BottlePlan, progress: Progress) -> dict[str, str]:
         self._step("images")
         progress("building fake image")
         return {"agent": "fake-agent:1", "guard": "fake-guard:1"}
 
-    def start(self, *, plan: BottlePlan, images: dict[str, str], progress: Progress) -> None:
+    def start(self, *, plan: BottlePlan, images: dict[str, str], guard: GuardInputs, progress: Progress) -> None:
         self._step("start")
         self.live[plan.slug] = "running"
 
@@ -145,7 +120,7 @@ class FakeBackend(BottleBackend):
         self.calls.append("prepare_cleanup")
         return FakeCleanupPlan(sorted(self.leftovers))
 
-    def cleanup(self, plan: BottleCleanupPlan, *, console: Console) -> list[str]:
+    def cleanup(self, plan: BottleCleanupPlan, *, report: Report) -> list[str]:
         assert isinstance(plan, FakeCleanupPlan)
         self.calls.append("cleanup")
         failures = [f"fake {x}: refused" for x in plan.items if x in self.unremovable]
@@ -160,10 +135,8 @@ class FakeCleanupPlan(BottleCleanupPlan):
     items: list[str]
     backend: str = "fake"
 
-    def print(self, console: Console) -> None:
-        console.print("--- fake backend ---")
-        for x in self.items:
-            console.print(f"fake leftover: {x}")
+    def lines(self) -> list[str]:
+        return ["--- fake backend ---", *(f"fake leftover: {x}" for x in self.items)]
 
     def empty(self) -> bool:
         return not self.items

@@ -3,7 +3,6 @@ unreadable, sparse files, links, a hostile exit file. None may break a verb or f
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -14,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from claude_bottle import inventory, lifecycle
-from claude_bottle.backend import _BACKENDS
+from claude_bottle import claude_code, inventory, lifecycle
+from claude_bottle.backend import _BACKENDS, BottlePlan
 from claude_bottle.state import SNAPSHOTS_KEPT, BottleRecord, StateDir
 from claude_bottle.walk import Walk, remove_tree, tree_size
 
@@ -50,11 +49,13 @@ def test_deep_nesting_is_walked_sized_and_removed_without_recursion(tmp_path: Pa
     root = tmp_path / "t"
     root.mkdir()
     nest(root, 1500)
-    walk = Walk(root)
-    assert sum(1 for _ in walk) == 257 and walk.truncated  # stops at its depth limit, says so
-    size, complete = tree_size(root)
-    assert size >= 0 and not complete
-    remove_tree(root)
+    try:
+        walk = Walk(root)
+        assert sum(1 for _ in walk) == 257 and walk.truncated  # stops at its depth limit, says so
+        size, complete = tree_size(root)
+        assert size >= 0 and not complete
+    finally:
+        remove_tree(root)
     assert not root.exists()
 
 
@@ -100,12 +101,15 @@ def test_deep_claude_home_does_not_break_ls_stop_or_removal(tmp_path: Path, monk
     sd = new_state(tmp_path)
     nest(sd.claude_home / "projects", 1100)
     other = new_state(tmp_path, "other-abcde")
-    rows = {r.slug: r for r in inventory.list_bottles(tmp_path / "state")}
-    assert set(rows) == {sd.slug, other.slug}
-    summary = sd.summary()
-    assert summary.size > 0
-    lifecycle.stop_bottle(sd, remove=True)
-    assert not sd.path.exists() and other.path.exists()
+    try:
+        rows = {r.slug: r for r in inventory.list_bottles(tmp_path / "state")}
+        assert set(rows) == {sd.slug, other.slug}
+        summary = sd.summary()
+        assert summary.size > 0
+        lifecycle.stop_bottle(sd, remove=True)
+        assert not sd.path.exists() and other.path.exists()
+    finally:
+        remove_tree(sd.path)  # pytest's own clean-up recurses: it must never meet this tree
 
 
 # -- 6: snapshots are bounded and never taken by ls -----------------------------------------------
@@ -170,24 +174,18 @@ def test_ls_marks_a_crash_but_copies_nothing(tmp_path: Path, monkeypatch: pytest
     ],
 )
 def test_exit_codes_are_read_strictly(text: str, code: int | None) -> None:
-    assert lifecycle.parse_exit_code(text) == code
+    assert claude_code.parse_exit_code(text) == code
 
 
 def test_a_hostile_exit_file_is_a_crash_not_a_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(_BACKENDS, "fake", "tests.unit.fakes:FakeBackend")
     FakeBackend.reset()
-
-    class ExitFile(FakeBackend):
-        def exec_output(self, *, state: StateDir, argv: object) -> tuple[int, str]:  # type: ignore[override]
-            return (1, "") if "has-session" in str(argv) else (0, "²\n")
-
+    FakeBackend.outputs = {"cat /tmp/claude-bottle-exit": (0, "\u00b2\n")}  # has-session: 1 (claude ended)
     sd = new_state(tmp_path)
-    started = lifecycle.Started(sd.slug, sd, ExitFile(), None)  # type: ignore[arg-type]
-    agent = json.loads("{}")
-    from claude_bottle.manifest import AgentSpec
+    from claude_bottle.bottle import Bottle
 
-    result = lifecycle.run_claude(
-        started, AgentSpec.model_validate(agent), prompt=None, detach=False, resume=False, tty=True
-    )
-    assert result.crashed and result.exit_code == lifecycle.UNREADABLE_EXIT
+    bottle = Bottle.recorded(sd)
+    started = lifecycle.Started(bottle, FakeBackend(), BottlePlan(bottle))
+    result = lifecycle.run_claude(started, prompt=None, detach=False, resume=False, tty=True)
+    assert result.crashed and result.exit_code == claude_code.UNREADABLE_EXIT
     assert sd.read().status == "crashed" and sd.preserved() == "crash"

@@ -11,6 +11,7 @@ import pytest
 from claude_bottle.backend import _BACKENDS
 from claude_bottle.backend.docker.backend import DockerBottleBackend
 from claude_bottle.backend.docker.cleanup import plan_from_engine
+from claude_bottle.backend.docker.engine import ComposeProject, NetworkRow, PsRow
 from claude_bottle.cli import main
 from claude_bottle.state import BottleRecord, StateDir, list_state_dirs
 
@@ -90,9 +91,9 @@ def test_plan_from_saved_samples() -> None:
     make_state("old-aaaaa", session=True)
     make_state("kept-bbbbb", preserve="crash")
     plan = plan_from_engine(
-        compose_ls=read("compose-ls.json"),
-        ps=read("cleanup-ps.jsonl"),
-        networks=read("cleanup-networks.jsonl"),
+        projects=ComposeProject.parse(read("compose-ls.json")),
+        containers=PsRow.parse(read("cleanup-ps.jsonl")),
+        networks=NetworkRow.parse(read("cleanup-networks.jsonl")),
         live={"claude-rqih3", "claude-z710w"},
     )
     assert [p.name for p in plan.projects] == ["claude-bottle-claude-rqih3", "claude-bottle-claude-z710w"]
@@ -237,4 +238,4 @@ def test_keep_and_release(fake_docker: Path, capsys: pytest.CaptureFixture[str])
 def test_docker_prepare_cleanup_uses_three_engine_calls(fake_docker: Path) -> None:
     plan = DockerBottleBackend().prepare_cleanup()
     assert len(calls(fake_docker)) == 3
-    assert {p.slug for p in plan.projects} == LIVE_PROJECTS
+    assert {p.name.removeprefix("claude-bottle-") for p in plan.projects} == LIVE_PROJECTS

@@ -7,10 +7,12 @@ from typing import Any
 
 import pytest
 
-from claude_bottle.backend.docker.compose import Identity, NetPlan, RuntimeIds, render_compose
+from claude_bottle.backend.docker.compose import NetPlan, render_compose
 from claude_bottle.errors import BottleError
+from claude_bottle.guard.inputs import GuardInputs
 from claude_bottle.manifest import parse_manifest
 from claude_bottle.paths import check_bottle_paths
+from claude_bottle.runtime import Identity, RuntimeIds
 
 MANIFEST = """
 [bottles.default]
@@ -40,10 +42,23 @@ def checked(tmp_path: Path, text: str, ws: Path, base: Path | None = None) -> tu
     return b, check_bottle_paths(b, ws, base, state_root=home / "state", state_home=home, home=tmp_path / "h")
 
 
+def guard_inputs(tmp_path: Path, engine: str = "guard") -> GuardInputs:
+    """What prepare_guard hands a backend (as it would for this bottle), without writing anything."""
+    s = tmp_path / "s"
+    return GuardInputs(
+        engine=engine,
+        port=8888 if engine == "pipelock" else 3128,
+        dir=s / "guard",
+        audit=s / "egress.jsonl",
+        agent_env={"ANTHROPIC_BASE_URL": "http://egress:3128/anthropic"} if engine == "guard" else {},
+        honey={".npmrc": s / "honey" / ".npmrc"} if engine == "guard" else {},
+    )
+
+
 def render(tmp_path: Path, text: str = MANIFEST, ids: RuntimeIds | None = None) -> dict[str, Any]:
     b, paths = checked(tmp_path, text, workspace(tmp_path))
     return render_compose(
-        identity=Identity("claude-abcde", 4242, 12.5, "2026-01-01T00:00:00+00:00"),
+        identity=Identity("claude-abcde", "docker", 4242, 12.5, "2026-01-01T00:00:00+00:00"),
         bottle=b,
         workspace=paths.workspace,
         mounts=paths.mounts,
@@ -52,8 +67,7 @@ def render(tmp_path: Path, text: str = MANIFEST, ids: RuntimeIds | None = None) 
         guard_image="guard:y",
         ids=ids or RuntimeIds(1000, 1000, 10001, 10001),
         net=NetPlan("10.213.7.16/28"),
-        agent_env={"ANTHROPIC_BASE_URL": "http://egress:3128/anthropic"},
-        honey_files=(".npmrc",),
+        guard=guard_inputs(tmp_path, b.egress.engine),
     )
 
 
@@ -203,7 +217,7 @@ def test_workspace_guards_manifest_git_and_mount_sources(tmp_path: Path) -> None
     _, paths = checked(tmp_path, MANIFEST, ws, base=ws)
     assert paths.protected == (".git/config", ".git/hooks")
     doc = render_compose(
-        identity=Identity("claude-abcde", 1, 1.0, "t"),
+        identity=Identity("claude-abcde", "docker", 1, 1.0, "t"),
         bottle=m.bottles["default"],
         workspace=ws,
         state_path=tmp_path / "s",
@@ -211,6 +225,7 @@ def test_workspace_guards_manifest_git_and_mount_sources(tmp_path: Path) -> None
         guard_image="g",
         ids=RuntimeIds(1000, 1000, 10001, 10001),
         net=NetPlan("10.213.7.16/28"),
+        guard=guard_inputs(tmp_path),
         manifest_file=ws / "claude-bottle.toml",
         protected=paths.protected,
     )

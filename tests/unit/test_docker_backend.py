@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from claude_bottle.backend import known_backend_names
-from claude_bottle.backend.docker.backend import DockerBottleBackend, image_ids
+from claude_bottle.backend.docker.backend import DockerBottleBackend
+from claude_bottle.backend.docker.engine import image_ids
 from claude_bottle.cli import main
 from claude_bottle.errors import BackendError
 
@@ -45,7 +46,7 @@ def test_missing_engine_is_one_clear_line(
         DockerBottleBackend().statuses()
     assert main(["doctor"]) == 3
     out = capsys.readouterr().out
-    assert "fail engine: Docker engine not reachable" in out
+    assert "docker backend:\n" in out and "fail engine: Docker engine not reachable" in out
 
 
 def test_missing_docker_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

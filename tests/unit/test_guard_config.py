@@ -10,21 +10,13 @@ import pytest
 import yaml
 
 from claude_bottle.errors import BottleError
-from claude_bottle.guard_config import (
-    PLACEHOLDER,
-    GuardFiles,
-    agent_credential_env,
-    honeytoken_files,
-    load_grants,
-    make_honeytokens,
-    policy_document,
-    resolve_credentials,
-    secrets_document,
-)
+from claude_bottle.guard.credentials import PLACEHOLDER, agent_credential_env, resolve_credentials
+from claude_bottle.guard.files import GuardFiles, load_grants, policy_document
+from claude_bottle.guard.inputs import honeytoken_files, make_honeytokens, secrets_document
+from claude_bottle.guard.pipelock import pipelock_config, to_yaml
 from claude_bottle.lifecycle import grant_egress
 from claude_bottle.manifest import EgressRule, parse_manifest
 from claude_bottle.paths import Roots
-from claude_bottle.pipelock import pipelock_config, to_yaml
 from claude_bottle.state import BottleRecord, StateDir
 
 KEY = "sk-ant-api03-" + "a" * 40
@@ -121,14 +113,14 @@ def test_grants_rewrite_the_live_policy_and_are_kept(tmp_path: Path) -> None:
     )  # type: ignore[attr-defined]
     files = GuardFiles(state)
     files.dir.mkdir()
-    files.write_policy(policy_document(state.slug, b))  # type: ignore[arg-type]
-    grant_egress(state, [EgressRule.model_validate("new.example:8443")])
+    files.write_policy(policy_document(state.slug, [r.rule() for r in b.egress.allow], []))  # type: ignore[attr-defined]
+    grant_egress(state, [EgressRule.model_validate("new.example:8443").rule()])
     allow = json.loads(files.policy.read_text())["allow"]
     assert {"host": "new.example", "ports": [8443], "private": False} in allow
     assert [g.host for g in load_grants(state)] == ["new.example"]
     with pytest.raises(BottleError, match="was never granted"):
-        grant_egress(state, [EgressRule.model_validate("other.example")], revoke=True)
-    grant_egress(state, [EgressRule.model_validate("new.example:8443")], revoke=True)
+        grant_egress(state, [EgressRule.model_validate("other.example").rule()], revoke=True)
+    grant_egress(state, [EgressRule.model_validate("new.example:8443").rule()], revoke=True)
     assert [r["host"] for r in json.loads(files.policy.read_text())["allow"]] == ["a.example"]
     actions = [json.loads(x) for x in state.audit_path.read_text().splitlines()]
     assert [a["action"] for a in actions] == ["grant", "revoke"]

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 from claude_bottle import claude_code
-from claude_bottle.backend.docker.compose import RuntimeIds
 from claude_bottle.backend.docker.images import CA_NAME, agent_image_spec, guard_image_spec
 from claude_bottle.errors import BottleError
 from claude_bottle.manifest import parse_manifest
+from claude_bottle.runtime import RuntimeIds
 
 IDS = RuntimeIds(1000, 1000, 10001, 10001)
 

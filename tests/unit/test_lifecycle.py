@@ -3,6 +3,7 @@ asked (argv, tty, env, workdir) and can be scripted, plus the Docker backend's s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -218,26 +219,25 @@ def test_docker_start_writes_policy_with_grants_secrets_and_the_project(
 ) -> None:
     from claude_bottle.backend.docker.backend import DockerBottleBackend
     from claude_bottle.manifest import load_manifest
-    from claude_bottle.paths import check_bottle_paths
-    from claude_bottle.state import StateDir, state_root
+    from claude_bottle.state import StateDir
 
     fake_exe("docker", DOCKER)
     monkeypatch.setenv("FAKE_DOCKER_LOG", str(tmp_path / "docker.log"))
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-api03-" + "k" * 40)
     m = load_manifest(project / "claude-bottle.toml")
-    bottle = m.bottles["default"]
     sd = StateDir("plain-abcde")
     sd.create()
     (sd.path / "grants.json").write_text(json.dumps({"egress": [{"host": "granted.example", "ports": [8443]}]}))
-    paths = check_bottle_paths(
-        bottle, project, project, state_root=state_root(), state_home=bottle_home(), home=tmp_path / "h"
+    from claude_bottle.bottle import Bottle
+    from claude_bottle.guard.inputs import prepare_guard
+
+    bottle = dataclasses.replace(Bottle.new(m, "plain", backend="docker"), slug=sd.slug, state=sd)
+    guard = prepare_guard(
+        sd, bottle.spec, base=bottle.base, roots=bottle.paths.roots, ca_certs=None, ids=bottle.ids, environ=os.environ
     )
     backend = DockerBottleBackend()
-    plan = backend.plan(
-        slug=sd.slug, agent_name="plain", agent=m.agents["plain"], bottle_name="default", bottle=bottle,
-        workspace=project, paths=paths, state=sd, manifest_path=m.path,
-    )  # fmt: skip
-    backend.start(plan=plan, images={"agent": "a:1", "guard": "g:1"}, progress=lambda _l: None)
+    plan = backend.plan(bottle=bottle)
+    backend.start(plan=plan, images={"agent": "a:1", "guard": "g:1"}, guard=guard, progress=lambda _l: None)
     policy = json.loads((sd.path / "guard" / "policy.json").read_text())
     assert [r["host"] for r in policy["allow"]] == ["api.example.com", "granted.example"]
     secrets = sd.path / "guard" / "secrets.json"

@@ -92,6 +92,7 @@ def test_a_change_after_trust_is_asked_again_showing_what_changed(
     )
     assert "was not trusted: nothing started" in shown and FakeBackend.calls == []
     monkeypatch.setattr("sys.stdin", Tty("y\n"))
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-api03-" + "k" * 40)  # the route it now names needs one
     assert main(["start", "claude", "--detach"]) == 0
     store = json.loads((bottle_home() / TRUST_FILE).read_text())
     assert "evil.test" in json.dumps(store)

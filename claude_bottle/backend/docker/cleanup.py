@@ -1,46 +1,31 @@
 """Docker cleanup (SPEC C2): Compose projects, stray containers and networks, orphan state dirs.
 
 The plan comes from three engine calls whatever the number of bottles (`compose ls`, `ps`,
-`network ls`) plus the live-identity set of every backend; removal runs projects in parallel.
+`network ls`) plus the live-identity set of every backend; removal runs projects in parallel and
+reports each step through a callback (no screen here).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console
-from rich.markup import escape
 
 from ... import process
 from ...errors import BottleError
 from ...gitguard import settle_bottle
-from ...guard_config import GuardFiles
+from ...guard.files import drop_secrets
 from ...state import StateDir, StateSummary, list_state_dirs
 from ...walk import remove_tree
-from .. import BottleCleanupPlan
-from .compose import parse_labels
+from .. import BottleCleanupPlan, Report
+from .engine import ComposeProject, NetworkRow, PsRow
 
-__all__ = ["DockerBottleCleanupPlan", "plan_from_engine", "run_cleanup"]
+__all__ = ["PREFIX", "DockerBottleCleanupPlan", "plan_from_engine", "run_cleanup"]
 
 PREFIX = "claude-bottle-"
 COMPOSE_LABEL = "com.docker.compose.project"
 PARALLEL = 8
-
-
-@dataclass(frozen=True)
-class Project:
-    name: str
-    status: str
-    config: str
-
-    @property
-    def slug(self) -> str:
-        return self.name.removeprefix(PREFIX)
 
 
 @dataclass(frozen=True)
@@ -49,65 +34,57 @@ class Stray:
     name: str
 
 
+def _slug(project: ComposeProject) -> str:
+    return project.name.removeprefix(PREFIX)
+
+
 @dataclass
 class DockerBottleCleanupPlan(BottleCleanupPlan):
     backend: str = "docker"
-    projects: list[Project] = field(default_factory=list)
+    projects: list[ComposeProject] = field(default_factory=list)
     containers: list[Stray] = field(default_factory=list)
     networks: list[Stray] = field(default_factory=list)
     state_dirs: list[StateSummary] = field(default_factory=list)  # orphans: removed
     kept: list[StateSummary] = field(default_factory=list)  # preserved or still live: never removed
     abandoned: list[str] = field(default_factory=list)  # slugs whose owner died mid-start
+    warnings: list[str] = field(default_factory=list)  # another backend that could not say what is live
 
     def empty(self) -> bool:
         return not (self.projects or self.containers or self.networks or self.state_dirs)
 
-    def print(self, console: Console) -> None:
-        console.print("[bold]--- docker backend ---[/]")
+    def lines(self) -> list[str]:
+        out = ["--- docker backend ---", *(f"note: {w}" for w in self.warnings)]
         for p in self.projects:
-            note = " (owner died mid-start)" if p.slug in self.abandoned else ""
-            console.print(f"compose project: {escape(p.name)} ({escape(p.status)}){note} -> compose down --volumes")
-        for c in self.containers:
-            console.print(f"stray container: {escape(c.name)} -> docker rm -f")
-        for n in self.networks:
-            console.print(f"stray network: {escape(n.name)} -> docker network rm")
-        for s in self.state_dirs:
-            console.print(f"orphan state dir: {escape(s.describe())} -> removed")
-        for s in self.kept:
-            why = "" if s.preserved else " (live bottle)"
-            console.print(f"[green]kept[/] state dir: {escape(s.describe())}{why}")
+            note = " (owner died mid-start)" if _slug(p) in self.abandoned else ""
+            out.append(f"compose project: {p.name} ({p.status}){note} -> compose down --volumes")
+        out += [f"stray container: {c.name} -> docker rm -f" for c in self.containers]
+        out += [f"stray network: {n.name} -> docker network rm" for n in self.networks]
+        out += [f"orphan state dir: {s.describe()} -> removed" for s in self.state_dirs]
+        out += [f"kept state dir: {s.describe()}{'' if s.preserved else ' (live bottle)'}" for s in self.kept]
         if self.empty() and not self.kept:
-            console.print("nothing to clean up")
-
-
-def _json_lines(text: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+            out.append("nothing to clean up")
+        return out
 
 
 def plan_from_engine(
-    *, compose_ls: str, ps: str, networks: str, live: set[str], state_root: Path | None = None
+    *,
+    projects: list[ComposeProject],
+    containers: list[PsRow],
+    networks: list[NetworkRow],
+    live: set[str],
+    state_root: Path | None = None,
 ) -> DockerBottleCleanupPlan:
-    """Build the plan from the engine's JSON (the three calls' stdout) and the live slugs of every backend."""
+    """Build the plan from the engine's rows (the three calls) and the live slugs of every backend."""
     plan = DockerBottleCleanupPlan()
-    projects = json.loads(compose_ls or "[]")
-    plan.projects = sorted(
-        (
-            Project(p["Name"], p.get("Status", ""), p.get("ConfigFiles", ""))
-            for p in projects
-            if p["Name"].startswith(PREFIX)
-        ),
-        key=lambda p: p.name,
+    plan.projects = sorted((p for p in projects if p.name.startswith(PREFIX)), key=lambda p: p.name)
+    plan.containers = sorted(
+        (Stray(r.id, r.name) for r in containers if r.name.startswith(PREFIX) and COMPOSE_LABEL not in r.labels),
+        key=lambda s: s.name,
     )
-    for row in _json_lines(ps):
-        name = row.get("Names", "")
-        if name.startswith(PREFIX) and COMPOSE_LABEL not in parse_labels(row.get("Labels", "")):
-            plan.containers.append(Stray(row["ID"], name))
-    for row in _json_lines(networks):
-        name = row.get("Name", "")
-        if name.startswith(PREFIX) and COMPOSE_LABEL not in parse_labels(row.get("Labels", "")):
-            plan.networks.append(Stray(row["ID"], name))
-    plan.containers.sort(key=lambda s: s.name)
-    plan.networks.sort(key=lambda s: s.name)
+    plan.networks = sorted(
+        (Stray(r.id, r.name) for r in networks if r.name.startswith(PREFIX) and COMPOSE_LABEL not in r.labels),
+        key=lambda s: s.name,
+    )
     for state in list_state_dirs(state_root):
         record = state.read()
         abandoned = state.abandoned(record)
@@ -123,59 +100,64 @@ def plan_from_engine(
     return plan
 
 
-def _report(what: str, outcome: process.Result | Exception, failures: list[str], console: Console) -> bool:
+Outcome = process.Result | Exception
+
+
+def _report(what: str, outcome: Outcome, failures: list[str], report: Report) -> bool:
     if isinstance(outcome, process.Result) and outcome.ok:
-        console.print(f"removed {escape(what)}")
+        report(f"removed {what}")
         return True
     if isinstance(outcome, Exception):
         why = str(outcome)
     else:
         why = (outcome.stderr.strip().splitlines() or [f"exit {outcome.returncode}"])[-1]
     failures.append(f"{what}: {why}")
-    console.print(f"[red]failed[/] {escape(what)}: {escape(why)}")
+    report(f"failed {what}: {why}")
     return False
 
 
-def _attempt(argv: list[str]) -> process.Result | Exception:
+def _attempt(args: list[str]) -> Outcome:
+    from .engine import docker
+
     try:
-        return process.run(argv, timeout=300)
+        return docker(*args, timeout=300)
     except Exception as exc:  # noqa: BLE001 - best effort: reported, and the rest goes on
         return exc
 
 
-def _down(p: Project) -> process.Result | Exception:
-    argv = ["docker", "compose", "-p", p.name]
+def _down(p: ComposeProject) -> Outcome:
+    args = ["compose", "-p", p.name]
     config = p.config.split(",")[0]
     if config and Path(config).is_file():
-        argv += ["-f", config]
-    return _attempt([*argv, "down", "--volumes", "--remove-orphans", "--timeout", "1"])
+        args += ["-f", config]
+    return _attempt([*args, "down", "--volumes", "--remove-orphans", "--timeout", "1"])
 
 
-def run_cleanup(plan: DockerBottleCleanupPlan, console: Console) -> list[str]:
+def run_cleanup(plan: DockerBottleCleanupPlan, report: Report) -> list[str]:
     """Remove what the plan lists: projects (in parallel), then containers, then networks, then state."""
     failures: list[str] = []
     with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
         for project, outcome in zip(plan.projects, pool.map(_down, plan.projects), strict=True):
-            if _report(f"compose project {project.name}", outcome, failures, console):
-                _mark_stopped(project.slug, console)
+            if _report(f"compose project {project.name}", outcome, failures, report):
+                _mark_stopped(_slug(project), report)
     # Containers before networks: they hold the network attachments. One call for each kind, and one
     # per object only if the batch failed, so a single bad object is named and does not stop the rest.
-    _batch(["docker", "rm", "-f"], "container", plan.containers, failures, console)
-    _batch(["docker", "network", "rm"], "network", plan.networks, failures, console)
+    _batch(["rm", "-f"], "container", plan.containers, failures, report)
+    _batch(["network", "rm"], "network", plan.networks, failures, report)
     for s in plan.state_dirs:
-        # Its last run's workspace is settled first (gitguard): what that moves aside keeps the state dir.
+        # Its last run is settled first (secrets dropped, workspace checked): what that moves aside keeps it.
         state = StateDir(s.slug, s.path.parent)
         with contextlib.suppress(BottleError, OSError):
-            GuardFiles(state).drop_secrets()
-            settle_bottle(state, lambda line: console.print(line, markup=False, highlight=False))
+            drop_secrets(state)
+            settle_bottle(state, report)
         if state.preserved():
-            console.print(f"kept state dir {escape(str(s.path))}: preserved ({escape(state.preserved() or '')})")
+            report(f"kept state dir {s.path}: preserved ({state.preserved()})")
             continue
-        _report(f"state dir {s.path}", _remove_tree(s.path), failures, console)
+        _report(f"state dir {s.path}", _remove_tree(s.path), failures, report)
     return failures
 
 
-def _remove_tree(path: Path) -> process.Result | Exception:
+def _remove_tree(path: Path) -> Outcome:
     try:
         remove_tree(path)
     except OSError as exc:
@@ -183,20 +165,21 @@ def _remove_tree(path: Path) -> process.Result | Exception:
     return process.Result(("rm", "-r", str(path)), 0, "", "")
 
 
-def _batch(argv: list[str], kind: str, items: list[Stray], failures: list[str], console: Console) -> None:
+def _batch(args: list[str], kind: str, items: list[Stray], failures: list[str], report: Report) -> None:
     if not items:
         return
-    result = _attempt([*argv, *(i.id for i in items)])
+    result = _attempt([*args, *(i.id for i in items)])
     if isinstance(result, process.Result) and result.ok:
         for i in items:
-            console.print(f"removed {kind} {escape(i.name)}")
+            report(f"removed {kind} {i.name}")
         return
     for i in items:
-        _report(f"{kind} {i.name}", _attempt([*argv, i.id]), failures, console)
+        _report(f"{kind} {i.name}", _attempt([*args, i.id]), failures, report)
 
 
-def _mark_stopped(slug: str, console: Console) -> None:
-    """A bottle whose containers cleanup removed is no longer running: say so in its record."""
+def _mark_stopped(slug: str, report: Report) -> None:
+    """A bottle whose containers cleanup removed is no longer running: say so in its record, and settle
+    what follows a run (secrets dropped, workspace checked)."""
     try:
         state = StateDir(slug)
     except BottleError:
@@ -205,6 +188,6 @@ def _mark_stopped(slug: str, console: Console) -> None:
         record = state.read()
         if record.status in ("running", "creating"):
             state.update(status="stopped")
-        GuardFiles(state).drop_secrets()
         with contextlib.suppress(BottleError, OSError):
-            settle_bottle(state, lambda line: console.print(line, markup=False, highlight=False))
+            drop_secrets(state)
+            settle_bottle(state, report)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,26 +11,15 @@ from typing import TYPE_CHECKING, Any
 from ...egress import HEALTH_PATH
 
 if TYPE_CHECKING:
+    from ...guard.inputs import GuardInputs
     from ...manifest import BottleSpec
+    from ...runtime import Identity, RuntimeIds
 
-__all__ = ["GUARD_PORT", "Identity", "NetPlan", "RuntimeIds", "container_name", "project_name", "render_compose"]
+__all__ = ["NetPlan", "container_name", "project_name", "render_compose", "verified_binds"]
 
-GUARD_PORT = 3128
 GUARD_CPUS = 1.0
 LOG_MAX_SIZE = "10m"
-GUARD_URL = f"http://egress:{GUARD_PORT}"
 AGENT_HOME = "/home/claude"
-LABEL = "claude-bottle"
-
-
-def parse_labels(text: str) -> dict[str, str]:
-    """The `Labels` field of docker's JSON listings ("k=v,k=v") as a dict."""
-    out = {}
-    for part in (text or "").split(","):
-        k, sep, v = part.partition("=")
-        if sep:
-            out[k] = v
-    return out
 
 
 def project_name(slug: str) -> str:
@@ -40,58 +28,6 @@ def project_name(slug: str) -> str:
 
 def container_name(slug: str, service: str) -> str:
     return f"{project_name(slug)}-{service}"
-
-
-@dataclass(frozen=True)
-class RuntimeIds:
-    """Who the agent and guard run as. Never root: a root host user maps to fixed unprivileged ids."""
-
-    agent_uid: int
-    agent_gid: int
-    guard_uid: int
-    guard_gid: int
-
-    @classmethod
-    def for_host(cls, workspace: Path | None = None) -> RuntimeIds:
-        """The agent runs as the invoking user, so what it writes in the workspace is theirs. Under root
-        that is the sudo user, else the workspace's owner; only a root-owned workspace gets 1000."""
-        uid, gid = os.getuid(), os.getgid()
-        if uid != 0:
-            return cls(uid, gid, uid, gid)
-        if os.environ.get("SUDO_UID", "").isdigit() and int(os.environ["SUDO_UID"]) != 0:
-            agent = (int(os.environ["SUDO_UID"]), int(os.environ.get("SUDO_GID", os.environ["SUDO_UID"])))
-        elif workspace is not None and workspace.exists() and workspace.stat().st_uid != 0:
-            st = workspace.stat()
-            agent = (st.st_uid, st.st_gid)
-        else:
-            agent = (1000, 1000)
-        return cls(*agent, 10001, 10001)
-
-    def agent_can_write(self, path: Path) -> bool:
-        st = path.stat()
-        mode = st.st_mode
-        if st.st_uid == self.agent_uid:
-            return bool(mode & 0o200)
-        if st.st_gid == self.agent_gid:
-            return bool(mode & 0o020)
-        return bool(mode & 0o002)
-
-
-@dataclass(frozen=True)
-class Identity:
-    slug: str
-    owner_pid: int
-    owner_started: float
-    created: str
-
-    def labels(self) -> dict[str, str]:
-        return {
-            f"{LABEL}.slug": self.slug,
-            f"{LABEL}.backend": "docker",
-            f"{LABEL}.owner-pid": str(self.owner_pid),
-            f"{LABEL}.owner-started": f"{self.owner_started:.2f}",
-            f"{LABEL}.created": self.created,
-        }
 
 
 def _guarded_files(workspace: Path, manifest_file: Path | None, protected: Sequence[str]) -> list[dict[str, Any]]:
@@ -146,7 +82,6 @@ class NetPlan:
 
 
 PIPELOCK_IMAGE = "ghcr.io/luckypipewrench/pipelock"
-PIPELOCK_PORT = 8888
 
 
 def render_compose(
@@ -160,9 +95,7 @@ def render_compose(
     guard_image: str,
     ids: RuntimeIds,
     net: NetPlan,
-    agent_env: dict[str, str] | None = None,
-    honey_files: tuple[str, ...] = (),
-    guard_cafile: bool = False,
+    guard: GuardInputs,
     manifest_file: Path | None = None,
     protected: Sequence[str] = (),
 ) -> dict[str, Any]:
@@ -170,8 +103,8 @@ def render_compose(
     labels = identity.labels()
     internal = f"{project_name(slug)}-internal"
     res = bottle.resources
-    pipelock = bottle.egress.engine == "pipelock"
-    guard_url = f"http://egress:{PIPELOCK_PORT}" if pipelock else GUARD_URL
+    pipelock = guard.engine == "pipelock"
+    guard_url = guard.guard_url
     proxy_env = {
         "HTTP_PROXY": guard_url,
         "HTTPS_PROXY": guard_url,
@@ -182,7 +115,7 @@ def render_compose(
     }
     agent_env = {
         **bottle.env,
-        **(agent_env or {}),
+        **guard.agent_env,
         **proxy_env,
         "CLAUDE_BOTTLE_SLUG": slug,
         "HOME": AGENT_HOME,
@@ -222,19 +155,17 @@ def render_compose(
         "networks": guard_nets,
     }
     if pipelock:
-        guard = {
+        guard_svc = {
             "image": PIPELOCK_IMAGE,
             "command": [
                 "run",
                 "--listen",
-                f"{net.guard_ip}:{PIPELOCK_PORT}",
+                f"{net.guard_ip}:{guard.port}",
                 "--config",
                 "/etc/pipelock/pipelock.yaml",
             ],
             **guard_common,
-            "volumes": [
-                {"type": "bind", "source": str(state_path / "guard"), "target": "/etc/pipelock", "read_only": True}
-            ],
+            "volumes": [{"type": "bind", "source": str(guard.dir), "target": "/etc/pipelock", "read_only": True}],
         }
     else:
         command = [
@@ -247,7 +178,7 @@ def render_compose(
             # The bottle's internal address only, and only for clients on that network: a neighbour on the
             # outbound side (egress.networks) can never use the credential routes.
             "--listen",
-            f"{net.guard_ip}:{GUARD_PORT}",
+            f"{net.guard_ip}:{guard.port}",
             "--dns",
             f"{net.guard_ip}:53",
             "--guard-ip",
@@ -257,10 +188,10 @@ def render_compose(
             "--ready-file",
             "/bottle-run/guard-ready",
         ]
-        if guard_cafile:
+        if guard.cafile:
             command += ["--cafile", "/etc/claude-bottle/ca.crt"]
-        guard_self = f"http://{net.guard_ip}:{GUARD_PORT}"
-        guard = {
+        guard_self = f"http://{net.guard_ip}:{guard.port}"
+        guard_svc = {
             "image": guard_image,
             "command": command,
             **guard_common,
@@ -268,17 +199,8 @@ def render_compose(
             # inside its own network namespace only.
             "sysctls": {"net.ipv4.ip_unprivileged_port_start": 0},
             "volumes": [
-                {
-                    "type": "bind",
-                    "source": str(state_path / "guard"),
-                    "target": "/etc/claude-bottle",
-                    "read_only": True,
-                },
-                {
-                    "type": "bind",
-                    "source": str(state_path / "egress.jsonl"),
-                    "target": "/var/log/claude-bottle/egress.jsonl",
-                },
+                {"type": "bind", "source": str(guard.dir), "target": "/etc/claude-bottle", "read_only": True},
+                {"type": "bind", "source": str(guard.audit), "target": "/var/log/claude-bottle/egress.jsonl"},
                 run_mount,
             ],
             "healthcheck": {
@@ -293,7 +215,7 @@ def render_compose(
                 "retries": 3,
             },
         }
-    fw_port = PIPELOCK_PORT if pipelock else GUARD_PORT
+    fw_port = guard.port
     # The network namespace holder: firewalls it so only the guard is reachable, then idles as nobody.
     net_svc: dict[str, Any] = {
         "image": agent_image,
@@ -329,13 +251,8 @@ def render_compose(
             {"type": "bind", "source": str(workspace), "target": "/workspace"},
             {"type": "bind", "source": str(state_path / "claude-home"), "target": f"{AGENT_HOME}/.claude"},
             *(
-                {
-                    "type": "bind",
-                    "source": str(state_path / "honey" / name.replace("/", "_")),
-                    "target": f"{AGENT_HOME}/{name}",
-                    "read_only": True,
-                }
-                for name in honey_files
+                {"type": "bind", "source": str(src), "target": f"{AGENT_HOME}/{name}", "read_only": True}
+                for name, src in guard.honey.items()
             ),
             *_guarded_files(workspace, manifest_file, protected),
             *_mounts(mounts),
@@ -351,7 +268,7 @@ def render_compose(
     agent_env["BOTTLE_VERIFY"] = "\n".join(v["target"] for v in verified_binds(agent_svc, state_path))
     return {
         "name": project_name(slug),
-        "services": {"egress": guard, "net": net_svc, "agent": agent_svc},
+        "services": {"egress": guard_svc, "net": net_svc, "agent": agent_svc},
         "networks": {
             "internal": {
                 "name": internal,

@@ -14,7 +14,7 @@ from ...claude_code import resolve_version
 from ...errors import BottleError
 from ...manifest import BottleSpec
 from ...paths import read_host_file
-from .compose import RuntimeIds
+from ...runtime import RuntimeIds
 
 __all__ = ["GUARD_BASE_IMAGE", "ImageSpec", "agent_image_spec", "guard_image_spec"]
 

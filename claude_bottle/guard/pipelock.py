@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .egress.dlp import PATTERNS
-from .manifest import BottleSpec
+from ..egress.dlp import PATTERNS
+from ..manifest import BottleSpec
 
 __all__ = ["pipelock_config", "to_yaml"]
 

@@ -1,0 +1,146 @@
+"""The guard's inputs for a bottle about to start, prepared once on the host outside any backend:
+credentials resolved, honeytokens planted, the policy (manifest + grants) and secrets written (or
+pipelock's config), ownership handed to the container users. A backend only mounts and runs them."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import string
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..manifest import BottleSpec
+from ..paths import Roots, read_host_file
+from ..runtime import RuntimeIds
+from ..state import StateDir, write_private
+from .credentials import Credential, agent_credential_env, resolve_credentials
+from .files import GuardFiles, load_grants, policy_document
+from .pipelock import pipelock_config, to_yaml
+
+__all__ = ["GUARD_PORT", "HONEY_FILES", "PIPELOCK_PORT", "GuardInputs", "prepare_guard", "rewrite_policy"]
+
+GUARD_PORT = 3128
+PIPELOCK_PORT = 8888
+HONEY_FILES = (".aws/credentials", ".npmrc")  # under the agent's home
+
+
+def make_honeytokens() -> dict[str, str]:
+    """Fake credentials planted in the agent's home: any use of them outside is an exfiltration attempt."""
+    up = string.ascii_uppercase + string.digits
+    alnum = string.ascii_letters + string.digits
+    return {
+        "aws_access_key_id": "AKIA" + "".join(secrets.choice(up) for _ in range(16)),
+        "aws_secret_access_key": "".join(secrets.choice(alnum + "/+") for _ in range(40)),
+        "npm_token": "npm_" + "".join(secrets.choice(alnum) for _ in range(36)),
+    }
+
+
+def honeytoken_files(tokens: Mapping[str, str]) -> dict[str, str]:
+    """Relative home path -> content."""
+    return {
+        ".aws/credentials": (
+            f"[default]\naws_access_key_id = {tokens['aws_access_key_id']}\n"
+            f"aws_secret_access_key = {tokens['aws_secret_access_key']}\n"
+        ),
+        ".npmrc": f"//registry.npmjs.org/:_authToken={tokens['npm_token']}\n",
+    }
+
+
+def secrets_document(creds: Sequence[Credential], honeytokens: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        "routes": {
+            c.name: {"upstream": c.upstream, "header": c.header, "value": c.value, "secret": c.secret} for c in creds
+        },
+        "honeytokens": sorted(honeytokens.values()),
+    }
+
+
+@dataclass(frozen=True)
+class GuardInputs:
+    """What a backend needs to run a bottle's guard and point its agent at it."""
+
+    engine: str  # "guard" | "pipelock"
+    port: int
+    dir: Path  # mounted read-only into the guard: policy.json, secrets.json, ca.crt | pipelock.yaml
+    audit: Path  # egress.jsonl, appended by the guard
+    agent_env: dict[str, str] = field(default_factory=dict)  # placeholders and route URLs (no secrets)
+    honey: dict[str, Path] = field(default_factory=dict)  # agent home-relative path -> host file (read-only)
+    cafile: bool = False  # dir holds ca.crt for upstream TLS
+
+    @property
+    def guard_url(self) -> str:
+        return f"http://egress:{self.port}"
+
+
+def prepare_guard(
+    state: StateDir,
+    spec: BottleSpec,
+    *,
+    base: Path,
+    roots: Roots,
+    ca_certs: Path | None,
+    ids: RuntimeIds,
+    environ: Mapping[str, str],
+) -> GuardInputs:
+    """Write the guard's files for a bottle about to start, and hand each container user what it owns."""
+    pipelock = spec.egress.engine == "pipelock"
+    files = GuardFiles(state)
+    files.dir.mkdir(mode=0o700, exist_ok=True)
+    grants = load_grants(state)
+    owned = [files.dir, state.audit_path]
+    honey_paths: dict[str, Path] = {}
+    agent_env: dict[str, str] = {}
+    port = PIPELOCK_PORT if pipelock else GUARD_PORT
+    if pipelock:
+        cfg = files.dir / "pipelock.yaml"
+        write_private(cfg, to_yaml(pipelock_config(spec, grants)) + "\n")
+        owned.append(cfg)
+    else:
+        creds = resolve_credentials(spec, environ=environ, base=base, roots=roots)
+        agent_env = agent_credential_env(creds, f"http://egress:{port}")
+        tokens = make_honeytokens()
+        honey_dir = state.path / "honey"
+        honey_dir.mkdir(mode=0o700, exist_ok=True)
+        for name, content in honeytoken_files(tokens).items():
+            target = honey_dir / name.replace("/", "_")
+            write_private(target, content)
+            honey_paths[name] = target
+        allow = [r.rule() for r in spec.egress.allow]
+        deny = [r.rule() for r in spec.egress.deny]
+        files.write_policy(policy_document(state.slug, allow, deny, grants))
+        files.write_secrets(secrets_document(creds, tokens))
+        owned += [files.policy, files.secrets]
+        if ca_certs is not None:
+            write_private(files.dir / "ca.crt", read_host_file(ca_certs))
+            owned.append(files.dir / "ca.crt")
+    state.audit_path.touch(mode=0o600, exist_ok=True)
+    if os.getuid() == 0:
+        # The containers run unprivileged: hand each exactly the paths it reads or writes.
+        for p in owned:
+            os.chown(p, ids.guard_uid, ids.guard_gid)
+        for p in honey_paths.values():
+            os.chown(p, ids.agent_uid, ids.agent_gid)
+    return GuardInputs(
+        engine="pipelock" if pipelock else "guard",
+        port=port,
+        dir=files.dir,
+        audit=state.audit_path,
+        agent_env=agent_env,
+        honey=honey_paths,
+        cafile=ca_certs is not None and not pipelock,
+    )
+
+
+def rewrite_policy(state: StateDir, spec: BottleSpec) -> None:
+    """A running bottle's policy after a grant or revoke: the guard re-reads it within half a second."""
+    files = GuardFiles(state)
+    grants = load_grants(state)
+    if spec.egress.engine == "pipelock":
+        write_private(files.dir / "pipelock.yaml", to_yaml(pipelock_config(spec, grants)) + "\n")
+    elif files.policy.exists():
+        allow = [r.rule() for r in spec.egress.allow]
+        deny = [r.rule() for r in spec.egress.deny]
+        files.write_policy(policy_document(state.slug, allow, deny, grants))
