@@ -1,28 +1,122 @@
-"""The guard depends on nothing of the rest: its image carries only claude_bottle/egress."""
+"""The rules of docs/ARCHITECTURE.md, as tests: each folder depends only downward.
+
+- the guard (egress/) imports nothing of the package but itself, and only the standard library;
+- nothing outside backend/docker/ imports it (the registry names it by string);
+- backend/ imports no screen library (backends return lines and data);
+- manifest, state, paths, walk, runtime and the guard's host side import no backend and no CLI;
+- nothing but cli/ imports the CLI;
+- a test backend that implements only the ABC runs the whole lifecycle (see test_a_backend_needs_only_the_abc).
+"""
 
 from __future__ import annotations
 
 import ast
+import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
-import claude_bottle.egress
+import pytest
 
-EGRESS = Path(claude_bottle.egress.__file__).parent
+import claude_bottle
+
+PKG = Path(claude_bottle.__file__).parent
+SCREEN = {"rich", "curses", "tty", "termios", "readline"}
+
+
+def imports(path: Path) -> Iterator[str]:
+    """Every module a file imports, as absolute dotted names (relative imports resolved)."""
+    package = ".".join(("claude_bottle", *path.relative_to(PKG).parent.parts))
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                mod = ".".join([*base, node.module] if node.module else base)
+                yield mod
+                for alias in node.names:  # `from . import engine` names a module too
+                    yield f"{mod}.{alias.name}"
+            else:
+                yield node.module or ""
+
+
+def files(under: str = "") -> list[Path]:
+    return sorted((PKG / under).rglob("*.py"))
 
 
 def test_egress_imports_only_stdlib_and_itself() -> None:
-    for path in EGRESS.glob("*.py"):
-        tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom):
-                if node.level:  # relative: must stay inside egress
-                    assert node.level == 1, f"{path.name} reaches outside egress"
-                    continue
-                mod = node.module or ""
-            elif isinstance(node, ast.Import):
-                mod = node.names[0].name
-            else:
-                continue
+    for path in files("egress"):
+        for mod in imports(path):
             top = mod.split(".")[0]
-            assert top in sys.stdlib_module_names or top == "__future__", f"{path.name} imports {mod}"
+            ok = top in sys.stdlib_module_names or top == "__future__" or mod.startswith("claude_bottle.egress")
+            assert ok, f"{path.relative_to(PKG)} imports {mod}"
+
+
+def test_only_the_docker_backend_imports_itself() -> None:
+    for path in files():
+        if "backend/docker" in str(path.relative_to(PKG)):
+            continue
+        for mod in imports(path):
+            assert not mod.startswith("claude_bottle.backend.docker"), f"{path.relative_to(PKG)} imports {mod}"
+
+
+def test_backends_know_no_screen() -> None:
+    for path in files("backend"):
+        for mod in imports(path):
+            assert mod.split(".")[0] not in SCREEN, f"{path.relative_to(PKG)} imports {mod}"
+
+
+@pytest.mark.parametrize(
+    "module", ["manifest.py", "state.py", "paths.py", "walk.py", "runtime.py", "trust.py", "gitguard.py", "guard"]
+)
+def test_the_core_imports_no_backend_and_no_cli(module: str) -> None:
+    for path in [PKG / module] if module.endswith(".py") else files(module):
+        for mod in imports(path):
+            assert not mod.startswith(("claude_bottle.backend", "claude_bottle.cli", "claude_bottle.lifecycle")), (
+                f"{path.relative_to(PKG)} imports {mod}"
+            )
+
+
+def test_nothing_but_the_cli_imports_the_cli() -> None:
+    for path in files():
+        rel = path.relative_to(PKG)
+        if rel.parts[0] in ("cli",) or rel.name == "__main__.py":
+            continue
+        for mod in imports(path):
+            assert not mod.startswith("claude_bottle.cli"), f"{rel} imports {mod}"
+
+
+def test_a_backend_needs_only_the_abc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tests/unit/fakes.py implements BottleBackend and nothing else; registered by name, it runs start, ls,
+    exec, stop and cleanup end to end, and no file of the package names it."""
+    from claude_bottle.backend import _BACKENDS
+    from claude_bottle.cli import main
+    from claude_bottle.state import bottle_home
+    from claude_bottle.trust import trust_file
+
+    from .fakes import FakeBackend
+
+    for path in files():
+        assert "FakeBackend" not in path.read_text() and "tests.unit" not in path.read_text(), path
+    monkeypatch.setitem(_BACKENDS, "fake", "tests.unit.fakes:FakeBackend")
+    monkeypatch.setitem(_BACKENDS, "docker", "tests.unit.fakes:FakeBackend")  # cleanup walks every backend
+    FakeBackend.reset()
+    proj = tmp_path / "p"
+    proj.mkdir()
+    (proj / "claude-bottle.toml").write_text('[bottles.default]\nbackend = "fake"\n[agents.claude]\n')
+    trust_file(proj / "claude-bottle.toml", home=bottle_home())
+    monkeypatch.chdir(proj)
+    assert main(["start", "claude", "--detach", "--json"]) == 0
+    assert main(["ls", "--json"]) == 0
+    assert main(["exec", "claude", "--", "true"]) == 0
+    assert main(["stop", "claude", "--rm"]) == 0
+    FakeBackend.leftovers = {"stray-1"}
+    assert main(["cleanup", "--yes"]) == 0
+    assert FakeBackend.calls == [
+        "plan", "images", "start", "wait", "exec true", "stop", "prepare_cleanup", "prepare_cleanup", "cleanup",
+        "cleanup",
+    ]  # fmt: skip
+    assert FakeBackend.leftovers == set()
+    assert json.loads(json.dumps(FakeBackend.live)) == {}

@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ... import process
 from ...errors import BackendError, BottleError
 from ...paths import file_identity, verify_mounts
 from ...runtime import Identity
@@ -231,16 +230,14 @@ class DockerBottleBackend(BottleBackend):
         cmd = engine.exec_argv(
             container_name(state.slug, "agent"), argv, tty=tty, interactive=interactive, workdir=workdir, env=env
         )
-        return process.run_interactive(["docker", *cmd])
+        return engine.interactive(cmd)
 
     def exec_output(self, *, state: StateDir, argv: Sequence[str]) -> tuple[int, str]:
         result = engine.docker(*engine.exec_argv(container_name(state.slug, "agent"), argv), timeout=60)
         return result.returncode, result.stdout
 
     def logs(self, *, state: StateDir, follow: bool, sink: Callable[[bytes], None]) -> int:
-        return process.run_to(
-            ["docker", *_compose(state, "logs", "--no-color", *(["--follow"] if follow else []))], sink
-        )
+        return engine.to_sink(_compose(state, "logs", "--no-color", *(["--follow"] if follow else [])), sink)
 
     # -- inventory ------------------------------------------------------------------------------
     def statuses(self) -> dict[str, BottleStatus]:
@@ -307,7 +304,8 @@ class DockerBottleBackend(BottleBackend):
                 "start dockerd (./scripts/setup) or set DOCKER_HOST",
             )
         )
-        comp = process.run(["docker", "compose", "version", "--short"], timeout=20)
+        # The Compose plugin answers its version without an engine.
+        comp = engine.client("compose", "version", "--short")
         v = comp.stdout.strip().lstrip("v")
         compose_ok = comp.ok and v.split(".")[0].isdigit() and int(v.split(".")[0]) >= 2
         checks.append(

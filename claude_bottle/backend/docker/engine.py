@@ -66,6 +66,11 @@ def docker(*args: str, timeout: float | None = 120, env: dict[str, str] | None =
     return result
 
 
+def client(*args: str) -> process.Result:
+    """`docker ARGS` that does not need the engine (versions of the client and its plugins)."""
+    return process.run(["docker", *args], timeout=20)
+
+
 def check(result: process.Result, what: str) -> process.Result:
     if not result.ok:
         raise DockerError(what, result)
@@ -79,6 +84,16 @@ def streaming(
     if not result.ok and _UNREACHABLE.search(result.stderr):
         raise BackendError(engine_hint())
     return result
+
+
+def interactive(args: Sequence[str]) -> int:
+    """`docker ARGS` with this terminal's input; its output through the screen filter (process.py)."""
+    return process.run_interactive(["docker", *args])
+
+
+def to_sink(args: Sequence[str], sink: Callable[[bytes], None]) -> int:
+    """`docker ARGS`, its output handed to sink as it arrives."""
+    return process.run_to(["docker", *args], sink)
 
 
 def compose_argv(project: str, compose_file: Path, project_dir: Path, *args: str) -> list[str]:
