@@ -20,14 +20,20 @@ def _hostport(text: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
+SUMMARY_INTERVAL = 1.0
+
+
 async def _summaries(audit: AuditLog) -> None:
     """Floods are summarised on a timer, not when the next query happens to arrive."""
     while True:
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(SUMMARY_INTERVAL)
         audit.flush_summaries()
 
 
-async def _main(args: argparse.Namespace) -> None:
+async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
+    """The guard, until `stop` is set: proxy and DNS served, the ready mark written, then on stop every
+    open connection closed with its closing audit line, the last summaries flushed, the log's reserve
+    given back."""
     policy = PolicyFile(Path(args.policy))
     secrets_path = Path(args.secrets) if args.secrets else None
     secrets = load_secrets(secrets_path)
@@ -49,10 +55,6 @@ async def _main(args: argparse.Namespace) -> None:
         )
         dns_transport, dns_tcp = await dns.serve(*_hostport(args.dns))
     summaries = asyncio.create_task(_summaries(audit))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     print(f"claude-bottle guard listening on {args.listen}" + (f", dns on {args.dns}" if args.dns else ""), flush=True)
     if args.ready_file:
         Path(args.ready_file).write_text("listening\n")  # the CLI waits for this mark, not a healthcheck
@@ -68,7 +70,15 @@ async def _main(args: argparse.Namespace) -> None:
     audit.close()
 
 
-def main(argv: list[str] | None = None) -> int:
+async def _main(args: argparse.Namespace) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await serve(args, stop)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="claude-bottle-guard")
     parser.add_argument("--policy", required=True, help="policy JSON, re-read when it changes")
     parser.add_argument("--secrets", help="credential routes and honeytokens (JSON)")
@@ -79,8 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cafile", help="CA bundle for upstream TLS (credential routes)")
     parser.add_argument("--ready-file", help="written once the guard is listening")
     parser.add_argument("--clients", help="comma-separated networks allowed to use the guard (default: any)")
-    args = parser.parse_args(argv)
-    asyncio.run(_main(args))
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    asyncio.run(_main(parse_args(argv)))
     return 0
 
 

@@ -461,3 +461,70 @@ def test_the_guard_process_serves_and_records_open_connections_at_shutdown(tmp_p
     (end,) = ends(got)
     assert end["reason"] == "guard stopping" and end["conn"] == decisions(got)[1]["conn"] and end["bytes_up"] == 14
     assert (tmp_path / "egress.jsonl").stat().st_blocks * 512 < 1024 * 1024  # the reserve given back
+
+
+def test_serve_in_process_answers_proxy_and_dns_and_summarises_on_its_timer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from claude_bottle.egress import __main__ as guard_main
+
+    monkeypatch.setattr(guard_main, "SUMMARY_INTERVAL", 0.05)
+    (tmp_path / "policy.json").write_text(
+        json.dumps({"bottle": "t-abcde", "allow": [], "local_names": {"db.bottle": "10.0.0.9"}})
+    )
+    (tmp_path / "secrets.json").write_text(json.dumps({"routes": {}, "honeytokens": ["AKIAHONEYTOKEN000042"]}))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        dport = s.getsockname()[1]
+    args = guard_main.parse_args([
+        "--policy", str(tmp_path / "policy.json"), "--secrets", str(tmp_path / "secrets.json"),
+        "--audit", str(tmp_path / "egress.jsonl"), "--listen", f"127.0.0.1:{port}", "--dns", f"127.0.0.1:{dport}",
+        "--guard-ip", "10.0.0.14", "--ready-file", str(tmp_path / "ready"), "--clients", "127.0.0.0/8",
+        "--cafile", str(tmp_path / "absent.crt"),
+    ])  # fmt: skip
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(guard_main.serve(args, stop))
+        for _ in range(500):
+            if (tmp_path / "ready").exists():
+                break
+            await asyncio.sleep(0.01)
+        assert (tmp_path / "ready").read_text() == "listening\n"
+        health = await send(port, b"GET /__bottle/health HTTP/1.1\r\n\r\n")
+        assert health.startswith(b"HTTP/1.1 200") and b'"bottle": "t-abcde"' in health
+        # The honeytoken from the secrets file is known to the guard.
+        resp = await send(port, b"GET http://a.test/?k=AKIAHONEYTOKEN000042 HTTP/1.1\r\n\r\n")
+        assert b"dlp:honeytoken" in resp
+        loop = asyncio.get_running_loop()
+        answers: asyncio.Queue[bytes] = asyncio.Queue()
+
+        class Client(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: Any) -> None:
+                answers.put_nowait(data)
+
+        transport, _ = await loop.create_datagram_endpoint(Client, remote_addr=("127.0.0.1", dport))
+        for name, rcode in (("egress", 0), ("db.bottle", 0), ("x.example", 3)):
+            transport.sendto(dns_query(name))
+            reply = await asyncio.wait_for(answers.get(), 5)
+            assert reply[3] & 0x0F == rcode, name
+            if name == "egress":
+                assert reply.endswith(bytes([10, 0, 0, 14]))
+        for _ in range(200):  # a flood past the DNS budget ...
+            transport.sendto(dns_query("flood.example"))
+        transport.close()
+        for _ in range(200):  # ... is summarised by the timer, without another query
+            await asyncio.sleep(0.02)
+            if '"kind":"summary"' in (tmp_path / "egress.jsonl").read_text():
+                break
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+    asyncio.run(go())
+    got = lines(tmp_path / "egress.jsonl")
+    assert any(ln["kind"] == "summary" and ln["source"] == "dns" for ln in got)
+    assert [ln["reason"] for ln in got if ln.get("kind") == "dns"][:3] == ["local name", "local name", "nxdomain"]
+    assert "AKIAHONEYTOKEN000042" not in (tmp_path / "egress.jsonl").read_text()
