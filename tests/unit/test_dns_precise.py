@@ -170,7 +170,7 @@ def test_udp_and_tcp_pass_the_clients_address(tmp_path: Path) -> None:
         writer.write(struct.pack("!H", 3) + b"bad")  # not a query: the connection ends
         assert await asyncio.wait_for(reader.read(), 5) == b""
         writer.close()
-        assert dns._tcp == 0  # noqa: SLF001 - the slot is given back
+        assert dns._tcp == 0
         udp.close()
         tcp.close()
         await tcp.wait_closed()

@@ -153,13 +153,13 @@ def test_a_failed_log_is_retried_once_a_second(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(audit_mod.time, "monotonic", lambda: now[0])
     log = AuditLog(tmp_path / "a.jsonl", bottle="b")
     log.failed = True
-    log._retried = 49.5  # noqa: SLF001
+    log._retried = 49.5
     assert not log.can_record()  # tried half a second ago: not again yet
     now[0] = 50.5
     assert log.can_record() and not log.failed  # a second later the reserve is taken again
     log.low = True
-    log._fallocate = None  # noqa: SLF001 - a filesystem without fallocate cannot prove space came back
-    log._retried = 0.0  # noqa: SLF001
+    log._fallocate = None
+    log._retried = 0.0
     log.failed = True
     assert not log.can_record()
     log.close()
@@ -167,9 +167,9 @@ def test_a_failed_log_is_retried_once_a_second(tmp_path: Path, monkeypatch: pyte
 
 def test_a_write_failure_is_said_once_and_refuses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     log = AuditLog(tmp_path / "a.jsonl", bottle="b")
-    log._fail(OSError(28, "No space left on device"))  # noqa: SLF001
-    log._fail(OSError(28, "No space left on device"))  # noqa: SLF001
-    log._retried = time.monotonic()  # noqa: SLF001 - no retry within this test
+    log._fail(OSError(28, "No space left on device"))
+    log._fail(OSError(28, "No space left on device"))
+    log._retried = time.monotonic()
     assert log.failed is True and not log.can_record()
     err = capsys.readouterr().err
     assert err.count("audit log write failed (No space left on device): refusing new requests") == 1
