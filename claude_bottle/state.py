@@ -444,7 +444,8 @@ def _copy_sparse(src: int, target: Path, budget: int) -> int:
                 os.pwrite(out, chunk, off)
                 off += len(chunk)
                 written += len(chunk)
-            off = max(off, end)
+            if written < budget:
+                off = max(off, end)
         os.ftruncate(out, min(size, off) if written >= budget else size)
     finally:
         os.close(out)
