@@ -71,6 +71,11 @@ class Servers:
         with self.blob.open("rb") as f:
             conn.sendfile(f)
         conn.shutdown(socket.SHUT_WR)
+        # Read what the client sent (its greeting) until it closes: closing with unread bytes resets the
+        # connection, and a reset may drop data still in flight.
+        conn.settimeout(30)
+        while conn.recv(65536):
+            pass
 
     @staticmethod
     def _http(conn: socket.socket) -> None:
@@ -203,6 +208,9 @@ def tunnel_throughput(proxy: int | None, servers: Servers, size: int) -> float:
             head += sock.recv(1)
         if b" 200 " not in head.split(b"\r\n")[0]:
             raise RuntimeError(f"CONNECT refused: {head[:100]!r}")
+        # The guard relays a tunnel once the client's first bytes are judged (TLS or SSH): greet like SSH,
+        # as an SSH client does on connect; the bulk server ignores it.
+        sock.sendall(b"SSH-2.0-bench\r\n")
     buf = bytearray(4 * MiB)
     view = memoryview(buf)
     got = 0

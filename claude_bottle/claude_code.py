@@ -8,7 +8,6 @@ import json
 import os
 import re
 import time
-import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -66,6 +65,8 @@ def resolve_version(requested: str, *, timeout: float = 3.0) -> str:
     # npm reads its registry from npm_config_registry (lower case, its own convention).
     registry = (os.environ.get("npm_config_registry") or "https://registry.npmjs.org").rstrip("/")  # noqa: SIM112
     url = f"{registry}/{PACKAGE}/{requested}"
+    import urllib.request  # only here: it costs ~12 ms to import, and most commands never ask npm
+
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - https registry URL
             version = str(json.load(resp)["version"])

@@ -8,7 +8,6 @@ import sys
 import time
 from typing import Any
 
-from ..lifecycle import logs_of
 from ..terminal import LineEscaper
 from ._common import out, slug_arg, state_for
 
@@ -23,6 +22,8 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..lifecycle import logs_of
+
     state = state_for(args)
     if not args.egress:
         # The bottle's output was shaped by the agent: control characters are shown escaped, so nothing in

@@ -365,6 +365,8 @@ class Guard:
         conn = Conn(f"{self._boot}-{next(self._ids)}", {"kind": "http", "client": client})
         try:
             await self._serve(conn, reader, writer)
+        except asyncio.CancelledError:
+            pass  # the guard is stopping: the connection's closing line is written, nothing to report
         finally:
             self.connections -= 1
             if task is not None:
@@ -718,7 +720,9 @@ class Guard:
         conn.entry["tunnel"] = True
 
         async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, up: bool) -> None:
-            with contextlib.suppress(ConnectionError, OSError):
+            """One direction until its end: a clean end is passed on as a half-close; a broken one (a
+            reset, an error) ends both directions, so neither side waits for ever."""
+            try:
                 while chunk := await src.read(CHUNK):
                     dst.write(chunk)
                     if up:
@@ -728,6 +732,9 @@ class Guard:
                     await dst.drain()
                 if dst.can_write_eof():
                     dst.write_eof()
+            except (ConnectionError, OSError):
+                for w in (writer, up_w):
+                    w.close()
 
         async def half_close() -> None:
             with contextlib.suppress(ConnectionError, OSError):

@@ -87,6 +87,13 @@ def test_parallel_huge_posts_do_not_kill_the_guard(cli: Cli, bottle: str) -> Non
     assert restarts(bottle) == (0, False, "running")
     _rc, health = cli.sh(bottle, "curl -sS -m 5 --noproxy '*' http://egress:3128/__bottle/health")
     assert '"status": "ok"' in health
+    # The engine's own healthcheck (from inside the guard, at its own address) says so too.
+    deadline = time.monotonic() + 30
+    status = ""
+    while time.monotonic() < deadline and status != "healthy":
+        status = docker("inspect", "--format", "{{.State.Health.Status}}", f"claude-bottle-{bottle}-egress").stdout.strip()
+        time.sleep(0.5)
+    assert status == "healthy"
 
 
 def test_a_held_upload_is_on_record_before_the_upstream_answers_and_closed_at_stop(

@@ -435,3 +435,39 @@ def test_dns_query_flood_is_dropped_past_the_rate(tmp_path: Path) -> None:
     log.close()
     text = (tmp_path / "egress.jsonl").read_text()
     assert "query flood: dropped" in text
+
+
+def test_an_upstream_reset_ends_the_tunnel_for_the_client_too(tmp_path: Path) -> None:
+    """The upstream sends, then resets (closes with the client's bytes unread): the client's side must end
+    as well, and the connection's closing line be written, never a tunnel left hanging."""
+    import socket as socket_mod
+
+    async def resetting(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"hello")
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the client's greeting arrives and is left unread
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket_mod.SOL_SOCKET, socket_mod.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        writer.close()
+
+    async def go() -> None:
+        async with (
+            upstream(resetting) as up,
+            guard_on(tmp_path, [{"host": "127.0.0.1", "ports": [up], "private": True}]) as (
+                _,
+                port,
+                audit,
+            ),
+        ):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(f"CONNECT 127.0.0.1:{up} HTTP/1.1\r\n\r\n".encode())
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+            writer.write(b"SSH-2.0-client\r\n")
+            await writer.drain()
+            with contextlib.suppress(ConnectionError):
+                await asyncio.wait_for(reader.read(), 5)  # ends (EOF or reset), never hangs
+            end = await wait_for_line(audit, lambda ln: ln.get("kind") == "end")
+            assert end["bytes_up"] == len(b"SSH-2.0-client\r\n")
+            writer.close()
+
+    asyncio.run(go())

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from ...errors import BackendError, BottleError
 from ...paths import file_identity, verify_mounts
 from ...runtime import Identity
-from ...state import StateDir, now_iso, process_started, write_private
+from ...state import StateDir, bottle_home, now_iso, process_started, write_private
 from ...walk import remove_tree
 from .. import BottleBackend, BottleCleanupPlan, BottlePlan, BottleStatus, Check, Progress, Report
 from . import engine
@@ -70,9 +70,20 @@ class DockerBottleBackend(BottleBackend):
         return [guard_image_spec(), agent_image_spec(b.spec, b.ids, ca_certs=b.paths.ca_certs)]
 
     def prepare_images(self, *, plan: BottlePlan, progress: Progress) -> dict[str, str]:
+        """The images by role. Warm, this is one engine call: the base images' ids are remembered, so the
+        content-addressed tags can be asked about together with the bases; a base that changed since
+        costs a second call (and a build)."""
         specs = self._specs(plan)
-        bases = engine.image_ids(sorted({s.base for s in specs}))
-        for base in sorted({s.base for s in specs} - set(bases)):
+        cache = bottle_home() / "cache" / "base-images.json"
+        try:
+            known: dict[str, str] = json.loads(cache.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            known = {}
+        base_names = sorted({s.base for s in specs})
+        guessed = [dataclasses.replace(s, base_id=known.get(s.base, "")) for s in specs]
+        found = engine.image_ids([*base_names, *(s.tag for s in guessed)])
+        bases = {b: found[b] for b in base_names if b in found}
+        for base in sorted(set(base_names) - set(bases)):
             if not engine.docker("pull", "-q", base, timeout=600).ok:
                 raise BackendError(
                     f"base image {base} is not present and cannot be pulled: run ./scripts/setup "
@@ -80,10 +91,13 @@ class DockerBottleBackend(BottleBackend):
                 )
             bases.update(engine.image_ids([base]))
         specs = [dataclasses.replace(s, base_id=bases[s.base]) for s in specs]
-        present = engine.image_ids([s.tag for s in specs])
+        if bases != {b: known.get(b) for b in bases}:
+            found = engine.image_ids([s.tag for s in specs])
+            cache.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            write_private(cache, json.dumps({**known, **bases}) + "\n")
         images = {}
         for spec in specs:
-            if spec.tag not in present:
+            if spec.tag not in found:
                 self._build(spec, progress)
             images[spec.role] = spec.tag
             if spec.role == "agent":

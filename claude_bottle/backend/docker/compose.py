@@ -74,10 +74,10 @@ class NetPlan:
 
     @property
     def clients(self) -> str:
-        """The addresses Docker hands the bottle's containers: the subnet without its gateway (the host's
-        side of the bridge) and the guard itself, as CIDRs for the guard's --clients."""
+        """The addresses Docker hands the bottle's containers, and the guard's own (its healthcheck): the
+        subnet without its gateway (the host's side of the bridge), as CIDRs for the guard's --clients."""
         net = ipaddress.ip_network(self.subnet)
-        first, last = net[2], net[-3]
+        first, last = net[2], net[-2]
         return ",".join(str(n) for n in ipaddress.summarize_address_range(first, last))
 
 
