@@ -91,7 +91,8 @@ def test_parallel_huge_posts_do_not_kill_the_guard(cli: Cli, bottle: str) -> Non
     deadline = time.monotonic() + 30
     status = ""
     while time.monotonic() < deadline and status != "healthy":
-        status = docker("inspect", "--format", "{{.State.Health.Status}}", f"claude-bottle-{bottle}-egress").stdout.strip()
+        status = docker("inspect", "--format", "{{.State.Health.Status}}", f"claude-bottle-{bottle}-egress").stdout
+        status = status.strip()
         time.sleep(0.5)
     assert status == "healthy"
 

@@ -82,7 +82,7 @@ def test_load_secrets_reads_every_field(tmp_path: Path) -> None:
                         "header": "authorization",
                         "value": "Basic Zm9v",
                         "secret": "ghp_rawtoken",
-                    },  # fmt: skip
+                    },
                 },
                 "honeytokens": [HONEY],
             }

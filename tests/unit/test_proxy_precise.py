@@ -277,18 +277,24 @@ def test_a_host_header_with_the_same_host_on_the_same_port_passes(tmp_path: Path
     asyncio.run(go())
 
 
-@pytest.mark.parametrize(
-    ("raw", "status", "reason", "fields"),
-    [
-        (b"GET /nowhere?a=b HTTP/1.1\r\n\r\n", 404, "not a proxy request or credential route",
-         {"kind": "local", "path": "/nowhere", "query": "a=b"}),
-        (b"GET /nowhere HTTP/1.1\r\n\r\n", 404, "not a proxy request or credential route", {"kind": "local", "path": "/nowhere"}),
-        (b"GET ftp://a.test/ HTTP/1.1\r\n\r\n", 400, "only http:// absolute URIs and CONNECT are proxied", {"kind": "http"}),
-        (b"CONNECT a.test HTTP/1.1\r\n\r\n", 403, "host not in allow list", {"kind": "connect", "host": "a.test", "port": 443}),
-        (b"GET http://a.test/x HTTP/1.1\r\n\r\n", 403, "host not in allow list", {"kind": "http", "port": 80, "path": "/x"}),
-        (b"GET http://no-such-host.invalid:1/ HTTP/1.1\r\n\r\n", 403, "host not in allow list", {"port": 1}),
-    ],
-)  # fmt: skip
+NOT_PROXY = "not a proxy request or credential route"
+NOT_LISTED = "host not in allow list"
+REFUSALS = [
+    (b"GET /nowhere?a=b HTTP/1.1\r\n\r\n", 404, NOT_PROXY, {"kind": "local", "path": "/nowhere", "query": "a=b"}),
+    (b"GET /nowhere HTTP/1.1\r\n\r\n", 404, NOT_PROXY, {"kind": "local", "path": "/nowhere"}),
+    (
+        b"GET ftp://a.test/ HTTP/1.1\r\n\r\n",
+        400,
+        "only http:// absolute URIs and CONNECT are proxied",
+        {"kind": "http"},
+    ),
+    (b"CONNECT a.test HTTP/1.1\r\n\r\n", 403, NOT_LISTED, {"kind": "connect", "host": "a.test", "port": 443}),
+    (b"GET http://a.test/x HTTP/1.1\r\n\r\n", 403, NOT_LISTED, {"kind": "http", "port": 80, "path": "/x"}),
+    (b"GET http://no-such-host.invalid:1/ HTTP/1.1\r\n\r\n", 403, NOT_LISTED, {"port": 1}),
+]
+
+
+@pytest.mark.parametrize(("raw", "status", "reason", "fields"), REFUSALS)
 def test_refusals_answer_and_record_exactly(
     tmp_path: Path, raw: bytes, status: int, reason: str, fields: dict[str, Any]
 ) -> None:
