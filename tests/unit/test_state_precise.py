@@ -66,15 +66,19 @@ def test_owners_alive_gone_and_reused() -> None:
 
 
 def test_process_started_reads_the_right_field() -> None:
-    # /proc/PID/stat field 22 (starttime) in clock ticks: a fresh child started after us, within a second.
+    # /proc/PID/stat field 22 (starttime) in clock ticks: two children started in order, a second apart.
+    first = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(5)"])
+    time.sleep(1.0)
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(5)"])
     try:
-        mine, theirs = process_started(os.getpid()), process_started(proc.pid)
-        assert mine is not None and theirs is not None and 0 <= theirs - mine < 120
+        older, theirs = process_started(first.pid), process_started(proc.pid)
+        assert older is not None and theirs is not None and 0.8 <= theirs - older < 3
         with Path("/proc/uptime").open() as f:
             uptime = float(f.read().split()[0])
         assert abs(theirs - uptime) < 5
     finally:
+        first.kill()
+        first.wait()
         proc.kill()
         proc.wait()
 
