@@ -66,7 +66,9 @@ class Bottles:
         self.home = self.dir / "home"
         self.project = self.dir / "project"
         self.project.mkdir()
-        self.env = {**os.environ, "CLAUDE_BOTTLE_HOME": str(self.home)}
+        # Its own namespace: the benchmark's cleanups never see a user's bottles on the same engine.
+        self.namespace = f"cbbench-{os.getpid()}"
+        self.env = {**os.environ, "CLAUDE_BOTTLE_HOME": str(self.home), "CLAUDE_BOTTLE_NAMESPACE": self.namespace}
         for var in ("ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN"):
             self.env.pop(var, None)
         self.cli = [str(Path(sys.executable).with_name("claude-bottle"))]
@@ -83,7 +85,7 @@ class Bottles:
         return [r["slug"] for r in json.loads(self.run("ls", "--json")[1].stdout)]
 
     def state(self, slug: str) -> Path:
-        return self.home / "state" / slug
+        return self.home / f"state.{self.namespace}" / slug
 
     def cleanup(self) -> None:
         self.run("cleanup", "--yes", check=False)

@@ -22,7 +22,7 @@ def compose_argv(b: Bottles, slug: str, *args: str) -> list[str]:
         "docker",
         "compose",
         "-p",
-        f"claude-bottle-{slug}",
+        f"{b.namespace}-{slug}",
         "-f",
         str(state / "compose.json"),
         "--project-directory",
@@ -130,7 +130,7 @@ def scale(b: Bottles, n: int) -> list[Row]:
     total_mib = 0.0
     for line in stats:
         row = json.loads(line)
-        if not row["Name"].startswith("claude-bottle-"):
+        if not row["Name"].startswith(f"{b.namespace}-"):
             continue
         used = row["MemUsage"].split("/")[0].strip()
         value = float(used.rstrip("KMGiB"))

@@ -10,7 +10,7 @@ from .errors import BottleError
 from .manifest import AgentSpec, BottleSpec, Manifest
 from .paths import BottlePaths, check_bottle_paths
 from .runtime import RuntimeIds
-from .state import BottleRecord, StateDir, bottle_home, new_slug, state_root
+from .state import BottleRecord, StateDir, all_state_roots, bottle_home, new_slug
 
 __all__ = ["Bottle"]
 
@@ -64,7 +64,7 @@ class Bottle:
     def recorded(cls, state: StateDir, *, check_paths: bool = False, record: BottleRecord | None = None) -> Bottle:
         """A bottle from its state dir. With `check_paths` (a new generation will bind them) its host paths
         are checked again: since its last run an agent may have planted a link on the way."""
-        record = record or state.read()
+        record = record or state.read_whole()
         agent = AgentSpec.model_validate(record.manifest.get("agent", {}))
         spec = BottleSpec.model_validate(record.manifest.get("bottle", {}))
         workspace = Path(record.workspace or ".")
@@ -105,5 +105,10 @@ class Bottle:
 
 def _checked(spec: BottleSpec, workspace: Path, base: Path, root: Path | None) -> BottlePaths:
     return check_bottle_paths(
-        spec, workspace, base, state_root=root or state_root(), state_home=bottle_home(), home=Path.home()
+        spec,
+        workspace,
+        base,
+        state_roots=[*all_state_roots(), *([root] if root else [])],
+        state_home=bottle_home(),
+        home=Path.home(),
     )

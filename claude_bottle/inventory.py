@@ -40,8 +40,12 @@ class BottleRow:
 
 def list_bottles(root: Path | None = None) -> list[BottleRow]:
     """Every bottle with a state dir, its live status from one inventory call per backend in use."""
-    dirs = list_state_dirs(root)
-    records = [(d, d.read()) for d in dirs]
+    records = []
+    for d in list_state_dirs(root):
+        try:
+            records.append((d, d.read()))  # an odd dir reads as a stub (state.StateDir.read)
+        except (OSError, BottleError):
+            continue  # removed while we listed
     live: dict[str, dict[str, str]] = {}
     for name in {r.backend for _, r in records}:
         try:
@@ -60,7 +64,7 @@ def list_bottles(root: Path | None = None) -> list[BottleRow]:
             status = engine or "gone"
         elif r.status == "creating" and d.abandoned(r):
             status = "abandoned (owner died mid-start)"
-        resumable = bool(r.session_id) and any((d.claude_home / "projects").glob(f"*/{r.session_id}.jsonl"))
+        resumable = d.resumable(r)
         rows.append(
             BottleRow(
                 r.slug, r.agent, r.backend, status, r.created, r.workspace, d.preserved(), resumable, r.session_id
@@ -89,8 +93,12 @@ def leftovers_hint(root: Path | None = None) -> str | None:
     """One line for `start` when earlier runs left things behind (state dirs only: no engine calls)."""
     count = 0
     for d in list_state_dirs(root):
-        r = d.read()
-        if r.status == "failed" or (r.status == "creating" and d.abandoned(r)):
+        try:
+            r = d.read()
+        except (OSError, BottleError):
+            continue
+        left = r.status == "failed" or (r.status == "incomplete" and not d.fresh()) or d.abandoned(r)
+        if left and not d.preserved():
             count += 1
     if not count:
         return None

@@ -116,7 +116,7 @@ def resume_bottle(state: StateDir, *, progress: Progress, notify: Notify = _quie
     """A new generation of an existing bottle from its state dir: same slug, same ~/.claude, same grants."""
     from .bottle import Bottle
 
-    record = state.read()
+    record = state.read_whole()
     backend = get_bottle_backend(record.backend)
     if record.status in ("running", "creating") and not state.abandoned(record):
         live = backend.statuses().get(state.slug)
@@ -232,6 +232,14 @@ def stop_bottle(
     state: StateDir, *, remove: bool = False, status: str = "stopped", notify: Notify = _quiet
 ) -> BottleRecord:
     record = state.read()
+    if record.bottle == "?":  # a stub: nothing was started from it, so nothing runs; only --rm does anything
+        if not remove:
+            state.read_whole()
+        if state.preserved():
+            raise BottleError(f"{state.slug} is preserved ({state.preserved()}): state kept")
+        with state.lock():
+            state.remove()
+        return record
     backend = get_bottle_backend(record.backend)
     with state.lock():
         backend.stop(state=state)
@@ -262,7 +270,7 @@ def run_claude(
     state, backend = started.state, started.backend
     record = state.read()
     argv = claude_argv(
-        started.bottle.agent, prompt=prompt, session_id=record.session_id, resume=resume and bool(record.session_id)
+        started.bottle.agent, prompt=prompt, session_id=record.session_id, resume=resume and state.resumable(record)
     )
     if detach:  # interactive or headless, it runs in tmux: `attach` brings it to a terminal
         start_session(backend, state, argv, log=bool(prompt))
@@ -340,14 +348,13 @@ def attach_bottle(state: StateDir) -> int:
     session, if it has one) when none runs."""
     from .bottle import Bottle
 
-    record = state.read()
+    record = state.read_whole()
     if record.status != "running":
         raise BottleError(f"{state.slug} is {record.status}: `claude-bottle resume {state.slug}` starts it again")
     bottle = Bottle.recorded(state, record=record)
     backend = get_bottle_backend(record.backend)
     if not session_running(backend, state):
-        projects = state.claude_home / "projects"
-        resume = bool(record.session_id) and any(projects.glob(f"*/{record.session_id}.jsonl"))
+        resume = state.resumable(record)
         start_session(
             backend, state, claude_argv(bottle.agent, prompt=None, session_id=record.session_id, resume=resume)
         )
@@ -357,7 +364,7 @@ def attach_bottle(state: StateDir) -> int:
 # -- into a running bottle ----------------------------------------------------------------------------------
 def exec_in(state: StateDir, argv: Sequence[str], *, tty: bool, interactive: bool, workdir: str | None = None) -> int:
     """A command in the bottle as the agent (a shell when argv is a shell)."""
-    record = state.read()
+    record = state.read_whole()
     if record.status != "running":
         raise BottleError(f"{state.slug} is {record.status}: `claude-bottle resume {state.slug}` starts it again")
     return get_bottle_backend(record.backend).exec(
@@ -366,7 +373,7 @@ def exec_in(state: StateDir, argv: Sequence[str], *, tty: bool, interactive: boo
 
 
 def logs_of(state: StateDir, *, follow: bool, sink: Callable[[bytes], None]) -> int:
-    return get_bottle_backend(state.read().backend).logs(state=state, follow=follow, sink=sink)
+    return get_bottle_backend(state.read_whole().backend).logs(state=state, follow=follow, sink=sink)
 
 
 # -- grants -------------------------------------------------------------------------------------------------

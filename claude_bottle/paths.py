@@ -61,12 +61,12 @@ class Roots:
         return Roots((*self.items, *((p, who) for p in paths)))
 
 
-def writable_roots(state_root: Path) -> Roots:
-    """The workspaces and rw mounts of every bottle with a state dir (from its bottle.json)."""
+def writable_roots(state_roots: Iterable[Path]) -> Roots:
+    """The workspaces and rw mounts of every bottle with a state dir (from its bottle.json), in every
+    namespace: what an agent can write is agent-writable whichever namespace its bottle lives in."""
     items: list[tuple[Path, str]] = []
-    if not state_root.is_dir():
-        return Roots()
-    for d in sorted(state_root.iterdir()):
+    dirs = [d for root in state_roots if root.is_dir() for d in sorted(root.iterdir())]
+    for d in dirs:
         try:
             data: dict[str, Any] = json.loads((d / "bottle.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -235,10 +235,16 @@ class BottlePaths:
 
 
 def check_bottle_paths(
-    bottle: BottleSpec, workspace: Path, base: Path, *, state_root: Path, state_home: Path, home: Path
+    bottle: BottleSpec,
+    workspace: Path,
+    base: Path,
+    *,
+    state_roots: Iterable[Path],
+    state_home: Path,
+    home: Path,
 ) -> BottlePaths:
     """Every host path of a bottle, checked (see the module's docstring). One-line errors, before any work."""
-    roots = writable_roots(state_root)
+    roots = writable_roots(state_roots)
     ws = check_path(workspace, "workspace", roots)
     if not ws.is_dir():
         raise ManifestError(f"workspace {ws} does not exist: create it or fix agents.*.workspace")

@@ -4,12 +4,43 @@ Backend-neutral: every backend names and labels its objects with these."""
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["LABEL", "Identity", "RuntimeIds"]
+from .errors import BottleError
+
+__all__ = ["DEFAULT_NAMESPACE", "LABEL", "NAMESPACE_ENV", "Identity", "RuntimeIds", "namespace", "owned_by"]
 
 LABEL = "claude-bottle"
+DEFAULT_NAMESPACE = "claude-bottle"
+NAMESPACE_ENV = "CLAUDE_BOTTLE_NAMESPACE"
+NAMESPACE_LABEL = f"{LABEL}.namespace"
+_NAMESPACE_RE = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
+NAMESPACE_MAX = 24
+
+
+def namespace(environ: Mapping[str, str] | None = None) -> str:
+    """Which bottles this CLI sees and may touch: every object it makes is named `<namespace>-...` and
+    labelled with it, and `ls`, `stop` and `cleanup` act inside it only (like Compose's project name).
+    Tests, benchmarks and the demo run in their own, so a user's bottles survive them."""
+    env = os.environ if environ is None else environ
+    ns = env.get(NAMESPACE_ENV, "") or DEFAULT_NAMESPACE
+    if len(ns) > NAMESPACE_MAX or not _NAMESPACE_RE.match(ns):
+        raise BottleError(
+            f"{NAMESPACE_ENV}={ns!r} is not a namespace: use lowercase letters, digits and single dashes, "
+            f"starting with a letter, at most {NAMESPACE_MAX} characters (or unset it for {DEFAULT_NAMESPACE!r})"
+        )
+    return ns
+
+
+def owned_by(labels: Mapping[str, str], ns: str) -> bool:
+    """Is an engine object, by its labels, a bottle's object in namespace `ns`? Objects made before
+    namespaces existed carry our labels but no namespace: they belong to the default one."""
+    if f"{LABEL}.slug" not in labels and NAMESPACE_LABEL not in labels:
+        return False
+    return labels.get(NAMESPACE_LABEL, DEFAULT_NAMESPACE) == ns
 
 
 @dataclass(frozen=True)
@@ -56,9 +87,11 @@ class Identity:
     owner_pid: int
     owner_started: float
     created: str
+    namespace: str = DEFAULT_NAMESPACE
 
     def labels(self) -> dict[str, str]:
         return {
+            NAMESPACE_LABEL: self.namespace,
             f"{LABEL}.slug": self.slug,
             f"{LABEL}.backend": self.backend,
             f"{LABEL}.owner-pid": str(self.owner_pid),

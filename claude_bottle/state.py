@@ -9,7 +9,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import stat
 import string
 import tempfile
@@ -23,12 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BottleError, NotFoundError
+from .runtime import DEFAULT_NAMESPACE, namespace
 from .walk import Walk, remove_tree, tree_size
 
 __all__ = [
     "SCHEMA_VERSION",
     "BottleRecord",
     "StateDir",
+    "all_state_roots",
     "bottle_home",
     "list_state_dirs",
     "new_slug",
@@ -50,8 +51,19 @@ def bottle_home() -> Path:
     return Path(os.environ.get("CLAUDE_BOTTLE_HOME") or Path.home() / ".claude-bottle").expanduser()
 
 
-def state_root() -> Path:
-    return bottle_home() / "state"
+def state_root(ns: str | None = None) -> Path:
+    """Where a namespace's bottles keep their state dirs: `state/` for the default one, `state.<ns>/`
+    for the others, so a namespace's `ls` and `cleanup` never see another's bottles."""
+    ns = ns or namespace()
+    return bottle_home() / ("state" if ns == DEFAULT_NAMESPACE else f"state.{ns}")
+
+
+def all_state_roots(home: Path | None = None) -> list[Path]:
+    """Every namespace's state root under the home (an agent-writable path is one whatever its namespace)."""
+    home = home or bottle_home()
+    if not home.is_dir():
+        return []
+    return sorted(p for p in home.iterdir() if (p.name == "state" or p.name.startswith("state.")) and p.is_dir())
 
 
 def new_slug(agent: str) -> str:
@@ -86,7 +98,8 @@ def write_private(path: Path, data: str | bytes, *, mode: int = 0o600) -> None:
         raise
 
 
-STATUSES = ("creating", "running", "stopped", "failed", "crashed")
+STATUSES = ("creating", "running", "stopped", "failed", "crashed", "incomplete")
+FRESH_SECONDS = 60  # a state dir without bottle.json this young may be a start between mkdir and its record
 
 
 @dataclass
@@ -210,25 +223,63 @@ class StateDir:
         return self.record_path.is_file()
 
     def read(self) -> BottleRecord:
+        """The record. A state dir without a readable one (a crash between mkdir and the first record, a
+        torn or hand-edited file) still reads, as a stub from what its name tells: one odd dir must never
+        stop `ls`, `cleanup` or `start` for the others. Only a missing dir is an error."""
         try:
-            data = json.loads(self.record_path.read_text(encoding="utf-8"))
-            return BottleRecord.from_json(data)
+            raw = self.record_path.read_bytes()
         except FileNotFoundError:
-            raise NotFoundError(f"no bottle {self.slug!r}: `claude-bottle ls` lists them") from None
+            if not self.path.is_dir():
+                raise NotFoundError(f"no bottle {self.slug!r}: `claude-bottle ls` lists them") from None
+            return self._stub("incomplete", "no bottle.json: a start that never wrote its record")
+        except OSError as exc:
+            return self._stub("failed", f"bottle.json could not be read ({exc.strerror})")
+        try:
+            return BottleRecord.from_json(json.loads(raw))
         except (ValueError, TypeError):
-            # A torn or hand-edited file must not make the bottle unmanageable: keep the bad copy
-            # aside and carry on with what the directory name tells us.
-            bad = self.record_path.with_suffix(f".corrupt-{int(time.time())}")
-            shutil.copy2(self.record_path, bad)
-            agent = self.slug.rsplit("-", 1)[0]
-            return BottleRecord(
-                slug=self.slug,
-                agent=agent,
-                bottle="?",
-                backend="docker",
-                status="failed",
-                error=f"bottle.json was unreadable (kept as {bad.name})",
+            # Keep the bad copy aside (once: the same bytes are not copied again) and carry on.
+            bad = self._keep_aside(raw)
+            return self._stub("failed", f"bottle.json was unreadable (kept as {bad.name})")
+
+    def read_whole(self) -> BottleRecord:
+        """The record of a bottle a verb acts on. A stub (no readable bottle.json) has no backend or
+        workspace to act on: say what it is and how to be rid of it."""
+        record = self.read()
+        if record.bottle == "?":
+            raise BottleError(
+                f"{self.slug} is not a whole bottle ({record.error}): `claude-bottle stop {self.slug} --rm` or "
+                "`claude-bottle cleanup` removes it"
             )
+        return record
+
+    def _stub(self, status: str, why: str) -> BottleRecord:
+        return BottleRecord(
+            slug=self.slug, agent=self.slug.rsplit("-", 1)[0], bottle="?", backend="?", status=status, error=why
+        )
+
+    def _keep_aside(self, raw: bytes) -> Path:
+        for old in sorted(self.path.glob("bottle.corrupt-*")):
+            with contextlib.suppress(OSError):
+                if not old.is_symlink() and old.read_bytes() == raw:
+                    return old
+        bad = self.path / f"bottle.corrupt-{time.time_ns()}"
+        write_private(bad, raw)
+        return bad
+
+    def fresh(self) -> bool:
+        """Made moments ago (a start may be between its mkdir and its first record)."""
+        try:
+            return time.time() - self.path.stat().st_mtime < FRESH_SECONDS
+        except OSError:
+            return False
+
+    def resumable(self, record: BottleRecord | None = None) -> bool:
+        """Has this bottle's session a transcript to resume from (a bottle that never ran has none)?"""
+        record = record or self.read()
+        projects = self.claude_home / "projects"
+        if not record.session_id or projects.is_symlink() or not projects.is_dir():
+            return False
+        return any(projects.glob(f"*/{record.session_id}.jsonl"))
 
     def write(self, record: BottleRecord) -> None:
         record.updated = now_iso()
@@ -332,12 +383,19 @@ class StateDir:
             self.update(snapshot_due=False)
 
     def busy(self) -> bool:
-        """Does another claude-bottle process hold this bottle's lock right now?"""
+        """Does another claude-bottle process hold this bottle's lock right now? (Asked without creating the
+        lock file: asking must not change the dir, whose age tells a start in progress from a leftover.)"""
         try:
-            with self.lock():
-                return False
-        except BottleError:
+            fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
             return True
+        finally:
+            os.close(fd)
+        return False
 
     def abandoned(self, record: BottleRecord | None = None) -> bool:
         """A start whose owning CLI died before it finished (crash, SIGKILL)."""
@@ -354,11 +412,12 @@ class StateDir:
             slug=self.slug,
             path=self.path,
             status=record.status,
-            resumable=bool(record.session_id or sessions),
+            resumable=self.resumable(record),
             transcript=bool(sessions or snapshots),
             rebuilt_dockerfile=record.rebuilt and (self.path / "Dockerfile").exists(),
             preserved=self.preserved(),
             size=size,
+            note=record.error if record.bottle == "?" else None,  # a stub: say why nothing more is known
         )
 
 
@@ -374,6 +433,7 @@ class StateSummary:
     rebuilt_dockerfile: bool
     preserved: str | None
     size: int
+    note: str | None = None
 
     def describe(self) -> str:
         flags = [
@@ -386,7 +446,8 @@ class StateSummary:
             )
             if on
         ]
-        return f"{self.slug} [{self.status}] {human_size(self.size)}" + (f": {', '.join(flags)}" if flags else "")
+        out = f"{self.slug} [{self.status}] {human_size(self.size)}" + (f": {', '.join(flags)}" if flags else "")
+        return out + (f" ({self.note})" if self.note else "")
 
 
 def human_size(n: int) -> str:

@@ -24,7 +24,7 @@ from typing import Any
 from .errors import BottleError, ManifestError
 from .manifest import Manifest, parse_manifest
 from .paths import writable_roots
-from .state import write_private
+from .state import all_state_roots, write_private
 
 __all__ = ["TrustStore", "grants", "load_trusted", "read_manifest"]
 
@@ -136,7 +136,6 @@ def load_trusted(
     path: Path,
     *,
     home: Path,
-    state_root: Path,
     ask: Callable[[list[str]], bool] | None,
     say: Callable[[str], None],
 ) -> Manifest:
@@ -147,7 +146,7 @@ def load_trusted(
     store = TrustStore(home / TRUST_FILE)
     digest = digest_of(raw)
     entry = store.entry(resolved)
-    writable_by = writable_roots(state_root).holding(resolved)
+    writable_by = writable_roots(all_state_roots(home)).holding(resolved)
     if entry is not None and entry.get("sha256") == digest:
         if writable_by:
             when = entry.get("trusted")

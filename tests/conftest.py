@@ -17,6 +17,7 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "bottle-home"
     monkeypatch.setenv("CLAUDE_BOTTLE_HOME", str(home))
     monkeypatch.delenv("CLAUDE_BOTTLE_BACKEND", raising=False)
+    monkeypatch.delenv("CLAUDE_BOTTLE_NAMESPACE", raising=False)
     return home
 
 

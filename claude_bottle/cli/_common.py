@@ -61,7 +61,6 @@ def add_manifest_arg(parser: argparse.ArgumentParser) -> None:
 def load(args: argparse.Namespace) -> Manifest:
     """The manifest for this command, once its content is trusted (asked here on a terminal)."""
     from ..manifest import find_manifest
-    from ..state import state_root
     from ..trust import load_trusted
 
     path = args.manifest if getattr(args, "manifest", None) else find_manifest(home=bottle_home())
@@ -74,7 +73,6 @@ def load(args: argparse.Namespace) -> Manifest:
     return load_trusted(
         path,
         home=bottle_home(),
-        state_root=state_root(),
         ask=ask if sys.stdin.isatty() else None,
         say=lambda line: err.print(f"[dim]{escape(line)}[/]"),
     )

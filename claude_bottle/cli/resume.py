@@ -22,11 +22,11 @@ def run(args: argparse.Namespace) -> int:
     from ..lifecycle import resume_bottle
 
     state = state_for(args)
-    record = state.read()
+    record = state.read_whole()
     check_terminal(prompt=args.prompt, detach=args.detach)
     err.print(
         f"resuming [bold]{escape(state.slug)}[/] (generation {record.generation + 1}, "
-        f"session {record.session_id or 'new'})"
+        f"session {record.session_id if state.resumable(record) else 'new: no transcript to continue'})"
     )
     started = resume_bottle(state, progress=progress, notify=lambda line: err.print(line, markup=False))
     out.print(started.slug)

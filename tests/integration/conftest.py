@@ -19,6 +19,10 @@ import pytest
 pytestmark = pytest.mark.integration
 
 TEST_IMAGE = "python:3.11-slim-bookworm"
+# This run's namespace: every bottle object the suite makes is named and labelled with it, and the CLI
+# under test sees and cleans up nothing else (a user's bottles on the same engine survive the suite).
+NS = f"cbtest-{secrets.token_hex(3)}"
+STATE = f"state.{NS}"  # the namespace's state root under a CLAUDE_BOTTLE_HOME
 
 
 def docker(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -159,11 +163,21 @@ def internet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Internet]:
 class Cli:
     home: Path
     cwd: Path
+    namespace: str = NS
+
+    @property
+    def states(self) -> Path:
+        return self.home / ("state" if self.namespace == "claude-bottle" else f"state.{self.namespace}")
 
     def env(self, **extra: str) -> dict[str, str]:
         drop = ("PYTEST_", "ANTHROPIC_", "CLAUDE_CODE_OAUTH_TOKEN", "GITHUB_TOKEN", "GH_TOKEN")
         env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
-        env.update(CLAUDE_BOTTLE_HOME=str(self.home), ANTHROPIC_API_KEY=TEST_KEY, GITHUB_TOKEN=TEST_GITHUB_TOKEN)
+        env.update(
+            CLAUDE_BOTTLE_HOME=str(self.home),
+            CLAUDE_BOTTLE_NAMESPACE=self.namespace,
+            ANTHROPIC_API_KEY=TEST_KEY,
+            GITHUB_TOKEN=TEST_GITHUB_TOKEN,
+        )
         env.update(extra)
         return env
 
@@ -211,7 +225,7 @@ class Cli:
 
     def wait_line(self, slug: str, timeout: float = 15, **match: Any) -> dict[str, Any]:
         """The last audit line with these fields, waiting for it (lines land as decisions are made)."""
-        path = self.home / "state" / slug / "egress.jsonl"
+        path = self.states / slug / "egress.jsonl"
         deadline = time.monotonic() + timeout
         while True:
             lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
@@ -278,3 +292,31 @@ def bottle(cli: Cli) -> Iterator[str]:
     slug = cli.start()
     yield slug
     cli.run("stop", slug, "--rm")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def users_bottle(internet: Internet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A user's own bottle in the default namespace, running before the suite starts: the suite must
+    leave it exactly as it found it (same containers, still running), whatever its tests clean up."""
+    root = tmp_path_factory.mktemp("users-bottle")
+    ws = root / "workspace"
+    ws.mkdir()
+    if os.getuid() == 0:
+        os.chown(ws, 1000, 1000)
+    user = Cli(root / "home", ws, namespace="claude-bottle")
+    trusted(user, write_manifest(ws, internet))
+    slug = user.start()
+    names = [f"claude-bottle-{slug}-{svc}" for svc in ("agent", "egress", "net")]
+
+    def state() -> list[str]:
+        return docker("inspect", "--format", "{{.Id}} {{.State.Status}}", *names, check=False).stdout.split("\n")
+
+    before = state()
+    assert all(line.endswith(" running") for line in before[:3]), before
+    try:
+        yield slug
+        after = state()
+        assert after == before, f"the suite touched a bottle it did not make: {before} -> {after}"
+        assert user.ls()[slug]["status"] == "running"
+    finally:
+        user.run("stop", slug, "--rm")

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import TEST_IMAGE, TEST_KEY, Cli, Internet, docker, trusted, write_manifest
+from .conftest import NS, STATE, TEST_IMAGE, TEST_KEY, Cli, Internet, docker, trusted, write_manifest
 
 
 def guard_addresses(slug: str) -> dict[str, str]:
-    data = json.loads(docker("inspect", f"claude-bottle-{slug}-egress").stdout)[0]
+    data = json.loads(docker("inspect", f"{NS}-{slug}-egress").stdout)[0]
     return {name: n["IPAddress"] for name, n in data["NetworkSettings"]["Networks"].items()}
 
 
@@ -30,7 +30,7 @@ def restarts(slug: str) -> tuple[int, bool, str]:
         "inspect",
         "--format",
         "{{.RestartCount}} {{.State.OOMKilled}} {{.State.Status}}",
-        f"claude-bottle-{slug}-egress",
+        f"{NS}-{slug}-egress",
     ).stdout.split()
     return int(out[0]), out[1] == "true", out[2]
 
@@ -58,13 +58,13 @@ def test_a_neighbour_on_the_outbound_network_cannot_use_the_routes(cli: Cli, bot
 
 def test_the_host_side_of_the_bottle_network_is_not_a_client(cli: Cli, bottle: str) -> None:
     """The bridge's gateway address (the host, and whatever routes through it) is refused by the guard."""
-    internal = guard_addresses(bottle)[f"claude-bottle-{bottle}-internal"]
+    internal = guard_addresses(bottle)[f"{NS}-{bottle}-internal"]
     req = urllib.request.Request(
         f"http://{internal}:3128/anthropic/v1/messages", data=b"{}", headers={"x-api-key": "x"}, method="POST"
     )
     with pytest.raises((urllib.error.URLError, ConnectionError)):
         urllib.request.urlopen(req, timeout=5)
-    subnet = json.loads(docker("network", "inspect", f"claude-bottle-{bottle}-internal").stdout)[0]["IPAM"]["Config"]
+    subnet = json.loads(docker("network", "inspect", f"{NS}-{bottle}-internal").stdout)[0]["IPAM"]["Config"]
     gateway = str(ipaddress.ip_network(subnet[0]["Subnet"])[1])
     line = cli.wait_line(bottle, kind="client", decision="deny", client=gateway)
     assert line["reason"] == "client outside the bottle"
@@ -91,7 +91,7 @@ def test_parallel_huge_posts_do_not_kill_the_guard(cli: Cli, bottle: str) -> Non
     deadline = time.monotonic() + 30
     status = ""
     while time.monotonic() < deadline and status != "healthy":
-        status = docker("inspect", "--format", "{{.State.Health.Status}}", f"claude-bottle-{bottle}-egress").stdout
+        status = docker("inspect", "--format", "{{.State.Health.Status}}", f"{NS}-{bottle}-egress").stdout
         status = status.strip()
         time.sleep(0.5)
     assert status == "healthy"
@@ -132,7 +132,7 @@ def test_a_held_upload_is_on_record_before_the_upstream_answers_and_closed_at_st
 def test_a_killed_guard_comes_back_and_a_stopped_one_leaves_the_agent_nowhere(cli: Cli, internet: Internet) -> None:
     slug = cli.start()
     try:
-        name = f"claude-bottle-{slug}-egress"
+        name = f"{NS}-{slug}-egress"
         pid = docker("inspect", "--format", "{{.State.Pid}}", name).stdout.strip()
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
         assert children, "the guard's init has no child"
@@ -237,13 +237,13 @@ def test_the_record_keeps_paths_queries_and_the_guards_own_words(cli: Cli, bottl
 
 def test_the_container_log_is_bounded(cli: Cli, bottle: str) -> None:
     cli.sh(bottle, "head -c 40000000 /dev/zero | tr '\\0' 'x' | fold -w 1000 > /proc/1/fd/1")
-    path = docker("inspect", "--format", "{{.LogPath}}", f"claude-bottle-{bottle}-agent").stdout.strip()
+    path = docker("inspect", "--format", "{{.LogPath}}", f"{NS}-{bottle}-agent").stdout.strip()
     total = sum(p.stat().st_size for p in Path(path).parent.glob(Path(path).name + "*"))
     assert 0 < total <= 2 * 10 * 1024 * 1024 + 1024 * 1024, total
 
 
 def test_a_dns_flood_cannot_fill_the_log(cli: Cli, bottle: str) -> None:
-    audit = cli.home / "state" / bottle / "egress.jsonl"
+    audit = cli.home / STATE / bottle / "egress.jsonl"
     size0, t0 = audit.stat().st_size, time.monotonic()
     cli.sh(
         bottle,

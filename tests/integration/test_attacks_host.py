@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Cli, Internet, docker, trusted, write_manifest
+from .conftest import NS, STATE, Cli, Internet, docker, trusted, write_manifest
 
 
 def containers(slug: str) -> list[str]:
@@ -66,7 +66,7 @@ def test_attach_never_passes_the_agents_clipboard_escapes(cli: Cli, bottle: str)
     env = cli.env(TERM="xterm-256color")
     # The control: attached without claude-bottle's filter, the terminal does receive the clipboard write.
     raw = in_pty(
-        ["docker", "exec", "-it", f"claude-bottle-{bottle}-agent", "tmux", "attach-session", "-t", "claude"],
+        ["docker", "exec", "-it", f"{NS}-{bottle}-agent", "tmux", "attach-session", "-t", "claude"],
         env,
         cli.cwd,
         3,
@@ -175,7 +175,7 @@ def test_deep_nesting_in_claude_home_breaks_no_verb(cli: Cli) -> None:
         assert cli.ls()[other]["status"] == "running"
         r = cli.run("stop", slug, "--rm")
         assert r.returncode == 0, r.stderr[-2000:]
-        assert not (cli.home / "state" / slug).exists()
+        assert not (cli.home / STATE / slug).exists()
     finally:
         cli.run("stop", slug, "--rm")
         cli.run("stop", other, "--rm")
@@ -302,7 +302,7 @@ def test_git_on_the_host_runs_nothing_the_agent_wrote(user_project: Cli) -> None
         assert host_git(ws, "commit", "-qm", "after the bottle").returncode == 0
         assert not marker.exists()
         assert cli.ls()[slug]["preserved"] == "git-quarantine"
-        quarantined = list((cli.home / "state" / slug / "git-quarantine").rglob("commondir"))
+        quarantined = list((cli.home / STATE / slug / "git-quarantine").rglob("commondir"))
         assert quarantined and quarantined[0].read_text() == "../evil\n"
     finally:
         cli.run("keep", slug, "--release")

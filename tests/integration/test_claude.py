@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import TEST_KEY, Cli, Internet, docker, trusted, write_manifest
+from .conftest import NS, STATE, TEST_KEY, Cli, Internet, docker, trusted, write_manifest
 
 AGENT_UID = 1000
 
@@ -68,9 +68,9 @@ def test_headless_run_edits_the_workspace_and_resume_continues(ccli: Cli, intern
     slug = r.stdout.strip().splitlines()[0]
     row = ccli.ls()[slug]
     assert row["status"] == "stopped" and row["resumable"] is True
-    record = json.loads((ccli.home / "state" / slug / "bottle.json").read_text())
+    record = json.loads((ccli.home / STATE / slug / "bottle.json").read_text())
     session = record["session_id"]
-    assert list((ccli.home / "state" / slug / "claude-home" / "projects").glob(f"*/{session}.jsonl"))
+    assert list((ccli.home / STATE / slug / "claude-home" / "projects").glob(f"*/{session}.jsonl"))
 
     before = len(messages_requests(internet))
     r = ccli.run("resume", slug, "--prompt", "second turn", timeout=600)
@@ -78,7 +78,7 @@ def test_headless_run_edits_the_workspace_and_resume_continues(ccli: Cli, intern
     assert "REMEMBERED" in r.stdout
     sent = json.dumps(messages_requests(internet)[before:])
     assert "FIRST-SESSION-MARKER" in sent and "second turn" in sent
-    assert json.loads((ccli.home / "state" / slug / "bottle.json").read_text())["generation"] == 2
+    assert json.loads((ccli.home / STATE / slug / "bottle.json").read_text())["generation"] == 2
 
 
 def test_a_killed_bottle_is_preserved_and_resumes(ccli: Cli) -> None:
@@ -106,17 +106,17 @@ def test_a_killed_bottle_is_preserved_and_resumes(ccli: Cli) -> None:
             top = docker("top", name, check=False).stdout.splitlines()[1:]
             # The tool's own process (claude's command line mentions it too, before it runs it).
             running = any(len(ln.split(None, 7)) == 8 and ln.split(None, 7)[7].startswith("python3 -c") for ln in top)
-            if running and (ccli.home / "state" / name.removeprefix("claude-bottle-").removesuffix("-agent")).exists():
-                slug = name.removeprefix("claude-bottle-").removesuffix("-agent")
+            if running and (ccli.home / STATE / name.removeprefix(f"{NS}-").removesuffix("-agent")).exists():
+                slug = name.removeprefix(f"{NS}-").removesuffix("-agent")
         if slug:
             break
         time.sleep(0.3)
     assert slug, "claude never ran the tool"
-    docker("kill", f"claude-bottle-{slug}-agent")
+    docker("kill", f"{NS}-{slug}-agent")
     _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0
     assert "preserved (crash)" in err
-    state = ccli.home / "state" / slug
+    state = ccli.home / STATE / slug
     assert (state / ".preserve").read_text().strip() == "crash"
     assert list((state / "transcript").rglob("*.jsonl")), "no transcript snapshot"
     assert ccli.ls()[slug]["status"] == "crashed"
@@ -161,7 +161,7 @@ def test_interactive_run_through_a_terminal(ccli: Cli) -> None:
 
         def screen() -> str:
             return docker(
-                "exec", f"claude-bottle-{slug}-agent", "tmux", "capture-pane", "-p", "-t", "claude", check=False
+                "exec", f"{NS}-{slug}-agent", "tmux", "capture-pane", "-p", "-t", "claude", check=False
             ).stdout
 
         def wait_for(text: str, timeout: float = 120) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import TEST_IMAGE, Cli, docker
+from .conftest import NS, STATE, TEST_IMAGE, Cli, docker
 
 
 def names(kind: str, prefix: str) -> set[str]:
@@ -42,7 +42,7 @@ def not_ours(tmp_path: Path) -> Iterator[dict[str, str]]:
 
 def killed_start(cli: Cli) -> str:
     """A `start` SIGKILLed after its containers exist: the crash C4 is about."""
-    before = {p.name for p in (cli.home / "state").iterdir()} if (cli.home / "state").exists() else set()
+    before = {p.name for p in (cli.home / STATE).iterdir()} if (cli.home / STATE).exists() else set()
     proc = subprocess.Popen(
         [sys.executable, "-m", "claude_bottle", "start", "claude", "--detach"],
         cwd=cli.cwd,
@@ -52,8 +52,8 @@ def killed_start(cli: Cli) -> str:
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        new = ({p.name for p in (cli.home / "state").iterdir()} if (cli.home / "state").exists() else set()) - before
-        if new and names("container", f"claude-bottle-{next(iter(new))}-"):
+        new = ({p.name for p in (cli.home / STATE).iterdir()} if (cli.home / STATE).exists() else set()) - before
+        if new and names("container", f"{NS}-{next(iter(new))}-"):
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             return next(iter(new))
@@ -70,9 +70,14 @@ def test_cleanup_reaps_exactly_the_leftovers(cli: Cli, not_ours: dict[str, str])
         cli.run("stop", slug, check=True)
     cli.run("keep", kept, check=True)
     crashed = killed_start(cli)
-    stray = f"claude-bottle-stray{secrets.token_hex(2)}"
-    docker("run", "-d", "--name", stray, TEST_IMAGE, "sleep", "300")
-    docker("network", "create", f"{stray}-net")
+    # Strays: ours by their labels (a bottle's container and network outside any Compose project) ...
+    stray = f"{NS}-stray-{secrets.token_hex(3)[:5]}"
+    ours = ["--label", f"claude-bottle.namespace={NS}", "--label", f"claude-bottle.slug={stray.removeprefix(NS + '-')}"]
+    docker("run", "-d", "--name", stray, *ours, TEST_IMAGE, "sleep", "300")
+    docker("network", "create", *ours, f"{stray}-net")
+    # ... and a container that only shares the name prefix: not ours, never touched.
+    lookalike = f"{NS}-lookalike-{secrets.token_hex(2)}"
+    docker("run", "-d", "--name", lookalike, TEST_IMAGE, "sleep", "300")
 
     rows = cli.ls()
     assert rows[crashed]["status"] == "abandoned (owner died mid-start)"
@@ -80,24 +85,28 @@ def test_cleanup_reaps_exactly_the_leftovers(cli: Cli, not_ours: dict[str, str])
 
     dry = cli.run("cleanup", "--dry-run", check=True).stdout
     for expected in (
-        f"compose project: claude-bottle-{live}",
-        f"compose project: claude-bottle-{crashed}",
+        f"compose project: {NS}-{live}",
+        f"compose project: {NS}-{crashed}",
         f"stray container: {stray}",
         f"stray network: {stray}-net",
         f"orphan state dir: {orphan}",
         f"kept state dir: {kept}",
     ):
         assert expected in dry, dry
-    assert names("container", "claude-bottle-")  # a dry run changes nothing
+    assert lookalike not in dry
+    assert names("container", f"{NS}-") - {lookalike}  # a dry run changes nothing
 
-    r = cli.run("cleanup", "--yes")
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert names("container", "claude-bottle-") == set()
-    assert names("network", "claude-bottle-") == set()
+    try:
+        r = cli.run("cleanup", "--yes")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert names("container", f"{NS}-") == {lookalike}
+    finally:
+        docker("rm", "-f", lookalike, check=False)
+    assert names("network", f"{NS}-") == set()
     assert not [
         p
         for p in json.loads(docker("compose", "ls", "--all", "--format", "json").stdout)
-        if p["Name"].startswith("claude-bottle-")
+        if p["Name"].startswith(f"{NS}-")
     ]
     left = set(cli.ls())
     assert kept in left and live in left  # preserved, and live when planned (now stopped, resumable)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-from .conftest import Cli, Internet, docker
+from .conftest import NS, Cli, Internet, docker
 
 
 def sh(cli: Cli, slug: str, script: str) -> tuple[int, str]:
@@ -64,7 +64,7 @@ def test_no_route_around_the_guard(cli: Cli, bottle: str, internet: Internet) ->
 
 def test_hardening_visible_in_docker_inspect(bottle: str) -> None:
     agent, guard, net = (
-        json.loads(docker("inspect", f"claude-bottle-{bottle}-{svc}").stdout)[0] for svc in ("agent", "egress", "net")
+        json.loads(docker("inspect", f"{NS}-{bottle}-{svc}").stdout)[0] for svc in ("agent", "egress", "net")
     )
     for c in (agent, guard):
         hc = c["HostConfig"]
@@ -81,10 +81,10 @@ def test_hardening_visible_in_docker_inspect(bottle: str) -> None:
     # internal network only and firewalled to the guard.
     assert agent["HostConfig"]["NetworkMode"] == f"container:{net['Id']}"
     (netname,) = net["NetworkSettings"]["Networks"]
-    assert netname == f"claude-bottle-{bottle}-internal"
+    assert netname == f"{NS}-{bottle}-internal"
     assert json.loads(docker("network", "inspect", netname).stdout)[0]["Internal"] is True
     assert net["HostConfig"]["CapDrop"] == ["ALL"] and "no-new-privileges:true" in net["HostConfig"]["SecurityOpt"]
-    top = docker("top", f"claude-bottle-{bottle}-net").stdout.splitlines()[1:]
+    top = docker("top", f"{NS}-{bottle}-net").stdout.splitlines()[1:]
     assert top and all(line.split()[0] in ("nobody", "65534") for line in top), top
     env = dict(e.split("=", 1) for e in agent["Config"]["Env"])
     assert env["HTTPS_PROXY"] == env["http_proxy"] == "http://egress:3128"
@@ -93,7 +93,7 @@ def test_hardening_visible_in_docker_inspect(bottle: str) -> None:
 def test_live_grant_and_revoke_without_restart(cli: Cli, bottle: str) -> None:
     probe = "curl -sS -m 10 -o /dev/null -w '%{http_code}' http://forbidden.test/"
     assert sh(cli, bottle, probe)[1].startswith("403")
-    agent_id = docker("inspect", "--format", "{{.Id}}", f"claude-bottle-{bottle}-agent").stdout
+    agent_id = docker("inspect", "--format", "{{.Id}}", f"{NS}-{bottle}-agent").stdout
     r = cli.run("grant", bottle, "--egress", "forbidden.test:80", "--private")
     assert r.returncode == 0, r.stderr
     deadline = time.monotonic() + 5
@@ -104,7 +104,7 @@ def test_live_grant_and_revoke_without_restart(cli: Cli, bottle: str) -> None:
     while not sh(cli, bottle, probe)[1].startswith("403"):
         assert time.monotonic() < deadline, "revoke did not apply within 5 s"
     # Same containers throughout: no restart.
-    assert docker("inspect", "--format", "{{.Id}}", f"claude-bottle-{bottle}-agent").stdout == agent_id
+    assert docker("inspect", "--format", "{{.Id}}", f"{NS}-{bottle}-agent").stdout == agent_id
     ops = [ln for ln in audit(cli, bottle) if ln["kind"] == "operator"]
     assert [o["action"] for o in ops][-2:] == ["grant", "revoke"]
     r = cli.run("grant", bottle)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import TEST_GITHUB_TOKEN, TEST_IMAGE, TEST_KEY, Cli, Internet, docker
+from .conftest import NS, TEST_GITHUB_TOKEN, TEST_IMAGE, TEST_KEY, Cli, Internet, docker
 
 
 def lines_for(cli: Cli, slug: str, **match: Any) -> list[dict[str, Any]]:
@@ -190,7 +190,7 @@ def host_server() -> Iterator[int]:
 def test_the_docker_hosts_gateway_addresses_are_unreachable(
     cli: Cli, bottle: str, host_server: int, internet: Internet
 ) -> None:
-    net = json.loads(docker("network", "inspect", f"claude-bottle-{bottle}-internal").stdout)[0]
+    net = json.loads(docker("network", "inspect", f"{NS}-{bottle}-internal").stdout)[0]
     gateway = net["IPAM"]["Config"][0].get("Gateway") or str(
         ipaddress.ip_network(net["IPAM"]["Config"][0]["Subnet"])[1]
     )
@@ -250,8 +250,8 @@ def test_the_real_key_is_nowhere_in_the_bottle(cli: Cli, bottle: str) -> None:
     _rc, out = cli.sh(bottle, "echo $ANTHROPIC_API_KEY; tr '\\0' '\\n' < /proc/1/environ | grep -c placeholder")
     assert out.split() == ["claude-bottle-placeholder", "1"], out
     for svc in ("agent", "net", "egress"):
-        inspect = docker("inspect", f"claude-bottle-{bottle}-{svc}").stdout
+        inspect = docker("inspect", f"{NS}-{bottle}-{svc}").stdout
         assert svc in inspect and TEST_KEY not in inspect and TEST_GITHUB_TOKEN not in inspect
-    image = json.loads(docker("inspect", f"claude-bottle-{bottle}-agent").stdout)[0]["Config"]["Image"]
+    image = json.loads(docker("inspect", f"{NS}-{bottle}-agent").stdout)[0]["Config"]["Image"]
     history = docker("history", "--no-trunc", image).stdout
     assert "claude-code" in history and TEST_KEY not in history

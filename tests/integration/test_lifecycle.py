@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from .conftest import Cli, docker
+from .conftest import NS, STATE, Cli, docker
 
 
 def containers(slug: str) -> list[str]:
@@ -27,7 +27,7 @@ def networks(slug: str) -> list[str]:
 def test_start_ls_exec_stop(cli: Cli) -> None:
     slug = cli.start()
     try:
-        assert sorted(containers(slug)) == [f"claude-bottle-{slug}-{s}" for s in ("agent", "egress", "net")]
+        assert sorted(containers(slug)) == [f"{NS}-{slug}-{s}" for s in ("agent", "egress", "net")]
         row = cli.ls()[slug]
         assert (row["agent"], row["backend"], row["status"]) == ("claude", "docker", "running")
 
@@ -48,7 +48,7 @@ def test_start_ls_exec_stop(cli: Cli) -> None:
         assert r.returncode == 0, r.stderr
         assert "Claude Code" in r.stdout
 
-        state = cli.home / "state" / slug
+        state = cli.home / STATE / slug
         assert (state.stat().st_mode & 0o777) == 0o700
         record = json.loads((state / "bottle.json").read_text())
         assert record["schema_version"] == 1 and record["status"] == "running"
@@ -81,7 +81,7 @@ def test_missing_engine_is_exit_3_with_the_fix(cli: Cli) -> None:
     assert r.returncode == 3
     assert "Docker engine not reachable at unix:///nonexistent/docker.sock" in r.stderr
     assert len(r.stderr.strip().splitlines()) <= 2  # "starting <slug>" and the error
-    assert not [p for p in (cli.home / "state").iterdir() if p.is_dir()] if (cli.home / "state").exists() else True
+    assert not [p for p in (cli.home / STATE).iterdir() if p.is_dir()] if (cli.home / STATE).exists() else True
     r = cli.run("doctor", DOCKER_HOST="unix:///nonexistent/docker.sock")
     assert r.returncode == 3 and "fail engine" in r.stdout
 
@@ -115,9 +115,9 @@ def test_ctrl_c_mid_start_leaves_nothing(cli: Cli, tmp_path: Path) -> None:
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "start never brought its containers up"
         time.sleep(0.05)
-    slug = next(d.name for d in (cli.home / "state").iterdir() if containers(d.name))
+    slug = next(d.name for d in (cli.home / STATE).iterdir() if containers(d.name))
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err  # interrupted mid-start, never a finished start
     assert containers(slug) == [] and networks(slug) == []
-    assert not (cli.home / "state" / slug).exists()
+    assert not (cli.home / STATE / slug).exists()

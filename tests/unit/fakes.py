@@ -89,6 +89,11 @@ class FakeBackend(BottleBackend):
     ) -> int:
         self.calls.append("exec " + " ".join(argv))
         self.execs.append(Exec(list(argv), tty, interactive, workdir, dict(env or {})))
+        if "--session-id" in argv and argv[0] == "claude":  # claude keeps a transcript of its session
+            sid = argv[list(argv).index("--session-id") + 1]
+            transcript = state.claude_home / "projects" / "-workspace" / f"{sid}.jsonl"
+            transcript.parent.mkdir(parents=True, exist_ok=True)
+            transcript.touch()
         hook = type(self).on_exec  # a plain function: not bound to this instance
         if hook is not None:
             rc = hook(list(argv))

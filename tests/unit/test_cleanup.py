@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from claude_bottle.backend.docker.backend import DockerBottleBackend
 from claude_bottle.backend.docker.cleanup import plan_from_engine
 from claude_bottle.backend.docker.engine import ComposeProject, NetworkRow, PsRow
 from claude_bottle.cli import main
+from claude_bottle.inventory import leftovers_hint
 from claude_bottle.state import BottleRecord, StateDir, list_state_dirs
 
 from .fakes import FakeBackend
@@ -66,6 +69,7 @@ def calls(log: Path) -> list[list[str]]:
 
 def make_state(slug: str, *, status: str = "stopped", preserve: str | None = None, session: bool = False) -> StateDir:
     sd = StateDir(slug)
+    sd.path.parent.mkdir(parents=True, exist_ok=True)
     sd.create()
     sd.write(
         BottleRecord(
@@ -95,14 +99,44 @@ def test_plan_from_saved_samples() -> None:
         containers=PsRow.parse(read("cleanup-ps.jsonl")),
         networks=NetworkRow.parse(read("cleanup-networks.jsonl")),
         live={"claude-rqih3", "claude-z710w"},
+        namespace="claude-bottle",
     )
+    # Objects made before namespaces (our labels, no namespace label) are the default namespace's; a
+    # user's own `claude-bottle-*` container, network and Compose project, and other namespaces' objects
+    # (one of them, `claude-bottle-x`, sharing the name prefix), are never claimed.
     assert [p.name for p in plan.projects] == ["claude-bottle-claude-rqih3", "claude-bottle-claude-z710w"]
     assert [c.name for c in plan.containers] == ["claude-bottle-stray-abcde"]  # compose-managed ones are not strays
     assert [n.name for n in plan.networks] == ["claude-bottle-stray-abcde-net"]
     assert [s.slug for s in plan.state_dirs] == ["old-aaaaa"]
-    assert plan.state_dirs[0].resumable
+    assert not plan.state_dirs[0].resumable  # a session id but no transcript: nothing to resume
     assert sorted(s.slug for s in plan.kept) == ["claude-rqih3", "kept-bbbbb"]
     assert not plan.empty()
+
+
+def test_a_namespace_claims_only_its_own_objects() -> None:
+    plan = plan_from_engine(
+        projects=ComposeProject.parse(read("compose-ls.json")),
+        containers=PsRow.parse(read("cleanup-ps.jsonl")),
+        networks=NetworkRow.parse(read("cleanup-networks.jsonl")),
+        live=set(),
+        namespace="cbtest-ab12",
+    )
+    assert [p.name for p in plan.projects] == ["cbtest-ab12-claude-qqqqq"]
+    assert plan.containers == []
+    assert [n.name for n in plan.networks] == ["cbtest-ab12-stray-net"]
+    plan = plan_from_engine(projects=[], containers=[], networks=[], live=set(), namespace="claude-bottle-x")
+    assert plan.empty()
+
+
+def test_resumable_means_a_transcript_of_its_session() -> None:
+    sd = make_state("ran-aaaaa", session=True)
+    assert not sd.summary().resumable
+    other = sd.claude_home / "projects" / "-workspace" / "another-session.jsonl"
+    other.parent.mkdir(parents=True)
+    other.write_text("{}\n")
+    assert not sd.summary().resumable
+    (other.parent / "s-1.jsonl").write_text("{}\n")
+    assert sd.summary().resumable and "resumable" in sd.summary().describe()
 
 
 def test_cleanup_yes_runs_in_order_and_removes_exactly_the_plan(
@@ -239,3 +273,79 @@ def test_docker_prepare_cleanup_uses_three_engine_calls(fake_docker: Path) -> No
     plan = DockerBottleBackend().prepare_cleanup()
     assert len(calls(fake_docker)) == 3
     assert {p.name.removeprefix("claude-bottle-") for p in plan.projects} == LIVE_PROJECTS
+
+
+def _odd_dirs() -> dict[str, Path]:
+    """State dirs as crashes and hands leave them: empty, only a .preserve, a half-written record."""
+    root = StateDir("x-aaaaa").path.parent
+    root.mkdir(parents=True, exist_ok=True)
+    made = {}
+    for slug in ("empty-aaaaa", "kept-aaaaa", "torn-aaaaa"):
+        (root / slug).mkdir(mode=0o700)
+        made[slug] = root / slug
+    (root / "kept-aaaaa" / ".preserve").write_text("kept by the operator\n")
+    (root / "torn-aaaaa" / "bottle.json").write_text('{"slug": "torn-aaaaa", "agent": "to')
+    old = time.time() - 3600  # a crash long ago, not a start in progress
+    for p in made.values():
+        os.utime(p, (old, old))
+    return made
+
+
+def test_odd_state_dirs_are_classified_and_the_rest_is_reaped(
+    fake_docker: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    made = _odd_dirs()
+    make_state("old-aaaaa")
+    assert main(["cleanup", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "orphan state dir: empty-aaaaa [incomplete]" in out and "no bottle.json" in out
+    assert "kept state dir: kept-aaaaa [incomplete]" in out and ".preserve (kept by the operator)" in out
+    assert "orphan state dir: torn-aaaaa [failed]" in out and "bottle.json was unreadable" in out
+    assert main(["cleanup", "--yes"]) == 0
+    out = capsys.readouterr().out
+    assert "removed compose project claude-bottle-claude-rqih3" in out  # the engine's leftovers too
+    assert [d.slug for d in list_state_dirs()] == ["kept-aaaaa"]
+    assert made["kept-aaaaa"].is_dir()
+
+
+def test_a_dir_made_moments_ago_may_be_a_start_and_is_kept(
+    fake_docker: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = StateDir("x-aaaaa").path.parent
+    root.mkdir(parents=True)
+    (root / "new-aaaaa").mkdir()
+    assert main(["cleanup", "--yes"]) == 0
+    assert "kept state dir: new-aaaaa [incomplete]" in capsys.readouterr().out
+    assert [d.slug for d in list_state_dirs()] == ["new-aaaaa"]
+
+
+def test_odd_state_dirs_never_stop_ls_or_the_leftovers_note(capsys: pytest.CaptureFixture[str]) -> None:
+    _odd_dirs()
+    assert main(["ls", "--json"]) == 0
+    rows = {r["slug"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["empty-aaaaa"]["status"] == "incomplete" and rows["torn-aaaaa"]["status"] == "failed"
+    assert leftovers_hint() == "note: 2 leftover bottles from earlier runs; `claude-bottle cleanup` reaps them"
+
+
+def test_a_corrupt_record_is_copied_aside_once() -> None:
+    _odd_dirs()
+    sd = StateDir("torn-aaaaa")
+    for _ in range(3):
+        assert sd.read().status == "failed"
+    copies = list(sd.path.glob("bottle.corrupt-*"))
+    assert len(copies) == 1 and copies[0].read_text() == '{"slug": "torn-aaaaa", "agent": "to'
+    assert copies[0].stat().st_mode & 0o777 == 0o600
+    (sd.path / "bottle.json").write_text("[]")  # torn differently: a second copy, of those bytes
+    sd.read()
+    assert len(list(sd.path.glob("bottle.corrupt-*"))) == 2
+
+
+def test_verbs_on_an_odd_dir_say_what_it_is_and_stop_rm_removes_it(capsys: pytest.CaptureFixture[str]) -> None:
+    _odd_dirs()
+    assert main(["resume", "empty-aaaaa", "--detach"]) == 1
+    err = capsys.readouterr().err
+    assert "empty-aaaaa is not a whole bottle (no bottle.json" in err and "stop empty-aaaaa --rm" in err
+    assert main(["stop", "kept-aaaaa", "--rm"]) == 1
+    assert "preserved" in capsys.readouterr().err
+    assert main(["stop", "torn-aaaaa", "--rm"]) == 0
+    assert [d.slug for d in list_state_dirs()] == ["empty-aaaaa", "kept-aaaaa"]

@@ -109,6 +109,16 @@ def test_resume_continues_the_recorded_session(project: Path) -> None:
     assert sd.read().generation == 2
 
 
+def test_resume_without_a_transcript_starts_the_session_afresh(project: Path) -> None:
+    assert main(["start", "claude", "--prompt", "first"]) == 0
+    (sd,) = list_state_dirs()
+    session = sd.read().session_id
+    for transcript in (sd.claude_home / "projects").glob("*/*.jsonl"):
+        transcript.unlink()  # claude never got to write one
+    assert main(["resume", sd.slug, "--prompt", "second"]) == 0
+    assert FakeBackend.calls[-2].endswith(f"--session-id {session} -p second")
+
+
 @pytest.mark.parametrize("step", ["images", "start", "wait"])
 def test_failed_start_rolls_back(project: Path, step: str, capsys: pytest.CaptureFixture[str]) -> None:
     FakeBackend.fail_at = step

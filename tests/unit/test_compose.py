@@ -39,7 +39,7 @@ def checked(tmp_path: Path, text: str, ws: Path, base: Path | None = None) -> tu
     m = parse_manifest(text, path=base / "claude-bottle.toml")
     b = m.bottles["default"]
     home = tmp_path / "bottle-home"
-    return b, check_bottle_paths(b, ws, base, state_root=home / "state", state_home=home, home=tmp_path / "h")
+    return b, check_bottle_paths(b, ws, base, state_roots=[home / "state"], state_home=home, home=tmp_path / "h")
 
 
 def guard_inputs(tmp_path: Path, engine: str = "guard") -> GuardInputs:

@@ -40,7 +40,7 @@ def check(tmp_path: Path, ws: Path, b: object, base: Path | None = None) -> obje
         b,
         ws,
         base or tmp_path,
-        state_root=home / "state",
+        state_roots=[home / "state"],
         state_home=home,
         home=tmp_path / "user",  # type: ignore[arg-type]
     )
@@ -108,7 +108,7 @@ def test_a_mount_may_not_expose_the_state_root(tmp_path: Path) -> None:
 def test_writable_roots_come_from_every_record(tmp_path: Path) -> None:
     record(tmp_path, "a-abcde", [tmp_path / "w1", tmp_path / "rw1"])
     (tmp_path / "junk").mkdir()  # a dir without a record is not a bottle
-    roots = writable_roots(tmp_path)
+    roots = writable_roots([tmp_path])
     assert roots.holding(tmp_path / "rw1" / "x") == "bottle a-abcde"
     assert roots.holding(tmp_path / "other") is None
 

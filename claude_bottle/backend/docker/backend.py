@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from ...errors import BackendError, BottleError
 from ...paths import file_identity, verify_mounts
-from ...runtime import Identity
+from ...runtime import Identity, namespace, owned_by
 from ...state import StateDir, bottle_home, now_iso, process_started, write_private
 from ...walk import remove_tree
 from .. import BottleBackend, BottleCleanupPlan, BottlePlan, BottleStatus, Check, Progress, Report
@@ -122,7 +122,7 @@ class DockerBottleBackend(BottleBackend):
 
     def start(self, *, plan: BottlePlan, images: dict[str, str], guard: GuardInputs, progress: Progress) -> None:
         b, state = plan.bottle, plan.state
-        identity = Identity(b.slug, self.name, os.getpid(), process_started(os.getpid()) or 0.0, now_iso())
+        identity = Identity(b.slug, self.name, os.getpid(), process_started(os.getpid()) or 0.0, now_iso(), namespace())
         run_dir = state.path / "run"
         remove_tree(run_dir)  # a stale "firewall-ready" must never be trusted
         run_dir.mkdir()
@@ -256,9 +256,10 @@ class DockerBottleBackend(BottleBackend):
     # -- inventory ------------------------------------------------------------------------------
     def statuses(self) -> dict[str, BottleStatus]:
         by_slug: dict[str, dict[str, str]] = {}
+        ns = namespace()
         for row in engine.ps_rows(f"label=claude-bottle.backend={self.name}"):
             slug = row.labels.get("claude-bottle.slug")
-            if not slug:
+            if not slug or not owned_by(row.labels, ns):
                 continue
             entry = by_slug.setdefault(slug, {"owner": row.labels.get("claude-bottle.owner-pid", "")})
             service = row.labels.get("com.docker.compose.service") or row.name.rsplit("-", 1)[-1]
@@ -273,16 +274,17 @@ class DockerBottleBackend(BottleBackend):
 
     def prepare_cleanup(self) -> DockerBottleCleanupPlan:
         from .. import enumerate_active_bottles
-        from .cleanup import PREFIX
 
+        ns = namespace()
         projects = engine.compose_ls()
-        containers = engine.ps_rows(f"name={PREFIX}")
-        networks = engine.network_rows(f"name={PREFIX}")
-        live = {slug for r in containers if (slug := r.labels.get("claude-bottle.slug"))}
+        # The name filter only narrows what the engine sends; what is ours is decided by the labels.
+        containers = engine.ps_rows(f"name={ns}-")
+        networks = engine.network_rows(f"name={ns}-")
+        live = {slug for r in containers if (slug := r.labels.get("claude-bottle.slug")) and owned_by(r.labels, ns)}
         others, warnings = enumerate_active_bottles(skip=self.name)
         for slugs in others.values():
             live |= slugs
-        plan = plan_from_engine(projects=projects, containers=containers, networks=networks, live=live)
+        plan = plan_from_engine(projects=projects, containers=containers, networks=networks, live=live, namespace=ns)
         plan.warnings = warnings
         return plan
 

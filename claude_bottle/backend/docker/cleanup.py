@@ -2,7 +2,8 @@
 
 The plan comes from three engine calls whatever the number of bottles (`compose ls`, `ps`,
 `network ls`) plus the live-identity set of every backend; removal runs projects in parallel and
-reports each step through a callback (no screen here).
+reports each step through a callback (no screen here). Only this namespace's objects are touched:
+named `<namespace>-...` and labelled with it (runtime.owned_by); a name alone claims nothing.
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ from ... import process
 from ...errors import BottleError
 from ...gitguard import settle_bottle
 from ...guard.files import drop_secrets
+from ...runtime import namespace, owned_by
 from ...state import StateDir, StateSummary, list_state_dirs
 from ...walk import remove_tree
 from .. import BottleCleanupPlan, Report
 from .engine import ComposeProject, NetworkRow, PsRow
 
-__all__ = ["PREFIX", "DockerBottleCleanupPlan", "plan_from_engine", "run_cleanup"]
+__all__ = ["DockerBottleCleanupPlan", "plan_from_engine", "run_cleanup"]
 
-PREFIX = "claude-bottle-"
 COMPOSE_LABEL = "com.docker.compose.project"
 PARALLEL = 8
 
@@ -35,7 +36,7 @@ class Stray:
 
 
 def _slug(project: ComposeProject) -> str:
-    return project.name.removeprefix(PREFIX)
+    return project.name.removeprefix(f"{namespace()}-")
 
 
 @dataclass
@@ -60,10 +61,20 @@ class DockerBottleCleanupPlan(BottleCleanupPlan):
         out += [f"stray container: {c.name} -> docker rm -f" for c in self.containers]
         out += [f"stray network: {n.name} -> docker network rm" for n in self.networks]
         out += [f"orphan state dir: {s.describe()} -> removed" for s in self.state_dirs]
-        out += [f"kept state dir: {s.describe()}{'' if s.preserved else ' (live bottle)'}" for s in self.kept]
+        out += [f"kept state dir: {s.describe()}{_why_kept(s)}" for s in self.kept]
         if self.empty() and not self.kept:
             out.append("nothing to clean up")
         return out
+
+
+def _why_kept(s: StateSummary) -> str:
+    if s.preserved:
+        return ""
+    if s.status == "unreadable":
+        return " (could not be read: look at it by hand)"
+    if s.status == "incomplete":
+        return " (made moments ago: may be a start in progress)"
+    return " (live bottle)"
 
 
 def plan_from_engine(
@@ -73,26 +84,35 @@ def plan_from_engine(
     networks: list[NetworkRow],
     live: set[str],
     state_root: Path | None = None,
+    namespace: str,
 ) -> DockerBottleCleanupPlan:
-    """Build the plan from the engine's rows (the three calls) and the live slugs of every backend."""
+    """Build the plan from the engine's rows (the three calls) and the live slugs of every backend: the
+    namespace's own objects only (by label, not by name), and every state dir, each classified."""
     plan = DockerBottleCleanupPlan()
-    plan.projects = sorted((p for p in projects if p.name.startswith(PREFIX)), key=lambda p: p.name)
+    mine_c = [r for r in containers if owned_by(r.labels, namespace)]
+    mine_n = [r for r in networks if owned_by(r.labels, namespace)]
+    labels = [r.labels for r in mine_c] + [r.labels for r in mine_n]
+    ours = {lb[COMPOSE_LABEL] for lb in labels if COMPOSE_LABEL in lb}
+    plan.projects = sorted((p for p in projects if p.name in ours), key=lambda p: p.name)
     plan.containers = sorted(
-        (Stray(r.id, r.name) for r in containers if r.name.startswith(PREFIX) and COMPOSE_LABEL not in r.labels),
-        key=lambda s: s.name,
+        (Stray(r.id, r.name) for r in mine_c if COMPOSE_LABEL not in r.labels), key=lambda s: s.name
     )
-    plan.networks = sorted(
-        (Stray(r.id, r.name) for r in networks if r.name.startswith(PREFIX) and COMPOSE_LABEL not in r.labels),
-        key=lambda s: s.name,
-    )
+    plan.networks = sorted((Stray(r.id, r.name) for r in mine_n if COMPOSE_LABEL not in r.labels), key=lambda s: s.name)
     for state in list_state_dirs(state_root):
-        record = state.read()
+        try:
+            record = state.read()
+            summary = state.summary()
+        except (OSError, BottleError) as exc:  # one odd dir is shown as it is; the rest goes on
+            plan.kept.append(StateSummary(state.slug, state.path, "unreadable", False, False, False, None, 0, str(exc)))
+            continue
         abandoned = state.abandoned(record)
         if abandoned:
             plan.abandoned.append(state.slug)
-        # A start in progress holds the lock: it is live even before it has containers.
+        # A start in progress holds the lock: it is live even before it has containers (and a dir without
+        # a record yet, made moments ago, may be such a start before its lock).
         is_live = (state.slug in live and not abandoned) or state.busy()
-        summary = state.summary()
+        if record.status == "incomplete" and state.fresh():
+            is_live = True
         if summary.preserved or is_live:
             plan.kept.append(summary)
         else:

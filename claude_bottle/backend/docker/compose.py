@@ -23,7 +23,10 @@ AGENT_HOME = "/home/claude"
 
 
 def project_name(slug: str) -> str:
-    return f"claude-bottle-{slug}"
+    """`<namespace>-<slug>`: the Compose project, and the prefix of every container and network in it."""
+    from ...runtime import namespace
+
+    return f"{namespace()}-{slug}"
 
 
 def container_name(slug: str, service: str) -> str:
