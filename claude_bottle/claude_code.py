@@ -8,6 +8,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,6 +32,7 @@ __all__ = [
     "seed_config",
     "session_running",
     "start_session",
+    "terminal_env",
 ]
 
 SESSION = "claude"  # the tmux session holding claude inside the bottle
@@ -126,14 +128,28 @@ def claude_argv(
 def start_session(backend: BottleBackend, state: StateDir, argv: list[str], *, log: bool = False) -> None:
     """claude in a detached tmux session inside the bottle, so a terminal can attach and detach at will."""
     env = ["-e", f"BOTTLE_RUN_LOG={RUN_LOG}"] if log else []
-    tmux = ["tmux", "new-session", "-d", "-s", SESSION, "-x", "200", "-y", "50", *env, "--", "bottle-run", *argv]
+    tmux = ["tmux", "-u", "new-session", "-d", "-s", SESSION, "-x", "200", "-y", "50", *env, "--", "bottle-run", *argv]
     rc = backend.exec(state=state, argv=tmux, tty=False, interactive=False)
     if rc != 0:
         raise BottleError(f"could not start claude in {state.slug} (tmux exit {rc})")
 
 
 def attach_argv() -> list[str]:
-    return ["tmux", "attach-session", "-t", SESSION]
+    return ["tmux", "-u", "attach-session", "-t", SESSION]  # -u: UTF-8 whatever the locale says
+
+
+_TERM_RE = re.compile(r"[A-Za-z0-9._+-]{1,64}")
+
+
+def terminal_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """What the attaching tmux client must know of the operator's terminal to draw Claude Code as it looks
+    outside a bottle: its type (else docker exec says "xterm": 8 colours) and true-colour support."""
+    env = os.environ if environ is None else environ
+    term = env.get("TERM", "")
+    out = {"TERM": term if _TERM_RE.fullmatch(term) and term != "dumb" else "xterm-256color"}
+    if env.get("COLORTERM") in ("truecolor", "24bit"):
+        out["COLORTERM"] = env["COLORTERM"]
+    return out
 
 
 def session_running(backend: BottleBackend, state: StateDir) -> bool:

@@ -27,7 +27,15 @@ from .backend import (
     known_backend_names,
     resolve_backend_name,
 )
-from .claude_code import attach_argv, claude_argv, read_exit_code, seed_config, session_running, start_session
+from .claude_code import (
+    attach_argv,
+    claude_argv,
+    read_exit_code,
+    seed_config,
+    session_running,
+    start_session,
+    terminal_env,
+)
 from .errors import BottleError
 from .gitguard import settle_bottle
 from .guard.files import drop_secrets, load_grants, save_grants
@@ -306,7 +314,7 @@ def _interactive(started: Started, argv: list[str], *, tty: bool) -> int | None:
             "headless run, or --detach and `claude-bottle attach SLUG` later"
         )
     start_session(backend, state, argv)
-    backend.exec(state=state, argv=attach_argv(), tty=True, interactive=True)
+    backend.exec(state=state, argv=attach_argv(), tty=True, interactive=True, env=terminal_env())
     if session_running(backend, state):
         return None
     return read_exit_code(backend, state)
@@ -358,7 +366,7 @@ def attach_bottle(state: StateDir) -> int:
         start_session(
             backend, state, claude_argv(bottle.agent, prompt=None, session_id=record.session_id, resume=resume)
         )
-    return backend.exec(state=state, argv=attach_argv(), tty=True, interactive=True)
+    return backend.exec(state=state, argv=attach_argv(), tty=True, interactive=True, env=terminal_env())
 
 
 # -- into a running bottle ----------------------------------------------------------------------------------
@@ -423,12 +431,13 @@ def _record_operator_action(state: StateDir, action: str, what: list[str]) -> No
 
 
 # -- every backend ------------------------------------------------------------------------------------------
-def doctor_checks() -> list[tuple[str, list[Check]]]:
-    """Each known backend's checks (a backend that cannot load says so as a failed check)."""
+def doctor_checks(base_images: Sequence[str] = ()) -> list[tuple[str, list[Check]]]:
+    """Each known backend's checks (a backend that cannot load says so as a failed check), for the base
+    images a manifest names."""
     out = []
     for name in known_backend_names():
         try:
-            checks = get_bottle_backend(name).doctor()
+            checks = get_bottle_backend(name).doctor(base_images)
         except BottleError as exc:
             checks = [Check(f"{name} backend", False, str(exc))]
         out.append((name, checks))

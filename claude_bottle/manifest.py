@@ -8,7 +8,16 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from .egress.policy import DEFAULT_PORTS, Rule, normalise_host
 from .errors import ManifestError
@@ -161,6 +170,24 @@ class Mount(_Strict):
         return v
 
 
+_PACKAGE_RES = {
+    # Debian: name[:arch][=version] or name/release
+    "packages": re.compile(r"[a-z0-9][a-z0-9+.-]*(:[a-z0-9-]+)?(=[A-Za-z0-9.+~:-]+|/[a-z0-9-]+)?"),
+    # PyPI (PEP 508, no URLs or markers): name[extras] then version specifiers, e.g. "requests[socks]>=2,<3"
+    "pip": re.compile(
+        r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?(\[[A-Za-z0-9._-]+(,[A-Za-z0-9._-]+)*\])?"
+        r"( ?(===|==|!=|<=|>=|~=|<|>) ?[A-Za-z0-9.*+!_-]+( ?, ?(===|==|!=|<=|>=|~=|<|>) ?[A-Za-z0-9.*+!_-]+)*)?"
+    ),
+    # npm: [@scope/]name[@version-or-range], e.g. "typescript@^5.4" or "@types/node@>=20 <21"
+    "npm": re.compile(r"(@[a-z0-9][a-z0-9._~-]*/)?[a-z0-9][a-z0-9._~-]*(@[A-Za-z0-9.^~<>=|* x+-]+)?"),
+}
+_PACKAGE_HELP = {
+    "packages": "a Debian package (name, name=version or name/release)",
+    "pip": 'a PyPI requirement (name, name[extra], with specifiers like ">=2,<3")',
+    "npm": "an npm package (name or @scope/name, optionally @version-or-range)",
+}
+
+
 class Resources(_Strict):
     cpus: float = Field(2.0, gt=0, le=256)
     memory: str = Field("4g", pattern=r"^[0-9]+[kmg]?$")
@@ -173,6 +200,7 @@ class BottleSpec(_Strict):
     pip: tuple[str, ...] = ()
     npm: tuple[str, ...] = ()
     ca_certs: str | None = None
+    host_ca: bool = True  # without ca_certs: the host's CA bundle (paths.HOST_CA_BUNDLES) in builds and the guard
     claude_code_version: str = Field("latest", pattern=r"^(latest|stable|[0-9]+\.[0-9]+\.[0-9]+)$")
     env: dict[str, str] = Field(default_factory=dict)
     mounts: tuple[Mount, ...] = ()
@@ -183,11 +211,13 @@ class BottleSpec(_Strict):
 
     @field_validator("packages", "pip", "npm")
     @classmethod
-    def _package_names(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+    def _package_names(cls, v: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        # Each reaches its package tool as one argument (never a shell: images/bottle-install), so a
+        # version specifier is fine; what each tool would read as an option or a URL is not.
+        kind = str(info.field_name)
         for p in v:
-            # These end up in a Dockerfile RUN line: allow package-spec characters only.
-            if not re.fullmatch(r"[A-Za-z0-9@][A-Za-z0-9@/._+=<>~^:-]*", p):
-                raise ValueError(f"{p!r} is not a package name")
+            if not _PACKAGE_RES[kind].fullmatch(p):
+                raise ValueError(f"{p!r} is not {_PACKAGE_HELP[kind]}")
         return v
 
     @field_validator("env")
@@ -326,7 +356,8 @@ packages = []          # Debian packages, e.g. ["ripgrep", "jq"]
 pip = []               # e.g. ["requests"]
 npm = []               # e.g. ["typescript"]
 claude_code_version = "latest"   # or a pinned "2.1.3"
-@CA_CERTS@
+# Builds and the guard trust this host's CA bundle (a TLS-inspecting network needs it):
+# host_ca = false stops that; ca_certs = "/path/to/bundle.crt" names another bundle instead.
 # Environment for the agent (no secrets: credentials are held by the guard).
 env = {}
 
@@ -355,12 +386,5 @@ claude_args = []
 """
 
 
-def starter_manifest(*, host_ca_bundle: Path | None) -> str:
-    if host_ca_bundle is not None:
-        ca = (
-            "# This host trusts its own CA bundle (e.g. a TLS-inspecting network); builds need it too.\n"
-            f'ca_certs = "{host_ca_bundle}"'
-        )
-    else:
-        ca = '# ca_certs = "/path/to/extra-ca-bundle.crt"   # for TLS-inspecting networks'
-    return STARTER_MANIFEST.replace("@CA_CERTS@", ca)
+def starter_manifest() -> str:
+    return STARTER_MANIFEST

@@ -43,6 +43,12 @@ __all__ = [
 ]
 
 MAX_LINKS = 40
+# The host's CA bundle, where the common distributions keep it (Debian/Ubuntu, Fedora/RHEL, Alpine/macOS).
+HOST_CA_BUNDLES = (
+    Path("/etc/ssl/certs/ca-certificates.crt"),
+    Path("/etc/pki/tls/certs/ca-bundle.crt"),
+    Path("/etc/ssl/cert.pem"),
+)
 
 
 @dataclass(frozen=True)
@@ -266,6 +272,10 @@ def check_bottle_paths(
         ca = check_path(base / Path(bottle.ca_certs).expanduser(), "ca_certs", own, read_by_host=True)
         if not ca.is_file():
             raise ManifestError(f"ca_certs {ca} is not a file: point it at a CA bundle (.crt/.pem)")
+    elif bottle.host_ca:
+        # What this host trusts, builds and the guard trust too (a TLS-inspecting network is the case).
+        found = next((p for p in HOST_CA_BUNDLES if p.is_file()), None)
+        ca = check_path(found, "the host's CA bundle", own, read_by_host=True) if found else None
     from .gitguard import protected
 
     return BottlePaths(ws, tuple(mounts), ca, own, tuple(protected(ws)))

@@ -45,7 +45,9 @@ def owned_by(labels: Mapping[str, str], ns: str) -> bool:
 
 @dataclass(frozen=True)
 class RuntimeIds:
-    """Who the agent and guard run as. Never root: a root host user maps to fixed unprivileged ids."""
+    """Who the agent and guard run as. The guard never as root (a root host user maps it to 10001). The
+    agent as whoever owns the work: uid 0 only for root's own workspace, and then without capabilities
+    (cap_drop ALL, no-new-privileges), so it can write what root owns there and nothing a capability gives."""
 
     agent_uid: int
     agent_gid: int
@@ -55,7 +57,8 @@ class RuntimeIds:
     @classmethod
     def for_host(cls, workspace: Path | None = None) -> RuntimeIds:
         """The agent runs as the invoking user, so what it writes in the workspace is theirs. Under root
-        that is the sudo user, else the workspace's owner; only a root-owned workspace gets 1000."""
+        that is the sudo user, else the workspace's owner; a root-owned workspace (a server, a CI runner, a
+        dev container) gets uid 0 without capabilities: it must be able to edit what it was given."""
         uid, gid = os.getuid(), os.getgid()
         if uid != 0:
             return cls(uid, gid, uid, gid)
@@ -65,7 +68,7 @@ class RuntimeIds:
             st = workspace.stat()
             agent = (st.st_uid, st.st_gid)
         else:
-            agent = (1000, 1000)
+            agent = (0, 0)
         return cls(*agent, 10001, 10001)
 
     def agent_can_write(self, path: Path) -> bool:

@@ -151,7 +151,9 @@ class BottleBackend(ABC):
         """Every bottle this backend can see, by slug, from a fixed number of engine calls."""
 
     @abstractmethod
-    def doctor(self) -> list[Check]: ...
+    def doctor(self, base_images: Sequence[str] = ()) -> list[Check]:
+        """Is this machine ready for this backend: engine, tools, and the base images a manifest names
+        (`base_images`; the defaults without one)? One Check per item, with the fix."""
 
     @abstractmethod
     def prepare_cleanup(self) -> BottleCleanupPlan:

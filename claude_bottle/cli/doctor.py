@@ -9,19 +9,37 @@ from typing import Any
 from rich.markup import escape
 
 from ..backend import DEFAULT_BACKEND, Check
-from ._common import out
+from ._common import add_manifest_arg, err, out
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("doctor", help="check the engine, compose, images and KVM (every backend)")
+    add_manifest_arg(p)
     p.set_defaults(run=run)
+
+
+def _base_images(args: argparse.Namespace) -> list[str]:
+    """The base images the manifest here names (only read for their names: nothing in it is used, so it
+    need not be trusted); none when there is no readable manifest."""
+    from ..errors import BottleError
+    from ..manifest import find_manifest, load_manifest
+    from ..state import bottle_home
+
+    try:
+        path = args.manifest or find_manifest(home=bottle_home())
+        manifest = load_manifest(path)
+    except BottleError as exc:
+        err.print(f"[dim]note: checking the default base image ({escape(str(exc))})[/]")
+        return []
+    out.print(f"manifest: {escape(str(manifest.path))}")
+    return sorted({b.base_image for b in manifest.bottles.values()})
 
 
 def run(args: argparse.Namespace) -> int:
     from ..lifecycle import doctor_checks
 
     required_ok = True
-    for name, found in doctor_checks():
+    for name, found in doctor_checks(_base_images(args)):
         checks = list(found)
         if name == "docker":
             kvm = os.access("/dev/kvm", os.R_OK | os.W_OK)

@@ -10,8 +10,6 @@ from ..errors import BottleError
 from ..state import bottle_home, write_private
 from ._common import err, out
 
-HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
-
 
 def register(sub: Any) -> None:
     p = sub.add_parser("init", help="write a starter claude-bottle.toml here")
@@ -27,7 +25,7 @@ def write_starter(path: Path, *, force: bool) -> Path:
 
     if path.exists() and not force:
         raise BottleError(f"{path} already exists: edit it, or pass --force to replace it")
-    text = starter_manifest(host_ca_bundle=HOST_CA_BUNDLE if HOST_CA_BUNDLE.is_file() else None)
+    text = starter_manifest()
     parse_manifest(text, path=path)  # the starter must always be valid
     write_private(path.resolve(), text, mode=0o644)
     return path

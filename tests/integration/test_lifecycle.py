@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from .conftest import NS, STATE, Cli, docker
+from .conftest import NS, STATE, Cli, Internet, docker, trusted, write_manifest
 
 
 def containers(slug: str) -> list[str]:
@@ -121,3 +121,36 @@ def test_ctrl_c_mid_start_leaves_nothing(cli: Cli, tmp_path: Path) -> None:
     assert proc.returncode == 130, err  # interrupted mid-start, never a finished start
     assert containers(slug) == [] and networks(slug) == []
     assert not (cli.home / STATE / slug).exists()
+
+
+def test_the_agent_can_edit_the_workspace_of_whoever_runs_the_cli(tmp_path: Path, internet: Internet) -> None:
+    """A project owned by the CLI's user (root here: a server, a CI runner, a dev container): the agent
+    edits it, as that uid, with no capabilities at all and no way to gain any."""
+    ws = tmp_path / "own-project"
+    ws.mkdir()
+    (ws / "README").write_text("mine\n")
+    (ws / "README").chmod(0o644)
+    c = Cli(tmp_path / "home", ws)
+    trusted(c, write_manifest(ws, internet))
+    slug = c.start()
+    try:
+        script = (
+            "id -u; grep -E '^(CapEff|CapPrm|CapBnd|NoNewPrivs)' /proc/self/status; "
+            "echo edited >> /workspace/README && echo new > /workspace/made-by-agent && echo wrote"
+        )
+        r = c.run("exec", slug, "--", "sh", "-c", script)
+        assert r.returncode == 0, r.stdout + r.stderr
+        lines = r.stdout.split("\n")
+        assert lines[0] == str(os.getuid())
+        caps = dict(line.split(":\t") for line in lines[1:5])
+        assert caps == {
+            "CapPrm": "0000000000000000",
+            "CapEff": "0000000000000000",
+            "CapBnd": "0000000000000000",
+            "NoNewPrivs": "1",
+        }
+        assert (ws / "README").read_text() == "mine\nedited\n"
+        made = ws / "made-by-agent"
+        assert made.read_text() == "new\n" and made.stat().st_uid == os.getuid()
+    finally:
+        c.run("stop", slug, "--rm")

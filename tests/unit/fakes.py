@@ -118,7 +118,7 @@ class FakeBackend(BottleBackend):
     def statuses(self) -> dict[str, BottleStatus]:
         return {s: BottleStatus(s, self.name, st) for s, st in self.live.items()}
 
-    def doctor(self) -> list[Check]:
+    def doctor(self, base_images: Sequence[str] = ()) -> list[Check]:
         return [Check("fake", True, "ok")]
 
     def prepare_cleanup(self) -> FakeCleanupPlan:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -198,11 +199,23 @@ def test_mounts_default_read_only_and_must_exist(tmp_path: Path) -> None:
     assert verify == ["/workspace", "/data", "/rw"]
 
 
-def test_root_host_maps_to_unprivileged_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_who_the_agent_and_guard_run_as(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr("os.getuid", lambda: 0)
     monkeypatch.setattr("os.getgid", lambda: 0)
-    ids = RuntimeIds.for_host()
-    assert 0 not in (ids.agent_uid, ids.agent_gid, ids.guard_uid, ids.guard_gid)
+    monkeypatch.delenv("SUDO_UID", raising=False)
+    users = tmp_path / "users-project"
+    users.mkdir()
+    os.chown(users, 1000, 1001)
+    # Root on someone's project: the agent is its owner; root's own project: uid 0 (no capabilities).
+    assert RuntimeIds.for_host(users) == RuntimeIds(1000, 1001, 10001, 10001)
+    roots = tmp_path / "roots-project"
+    roots.mkdir()
+    assert RuntimeIds.for_host(roots) == RuntimeIds(0, 0, 10001, 10001)
+    monkeypatch.setenv("SUDO_UID", "1234")
+    monkeypatch.setenv("SUDO_GID", "99")
+    assert RuntimeIds.for_host(roots) == RuntimeIds(1234, 99, 10001, 10001)  # sudo: the user who asked
+    monkeypatch.delenv("SUDO_UID")
+    monkeypatch.delenv("SUDO_GID")
     monkeypatch.setattr("os.getuid", lambda: 1234)
     monkeypatch.setattr("os.getgid", lambda: 99)
     assert RuntimeIds.for_host() == RuntimeIds(1234, 99, 1234, 99)

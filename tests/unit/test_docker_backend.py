@@ -74,3 +74,42 @@ sys.exit(1 if any(r.startswith('missing') for r in refs) else 0)
 
 def test_registry() -> None:
     assert "docker" in known_backend_names()
+
+
+DOCTOR_DOCKER = """
+args = sys.argv[1:]
+if args[:1] == ["version"]:
+    print("20.10.24 (API 1.41)")
+elif args[:2] == ["compose", "version"]:
+    print("2.40.3")
+elif args[:2] == ["image", "inspect"] or args[:1] == ["inspect"]:
+    present = {"python:3.11-slim-bookworm"}
+    print("\\n".join(f"{a} sha256:{abs(hash(a))}" for a in args if a in present))
+"""
+
+
+def test_doctor_checks_the_manifests_base_images(
+    fake_exe: Callable[[str, str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_exe("docker", DOCTOR_DOCKER)
+    manifest = tmp_path / "claude-bottle.toml"
+    manifest.write_text('[bottles.a]\nbase_image = "ubuntu:24.04"\n[bottles.b]\n[agents.c]\nbottle = "a"\n')
+    main(["doctor", "--manifest", str(manifest)])
+    out = capsys.readouterr().out
+    assert "image ubuntu:24.04: missing" in out and "image debian:bookworm-slim: missing" in out
+    assert "image python:3.11-slim-bookworm" in out
+    main(["doctor", "--manifest", str(tmp_path / "none.toml")])
+    captured = capsys.readouterr()
+    assert "ubuntu" not in captured.out and "image debian:bookworm-slim" in captured.out
+    assert "checking the default base image" in captured.err
+
+
+def test_compose_missing_for_this_user_is_one_line_naming_the_fix(fake_exe: Callable[[str, str], Path]) -> None:
+    from claude_bottle.backend.docker import engine
+
+    fake_exe(
+        "docker",
+        "sys.stderr.write(\"unknown shorthand flag: 'p' in -p\\nSee 'docker --help'.\\n\"); sys.exit(125)",
+    )
+    with pytest.raises(BackendError, match=r"^Docker Compose v2 is missing for this user .*scripts/setup as root"):
+        engine.compose_ls()

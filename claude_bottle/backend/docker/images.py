@@ -20,7 +20,7 @@ __all__ = ["GUARD_BASE_IMAGE", "ImageSpec", "agent_image_spec", "guard_image_spe
 
 GUARD_BASE_IMAGE = "python:3.11-slim-bookworm"
 CA_NAME = "claude-bottle-extra-ca.crt"
-SCRIPTS = ("bottle-wait-guard", "bottle-firewall", "bottle-run")  # copied into the agent image, executable
+SCRIPTS = ("bottle-wait-guard", "bottle-firewall", "bottle-run", "bottle-install")  # into the agent image
 
 
 def _template(name: str) -> str:
@@ -74,24 +74,34 @@ def agent_image_spec(bottle: BottleSpec, ids: RuntimeIds, *, ca_certs: Path | No
             f"ENV NODE_EXTRA_CA_CERTS=/usr/local/share/ca-certificates/{CA_NAME} "
             "PIP_CERT=/etc/ssl/certs/ca-certificates.crt"
         )
-    pip_run = ""
-    apt = list(bottle.packages)
-    if bottle.pip:
-        apt.append("python3-pip")
-        pip_run = "RUN pip install --no-cache-dir --break-system-packages " + " ".join(bottle.pip)
+    # The manifest's packages travel as data, one per line, never inside a RUN line (bottle-install).
+    for kind, names in (("apt", bottle.packages), ("npm", bottle.npm), ("pip", bottle.pip)):
+        files[f"packages/{kind}.txt"] = "".join(f"{n}\n" for n in names).encode()
     dockerfile = Template(_template("agent.Dockerfile")).substitute(
         base_image=bottle.base_image,
         ca_copy=ca_copy,
         ca_update=ca_update,
         ca_env=ca_env,
-        apt_packages=" ".join(apt),
+        pip_apt=" python3-pip" if bottle.pip else "",
         claude_code_version=resolve_version(bottle.claude_code_version),
-        npm_packages=" ".join(bottle.npm),
-        pip_run=pip_run,
+        user_setup=_user_setup(ids.agent_uid, ids.agent_gid),
         uid=ids.agent_uid,
         gid=ids.agent_gid,
     )
     return ImageSpec("agent", dockerfile, files)
+
+
+def _user_setup(uid: int, gid: int) -> str:
+    """The agent's user. uid 0 (root runs the CLI on a root-owned workspace) gets no account of its own:
+    it runs without capabilities, and its home is /home/claude like everyone's."""
+    dirs = "mkdir -p /workspace /home/claude/.claude"
+    if uid == 0:
+        return dirs
+    return (
+        f"(getent group {gid} >/dev/null || groupadd -g {gid} claude) \\\n"
+        f" && useradd -m -u {uid} -g {gid} -s /bin/bash claude \\\n"
+        f" && {dirs} && chown {uid}:{gid} /workspace /home/claude/.claude"
+    )
 
 
 def guard_image_spec() -> ImageSpec:
