@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import BottleError
-from .state import StateDir, bottle_home, write_private
+from .state import BottleRecord, StateDir, bottle_home, pid_alive, write_private
 
 if TYPE_CHECKING:
     from .backend import BottleBackend
@@ -21,14 +22,18 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EXIT_FILE",
+    "HOST_EXIT_FILE",
+    "NORMAL_ENDS",
     "RUN_LOG",
     "SESSION",
     "UNREADABLE_EXIT",
     "attach_argv",
     "claude_argv",
+    "notice_crash",
     "parse_exit_code",
     "read_exit_code",
     "resolve_version",
+    "run_end",
     "seed_config",
     "session_running",
     "start_session",
@@ -38,6 +43,9 @@ __all__ = [
 SESSION = "claude"  # the tmux session holding claude inside the bottle
 EXIT_FILE = "/tmp/claude-bottle-exit"  # noqa: S108 - inside the agent container, written by bottle-run
 RUN_LOG = "/home/claude/.claude/bottle-run.log"  # a detached headless run's output (state dir: claude-home)
+# claude's own ways out of an interactive session: /exit (0) and Ctrl-C twice (130): the user ended it.
+NORMAL_ENDS = (0, 130)
+HOST_EXIT_FILE = "bottle-run.exit"  # in claude-home: bottle-run leaves claude's exit code there
 UNREADABLE_EXIT = 137  # what an unreadable exit file counts as: killed
 
 PACKAGE = "@anthropic-ai/claude-code"
@@ -128,6 +136,7 @@ def claude_argv(
 def start_session(backend: BottleBackend, state: StateDir, argv: list[str], *, log: bool = False) -> None:
     """claude in a detached tmux session inside the bottle, so a terminal can attach and detach at will."""
     env = ["-e", f"BOTTLE_RUN_LOG={RUN_LOG}"] if log else []
+    (state.claude_home / HOST_EXIT_FILE).unlink(missing_ok=True)  # an earlier run's end is not this one's
     tmux = ["tmux", "-u", "new-session", "-d", "-s", SESSION, "-x", "200", "-y", "50", *env, "--", "bottle-run", *argv]
     rc = backend.exec(state=state, argv=tmux, tty=False, interactive=False)
     if rc != 0:
@@ -164,7 +173,43 @@ def parse_exit_code(text: str) -> int | None:
     return int(t) if re.fullmatch(r"[0-9]{1,3}", t) and int(t) < 256 else None
 
 
+def run_end(state: StateDir) -> int | None:
+    """The exit code the bottle's last claude run left in claude-home (None: still running, or never ran).
+    Read on the host, without following links (the agent can write claude-home)."""
+    try:
+        fd = os.open(state.claude_home / HOST_EXIT_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return None
+        return parse_exit_code(f.read(16).decode("ascii", "replace"))
+
+
 def read_exit_code(backend: BottleBackend, state: StateDir) -> int:
-    code, out = backend.exec_output(state=state, argv=["cat", EXIT_FILE])
-    rc = parse_exit_code(out) if code == 0 else None
+    rc = run_end(state)
+    if rc is None:  # the host file is missing or unreadable: ask the container's copy
+        code, out = backend.exec_output(state=state, argv=["cat", EXIT_FILE])
+        rc = parse_exit_code(out) if code == 0 else None
     return UNREADABLE_EXIT if rc is None else rc
+
+
+def notice_crash(state: StateDir, record: BottleRecord, engine: str | None) -> BottleRecord:
+    """A running bottle whose attached CLI died (SIGKILL, lost session), whose agent container exited, or
+    whose detached claude run ended non-zero is a crash nobody recorded: record it now, with the preserve
+    marker (SPEC S2). `engine` is the agent's status from its backend (None: unknown). Nothing is copied
+    here (`ls` and `cleanup` call this and must stay fast): the transcript snapshot is owed to the next
+    stop or resume."""
+    if record.status != "running":
+        return record
+    why = None
+    if record.attached_pid and not pid_alive(record.attached_pid, record.attached_started):
+        why = f"claude-bottle (pid {record.attached_pid}) died while attached"
+    elif engine is not None and engine.startswith(("exited", "dead")):
+        why = f"agent container {engine}"
+    elif not record.attached_pid and (rc := run_end(state)) not in (None, *NORMAL_ENDS):
+        why = f"claude exited with {rc} (a detached run)"
+    if why is None or state.busy():
+        return record
+    state.preserve_crash(why, snapshot=False)
+    return state.read()

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .backend import get_bottle_backend
+from .claude_code import NORMAL_ENDS, notice_crash, run_end
 from .errors import BottleError
-from .state import BottleRecord, StateDir, list_state_dirs, pid_alive
+from .state import list_state_dirs
 
 __all__ = ["BottleRow", "leftovers_hint", "list_bottles"]
 
@@ -56,12 +57,14 @@ def list_bottles(root: Path | None = None) -> list[BottleRow]:
     for d, recorded in records:
         engine = live.get(recorded.backend, {}).get(recorded.slug)
         try:
-            r = _notice_crash(d, recorded, engine)
+            r = notice_crash(d, recorded, engine)
         except (OSError, BottleError):
             r = recorded  # one odd state dir never breaks the listing of the others
         status: str = r.status
         if r.status == "running":
             status = engine or "gone"
+            if status == "running" and not r.attached_pid and run_end(d) in NORMAL_ENDS:
+                status = "running (claude finished)"  # a detached run that ended well; the bottle idles
         elif r.status == "creating" and d.abandoned(r):
             status = "abandoned (owner died mid-start)"
         resumable = d.resumable(r)
@@ -71,22 +74,6 @@ def list_bottles(root: Path | None = None) -> list[BottleRow]:
             )
         )
     return rows
-
-
-def _notice_crash(state: StateDir, record: BottleRecord, engine: str | None) -> BottleRecord:
-    """A running bottle whose attached CLI died (SIGKILL, lost session) or whose agent container exited is a
-    crash nobody recorded: record it now, with a transcript snapshot and the preserve marker (SPEC S2)."""
-    if record.status != "running":
-        return record
-    why = None
-    if record.attached_pid and not pid_alive(record.attached_pid, record.attached_started):
-        why = f"claude-bottle (pid {record.attached_pid}) died while attached"
-    elif engine is not None and engine.startswith(("exited", "dead")):
-        why = f"agent container {engine}"
-    if why is None or state.busy():
-        return record
-    state.preserve_crash(why, snapshot=False)  # `ls` copies nothing: the next stop or resume does
-    return state.read()
 
 
 def leftovers_hint(root: Path | None = None) -> str | None:

@@ -28,6 +28,7 @@ from .backend import (
     resolve_backend_name,
 )
 from .claude_code import (
+    NORMAL_ENDS,
     attach_argv,
     claude_argv,
     read_exit_code,
@@ -72,12 +73,14 @@ def _quiet(_line: str) -> None:
 
 @contextlib.contextmanager
 def _no_interrupts() -> Iterator[None]:
-    """Let a rollback finish: a second Ctrl-C must not leave a half-removed bottle."""
-    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """Let a rollback finish: a second Ctrl-C (or SIGTERM, SIGHUP) must not leave a half-removed bottle."""
+    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in sigs}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, old)
+        for sig, h in old.items():
+            signal.signal(sig, h)
 
 
 @dataclass
@@ -160,7 +163,8 @@ def _bring_up(
     state = bottle.state
     engine_touched = False
     try:
-        with state.lock():
+        # SIGTERM/SIGHUP (a kill, a closed terminal) end a start as Ctrl-C does: rolled back, nothing left.
+        with _terminations_as_exit(), state.lock():
             plan = backend.plan(bottle=bottle)
             if show_plan:
                 show_plan(plan)
@@ -300,7 +304,7 @@ def run_claude(
     except BaseException as exc:
         _finish(started, abnormal=f"claude-bottle was terminated ({type(exc).__name__} {exc})", notify=notify)
         raise
-    crashed = rc != 0
+    crashed = rc != 0 if prompt else rc not in NORMAL_ENDS  # /exit or Ctrl-C twice: the user ended it
     _finish(started, abnormal=f"claude exited with {rc}" if crashed else None, notify=notify)
     return RunResult(rc, crashed=crashed)
 
@@ -351,9 +355,10 @@ def _terminations_as_exit() -> Iterator[None]:
             signal.signal(sig, h)
 
 
-def attach_bottle(state: StateDir) -> int:
+def attach_bottle(state: StateDir, notify: Notify = _quiet) -> int:
     """This terminal on claude in a running bottle; claude is started first (continuing the bottle's
-    session, if it has one) when none runs."""
+    session, if it has one) when none runs. When claude ends while attached, its end is recorded: a
+    non-zero exit is a crash (preserved, snapshotted); the bottle itself stays up until `stop`."""
     from .bottle import Bottle
 
     record = state.read_whole()
@@ -366,7 +371,16 @@ def attach_bottle(state: StateDir) -> int:
         start_session(
             backend, state, claude_argv(bottle.agent, prompt=None, session_id=record.session_id, resume=resume)
         )
-    return backend.exec(state=state, argv=attach_argv(), tty=True, interactive=True, env=terminal_env())
+    rc = backend.exec(state=state, argv=attach_argv(), tty=True, interactive=True, env=terminal_env())
+    if session_running(backend, state):
+        return rc  # detached again: claude goes on
+    code = read_exit_code(backend, state)
+    if code not in NORMAL_ENDS:
+        state.preserve_crash(f"claude exited with {code}")
+        notify(f"claude exited with {code}: {state.slug} is kept as crashed; `claude-bottle resume {state.slug}`")
+    else:
+        notify(f"claude ended; {state.slug} still runs: `claude-bottle stop {state.slug}` when done")
+    return code
 
 
 # -- into a running bottle ----------------------------------------------------------------------------------

@@ -45,4 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _common.err.print("interrupted")
         return 130
+    except SystemExit as exc:  # SIGTERM/SIGHUP during a start or a foreground run (lifecycle)
+        if isinstance(exc.code, int) and exc.code > 128:
+            _common.err.print(f"terminated (signal {exc.code - 128})")
+            return exc.code
+        raise
     return rc

@@ -21,4 +21,4 @@ def run(args: argparse.Namespace) -> int:
     if not is_tty():
         raise BottleError("attach needs a terminal: run it from one (or use `claude-bottle logs SLUG`)")
     err.print("[dim]Ctrl-b d detaches (claude keeps running)[/]")
-    return attach_bottle(state_for(args))
+    return attach_bottle(state_for(args), notify=lambda line: err.print(line, markup=False, highlight=False))

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from .conftest import NS, STATE, Cli, Internet, docker, trusted, write_manifest
 
 
@@ -86,9 +88,10 @@ def test_missing_engine_is_exit_3_with_the_fix(cli: Cli) -> None:
     assert r.returncode == 3 and "fail engine" in r.stdout
 
 
-def test_ctrl_c_mid_start_leaves_nothing(cli: Cli, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_mid_start_leaves_nothing(cli: Cli, tmp_path: Path, sig: int) -> None:
     """The signal lands in the window on purpose: a `docker` shim runs the real `compose up`, then says so
-    and waits, so Ctrl-C arrives while the containers exist and the start is not finished."""
+    and waits, so Ctrl-C (or a kill) arrives while the containers exist and the start is not finished."""
     shim, real = tmp_path / "shim", shutil.which("docker")
     shim.mkdir()
     mark = tmp_path / "containers-up"
@@ -116,9 +119,9 @@ def test_ctrl_c_mid_start_leaves_nothing(cli: Cli, tmp_path: Path) -> None:
         assert time.monotonic() < deadline, "start never brought its containers up"
         time.sleep(0.05)
     slug = next(d.name for d in (cli.home / STATE).iterdir() if containers(d.name))
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err  # interrupted mid-start, never a finished start
+    assert proc.returncode == 128 + sig, err  # interrupted mid-start, never a finished start
     assert containers(slug) == [] and networks(slug) == []
     assert not (cli.home / STATE / slug).exists()
 

@@ -3,6 +3,7 @@ No file under claude_bottle/ knows it: tests register it by name in the registry
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -39,6 +40,7 @@ class FakeBackend(BottleBackend):
     live: ClassVar[dict[str, str]] = {}
     fail_at: ClassVar[str | None] = None
     interrupt_at: ClassVar[str | None] = None
+    signal_at: ClassVar[tuple[str, int] | None] = None
     exec_rc: ClassVar[int] = 0
     leftovers: ClassVar[set[str]] = set()
     unremovable: ClassVar[set[str]] = set()
@@ -46,6 +48,7 @@ class FakeBackend(BottleBackend):
     @classmethod
     def reset(cls) -> None:
         cls.calls, cls.live, cls.fail_at, cls.interrupt_at, cls.exec_rc = [], {}, None, None, 0
+        cls.signal_at = None
         cls.leftovers, cls.unremovable = set(), set()
         cls.logs_output = b""
         cls.execs, cls.on_exec, cls.outputs, cls.logs_follow = [], None, {}, []
@@ -54,6 +57,8 @@ class FakeBackend(BottleBackend):
         self.calls.append(what)
         if self.interrupt_at == what:
             raise KeyboardInterrupt
+        if self.signal_at is not None and self.signal_at[0] == what:
+            os.kill(os.getpid(), self.signal_at[1])  # as `kill PID` from outside, mid-step
         if self.fail_at == what:
             raise BackendError(f"fake {what} failed")
 

@@ -349,3 +349,13 @@ def test_verbs_on_an_odd_dir_say_what_it_is_and_stop_rm_removes_it(capsys: pytes
     assert "preserved" in capsys.readouterr().err
     assert main(["stop", "torn-aaaaa", "--rm"]) == 0
     assert [d.slug for d in list_state_dirs()] == ["empty-aaaaa", "kept-aaaaa"]
+
+
+def test_a_detached_run_that_failed_is_noticed_and_kept_by_cleanup(fake_docker: Path) -> None:
+    """Not noticed by any `ls` before: cleanup records the crash first, so the transcript is kept."""
+    sd = make_state("ran-aaaaa", status="running", session=True)
+    (sd.claude_home / "bottle-run.exit").parent.mkdir(parents=True)
+    (sd.claude_home / "bottle-run.exit").write_text("1\n")
+    plan = plan_from_engine(projects=[], containers=[], networks=[], live=set(), namespace="claude-bottle")
+    assert [s.slug for s in plan.kept] == ["ran-aaaaa"] and plan.kept[0].preserved == "crash"
+    assert sd.read().status == "crashed" and plan.state_dirs == []

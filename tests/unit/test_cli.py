@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import signal
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -133,6 +135,19 @@ def test_ctrl_c_mid_start_rolls_back(project: Path, capsys: pytest.CaptureFixtur
     FakeBackend.interrupt_at = "wait"
     assert main(["start", "claude", "--detach"]) == 130
     assert FakeBackend.calls[-1] == "stop" and slugs() == [] and FakeBackend.live == {}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.parametrize("step", ["images", "start", "wait"])
+def test_sigterm_mid_start_rolls_back_as_ctrl_c_does(project: Path, sig: int, step: str) -> None:
+    FakeBackend.signal_at = (step, sig)
+    before = set(Path(tempfile.gettempdir()).glob("claude-bottle-build-*"))
+    assert main(["start", "claude", "--detach"]) == 128 + sig
+    assert slugs() == [] and FakeBackend.live == {}
+    if step != "images":
+        assert FakeBackend.calls[-1] == "stop"
+    assert set(Path(tempfile.gettempdir()).glob("claude-bottle-build-*")) == before
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are put back
 
 
 def test_rollback_that_cannot_remove_keeps_a_record_for_cleanup(project: Path) -> None:

@@ -16,7 +16,7 @@ from claude_bottle import lifecycle
 from claude_bottle.backend import _BACKENDS
 from claude_bottle.cli import main
 from claude_bottle.manifest import AgentSpec
-from claude_bottle.state import bottle_home, list_state_dirs
+from claude_bottle.state import StateDir, bottle_home, list_state_dirs
 from claude_bottle.trust import trust_file
 
 from .fakes import FakeBackend
@@ -126,9 +126,7 @@ def test_a_signal_while_attached_preserves_the_run_as_a_crash(
         return None
 
     FakeBackend.on_exec = killed
-    with pytest.raises(SystemExit) as exc:
-        main(["start", "plain", "--prompt", "x"])
-    assert exc.value.code == 128 + sig
+    assert main(["start", "plain", "--prompt", "x"]) == 128 + sig
     (sd,) = list_state_dirs()
     record = sd.read()
     assert (record.status, sd.preserved()) == ("crashed", "crash")
@@ -146,10 +144,67 @@ def test_attach_starts_claude_continuing_the_session_when_none_runs(
     (sd.claude_home / "projects" / "-workspace").mkdir(parents=True)
     (sd.claude_home / "projects" / "-workspace" / f"{session_id}.jsonl").write_text("{}\n")
     FakeBackend.execs.clear()
+    FakeBackend.on_exec = ends_with(sd, "0")  # the user typed /exit while attached
     assert main(["attach", sd.slug]) == 0
     session, attach = FakeBackend.execs
     assert session.argv[-2:] == ["--resume", session_id]
     assert attach.argv == ["tmux", "-u", "attach-session", "-t", "claude"] and attach.tty
+    assert (sd.read().status, sd.preserved()) == ("running", None)  # a normal end; the bottle stays up
+
+
+def ends_with(sd: StateDir, code: str) -> Callable[[list[str]], int | None]:
+    """claude ends while attached, leaving its exit code where bottle-run does (claude-home)."""
+
+    def hook(argv: list[str]) -> int | None:
+        if "attach-session" in argv:
+            (sd.claude_home / "bottle-run.exit").write_text(code + "\n")
+        return None
+
+    return hook
+
+
+@pytest.mark.parametrize(("code", "crashed"), [("0", False), ("130", False), ("3", True), ("137", True)])
+def test_claude_ending_while_attached_is_recorded(
+    project: Path, monkeypatch: pytest.MonkeyPatch, code: str, crashed: bool
+) -> None:
+    tty(monkeypatch)
+    assert main(["start", "plain", "--detach"]) == 0
+    (sd,) = list_state_dirs()
+    FakeBackend.on_exec = ends_with(sd, code)
+    assert main(["attach", sd.slug]) == int(code)
+    record = sd.read()
+    if crashed:
+        assert (record.status, sd.preserved(), record.error) == ("crashed", "crash", f"claude exited with {code}")
+    else:
+        assert (record.status, sd.preserved()) == ("running", None)
+
+
+@pytest.mark.parametrize(
+    ("code", "status"), [("0", "running (claude finished)"), ("130", "running (claude finished)"), ("2", "crashed")]
+)
+def test_a_detached_runs_end_is_noticed_by_ls(
+    project: Path, capsys: pytest.CaptureFixture[str], code: str, status: str
+) -> None:
+    assert main(["start", "plain", "--prompt", "go", "--detach"]) == 0
+    (sd,) = list_state_dirs()
+    FakeBackend.live = {sd.slug: "running"}
+    (sd.claude_home / "bottle-run.exit").write_text(code + "\n")
+    capsys.readouterr()
+    assert main(["ls", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["status"] == status
+    if status == "crashed":
+        assert sd.preserved() == "crash" and sd.read().error == "claude exited with 2 (a detached run)"
+        assert sd.read().snapshot_due  # owed to the next stop or resume: ls copies nothing
+
+
+def test_a_new_run_clears_the_last_runs_end(project: Path) -> None:
+    assert main(["start", "plain", "--prompt", "go", "--detach"]) == 0
+    (sd,) = list_state_dirs()
+    (sd.claude_home / "bottle-run.exit").write_text("2\n")
+    assert main(["stop", sd.slug]) == 0
+    assert main(["resume", sd.slug, "--prompt", "again", "--detach"]) == 0
+    assert not (sd.claude_home / "bottle-run.exit").exists()
 
 
 def test_attach_needs_a_terminal(project: Path, capsys: pytest.CaptureFixture[str]) -> None:

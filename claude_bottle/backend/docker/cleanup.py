@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ... import process
+from ...claude_code import notice_crash
 from ...errors import BottleError
 from ...gitguard import settle_bottle
 from ...guard.files import drop_secrets
@@ -98,9 +99,15 @@ def plan_from_engine(
         (Stray(r.id, r.name) for r in mine_c if COMPOSE_LABEL not in r.labels), key=lambda s: s.name
     )
     plan.networks = sorted((Stray(r.id, r.name) for r in mine_n if COMPOSE_LABEL not in r.labels), key=lambda s: s.name)
+    agents = {
+        r.labels.get("claude-bottle.slug", ""): r.state
+        for r in mine_c
+        if r.labels.get("com.docker.compose.service") == "agent"
+    }
     for state in list_state_dirs(state_root):
         try:
-            record = state.read()
+            # A run that ended badly and was not yet noticed is recorded first (and so preserved, kept).
+            record = notice_crash(state, state.read(), agents.get(state.slug))
             summary = state.summary()
         except (OSError, BottleError) as exc:  # one odd dir is shown as it is; the rest goes on
             plan.kept.append(StateSummary(state.slug, state.path, "unreadable", False, False, False, None, 0, str(exc)))
