@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -19,6 +22,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 TEST_IMAGE = "python:3.11-slim-bookworm"
+DOCKER_SOCKET = "/var/run/docker.sock"
 # This run's namespace: every bottle object the suite makes is named and labelled with it, and the CLI
 # under test sees and cleans up nothing else (a user's bottles on the same engine survive the suite).
 NS = f"cbtest-{secrets.token_hex(3)}"
@@ -164,6 +168,13 @@ class Cli:
     home: Path
     cwd: Path
     namespace: str = NS
+    user: int | None = None  # run the CLI as this uid with the docker group only (a normal user), not as us
+
+    def prefix(self) -> list[str]:
+        if self.user is None:
+            return []
+        docker_gid = Path(DOCKER_SOCKET).stat().st_gid
+        return ["setpriv", f"--reuid={self.user}", f"--regid={self.user}", f"--groups={docker_gid}", "--"]
 
     @property
     def states(self) -> Path:
@@ -171,7 +182,11 @@ class Cli:
 
     def env(self, **extra: str) -> dict[str, str]:
         drop = ("PYTEST_", "ANTHROPIC_", "CLAUDE_CODE_OAUTH_TOKEN", "GITHUB_TOKEN", "GH_TOKEN")
+        if self.user is not None:
+            drop += ("COVERAGE_",)  # its data files live where a normal user may not write
         env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+        if self.user is not None:
+            env["HOME"] = str(self.home.parent / "user-home")
         env.update(
             CLAUDE_BOTTLE_HOME=str(self.home),
             CLAUDE_BOTTLE_NAMESPACE=self.namespace,
@@ -181,15 +196,14 @@ class Cli:
         env.update(extra)
         return env
 
-    @staticmethod
-    def argv(*args: str) -> list[str]:
-        return [sys.executable, "-m", "claude_bottle", *args]
+    def argv(self, *args: str) -> list[str]:
+        return [*self.prefix(), sys.executable, "-m", "claude_bottle", *args]
 
     def run(
         self, *args: str, check: bool = False, timeout: float = 540, **env: str
     ) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
-            [sys.executable, "-m", "claude_bottle", *args],
+            self.argv(*args),
             cwd=self.cwd,
             env=self.env(**env),
             capture_output=True,
@@ -208,7 +222,7 @@ class Cli:
     def sh(self, slug: str, script: str, *, stdin: str | None = None) -> tuple[int, str]:
         """Run a shell script in the bottle as the agent; (exit code, stdout+stderr)."""
         proc = subprocess.run(
-            [sys.executable, "-m", "claude_bottle", "exec", slug, "--", "sh", "-c", script],
+            self.argv("exec", slug, "--", "sh", "-c", script),
             cwd=self.cwd,
             env=self.env(),
             input=stdin or "",
@@ -272,19 +286,40 @@ def trusted(cli: Cli, manifest: Path) -> Path:
     return manifest
 
 
-@pytest.fixture(scope="module")
-def cli(tmp_path_factory: pytest.TempPathFactory, internet: Internet) -> Iterator[Cli]:
-    root = tmp_path_factory.mktemp("bottles")
+# Who runs the CLI: the invoker (root here, on a user's project) and, when the invoker is root, a normal
+# user in the docker group as well (uid 1000 through setpriv: no account is made or changed).
+WHO = ["invoker", "docker-group user"] if os.getuid() == 0 else ["invoker"]
+NORMAL_UID = 1000
+
+
+@contextlib.contextmanager
+def made_cli(tmp_path_factory: pytest.TempPathFactory, internet: Internet, who: str = "invoker") -> Iterator[Cli]:
+    """A CLI in a throwaway home with a trusted manifest in its project, run by `who`."""
+    # pytest's own temp dirs are root's alone: a normal user's files live in one of their own.
+    root = tmp_path_factory.mktemp("bottles") if who == "invoker" else Path(tempfile.mkdtemp(prefix="cbtest-user-"))
     ws = root / "workspace"
     ws.mkdir()
+    c = Cli(root / "home", ws, user=None if who == "invoker" else NORMAL_UID)
+    manifest = write_manifest(ws, internet)
     if os.getuid() == 0:
-        os.chown(ws, 1000, 1000)  # a user's project: the agent runs as its owner and can write it
-    c = Cli(root / "home", ws)
-    trusted(c, write_manifest(ws, internet))
-    yield c
-    # Whatever a test left: stop and remove it, by the CLI first, then by label.
-    for slug in c.ls():
-        c.run("stop", slug, "--rm")
+        # A user's project (the agent runs as its owner and can write it); for the normal user, all of it.
+        for p in [root, *root.rglob("*")] if c.user is not None else [ws]:
+            os.chown(p, NORMAL_UID, NORMAL_UID)
+    try:
+        trusted(c, manifest)
+        yield c
+    finally:
+        # Whatever a test left: stop and remove it.
+        for slug in c.ls():
+            c.run("stop", slug, "--rm")
+        if c.user is not None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory: pytest.TempPathFactory, internet: Internet) -> Iterator[Cli]:
+    with made_cli(tmp_path_factory, internet) as c:
+        yield c
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,15 @@ from typing import Any
 
 import pytest
 
-from .conftest import NS, TEST_GITHUB_TOKEN, TEST_IMAGE, TEST_KEY, Cli, Internet, docker
+from .conftest import NS, TEST_GITHUB_TOKEN, TEST_IMAGE, TEST_KEY, WHO, Cli, Internet, docker, made_cli
+
+
+@pytest.fixture(scope="module", params=WHO)
+def cli(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, internet: Internet) -> Iterator[Cli]:
+    """Every escape attempt, with the CLI run by the invoker and (under root) by a normal user in the
+    docker group, whose agent then shares that user's uid with the guard."""
+    with made_cli(tmp_path_factory, internet, request.param) as c:
+        yield c
 
 
 def lines_for(cli: Cli, slug: str, **match: Any) -> list[dict[str, Any]]:
@@ -255,3 +263,21 @@ def test_the_real_key_is_nowhere_in_the_bottle(cli: Cli, bottle: str) -> None:
     image = json.loads(docker("inspect", f"{NS}-{bottle}-agent").stdout)[0]["Config"]["Image"]
     history = docker("history", "--no-trunc", image).stdout
     assert "claude-code" in history and TEST_KEY not in history
+
+
+def test_the_guards_files_are_out_of_the_agents_reach(cli: Cli, bottle: str) -> None:
+    """Policy, secrets and the audit record live in the state dir, which no bottle mount exposes, whoever
+    runs the CLI (under a normal user the agent and the guard share a uid: only the mounts separate them)."""
+    find = "find / -xdev \\( -name policy.json -o -name secrets.json -o -name egress.jsonl \\) 2>/dev/null; echo end"
+    # The control: the same search finds such a file where the agent can see one.
+    _rc, out = cli.sh(bottle, f"touch /tmp/secrets.json; {find}; rm /tmp/secrets.json")
+    assert out.split() == ["/tmp/secrets.json", "end"], out
+    _rc, out = cli.sh(bottle, find.replace("-xdev ", ""))
+    assert out.split() == ["end"], f"guard files visible in the bottle: {out}"
+    rc, out = cli.sh(bottle, "id -u")
+    assert rc == 0 and out.strip() == str(cli.user if cli.user is not None else 1000)
+    state = cli.states / bottle
+    assert (state.stat().st_mode & 0o777) == 0o700
+    for name in ("policy.json", "secrets.json"):
+        st = (state / "guard" / name).stat()
+        assert st.st_mode & 0o077 == 0, name  # the owner's alone

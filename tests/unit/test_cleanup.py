@@ -359,3 +359,19 @@ def test_a_detached_run_that_failed_is_noticed_and_kept_by_cleanup(fake_docker: 
     plan = plan_from_engine(projects=[], containers=[], networks=[], live=set(), namespace="claude-bottle")
     assert [s.slug for s in plan.kept] == ["ran-aaaaa"] and plan.kept[0].preserved == "crash"
     assert sd.read().status == "crashed" and plan.state_dirs == []
+
+
+def test_cleanup_zeroes_the_secrets_of_what_it_stops_and_removes(fake_docker: Path) -> None:
+    witnesses = []
+    for slug, status in (("claude-rqih3", "running"), ("old-aaaaa", "stopped")):
+        sd = make_state(slug, status=status)
+        secrets = sd.path / "guard" / "secrets.json"
+        secrets.parent.mkdir()
+        secrets.write_text('{"routes": {"anthropic": {"value": "sk-ant-REAL"}}}')
+        witnesses.append(sd.path.parent / f"witness-{slug}")
+        os.link(secrets, witnesses[-1])
+    assert main(["cleanup", "--yes"]) == 0
+    assert not (StateDir("claude-rqih3").path / "guard" / "secrets.json").exists()  # stopped: state kept
+    assert not StateDir("old-aaaaa").path.exists()  # an orphan: removed
+    for w in witnesses:
+        assert w.read_bytes() == b"\0" * w.stat().st_size and w.stat().st_size > 0

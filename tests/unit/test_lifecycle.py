@@ -240,6 +240,45 @@ def test_secrets_are_zeroed_and_removed_at_stop(project: Path) -> None:
     assert other_name.read_bytes() == b"\0" * other_name.stat().st_size and other_name.stat().st_size > 0
 
 
+def plant_secrets(sd: StateDir) -> Path:
+    """The guard's secrets file, and a second name for it whose blocks must end up zeroed."""
+    secrets = sd.path / "guard" / "secrets.json"
+    secrets.parent.mkdir(exist_ok=True)
+    secrets.write_text('{"routes": {"anthropic": {"value": "sk-ant-REAL"}}}')
+    witness = sd.path.parent / f"witness-{sd.slug}-{len(list(sd.path.parent.glob('witness-*')))}"
+    os.link(secrets, witness)
+    return witness
+
+
+@pytest.mark.parametrize("how", ["stop --rm", "crash", "noticed crash, then stop", "failed resume"])
+def test_secrets_outlive_no_ending(project: Path, capsys: pytest.CaptureFixture[str], how: str) -> None:
+    if how == "crash":  # a foreground run whose claude fails: the bottle is stopped and kept as crashed
+        witness: list[Path] = []
+        FakeBackend.on_exec = lambda argv: (witness.append(plant_secrets(list_state_dirs()[0])), 3)[1]
+        assert main(["start", "plain", "--prompt", "x"]) == 3
+        (sd,) = list_state_dirs()
+        assert sd.preserved() == "crash"
+        w = witness[0]
+    else:
+        assert main(["start", "plain", "--detach"]) == 0
+        (sd,) = list_state_dirs()
+        w = plant_secrets(sd)
+        if how == "stop --rm":
+            assert main(["stop", sd.slug, "--rm"]) == 0
+            assert not sd.path.exists()
+        elif how == "noticed crash, then stop":
+            FakeBackend.live[sd.slug] = "exited (137)"
+            assert main(["ls"]) == 0
+            assert main(["stop", sd.slug]) == 0
+        else:
+            assert main(["stop", sd.slug]) == 0
+            w = plant_secrets(sd)
+            FakeBackend.fail_at = "wait"
+            assert main(["resume", sd.slug, "--detach"]) == 3
+    assert not (sd.path / "guard" / "secrets.json").exists()
+    assert w.read_bytes() == b"\0" * w.stat().st_size and w.stat().st_size > 0
+
+
 def test_grants_are_kept_across_resume(project: Path) -> None:
     assert main(["start", "plain", "--detach"]) == 0
     (sd,) = list_state_dirs()
