@@ -117,9 +117,15 @@ def start_bottle(
     backend = get_bottle_backend(backend_name)
     bottle = Bottle.new(manifest, agent_name, backend=backend_name, root=root)
     bottle.state.create()
-    bottle.state.write(
-        bottle.record(owner_pid=os.getpid(), owner_started=process_started(os.getpid()), session_id=str(uuid.uuid4()))
-    )
+    try:
+        bottle.state.write(
+            bottle.record(
+                owner_pid=os.getpid(), owner_started=process_started(os.getpid()), session_id=str(uuid.uuid4())
+            )
+        )
+    except BaseException:
+        bottle.state.remove()  # a full disk (or a signal) right after mkdir: nothing half-made stays
+        raise
     return _bring_up(bottle, backend, progress, fresh=True, show_plan=show_plan)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -29,6 +30,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def os_error_line(exc: OSError) -> str:
+    """One line for a failed host operation, naming the fix where there is a usual one."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    what = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{what}{where}: free some space there (or set CLAUDE_BOTTLE_HOME to a roomier place) and retry"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"{what}{where}: check who owns it (run claude-bottle as the user who made it)"
+    return f"{what}{where}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -45,6 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _common.err.print("interrupted")
         return 130
+    except OSError as exc:  # the host's side: a full disk, a permission, a vanished file
+        _common.err.print(f"[red]error:[/] {escape(os_error_line(exc))}")
+        return 1
     except SystemExit as exc:  # SIGTERM/SIGHUP during a start or a foreground run (lifecycle)
         if isinstance(exc.code, int) and exc.code > 128:
             _common.err.print(f"terminated (signal {exc.code - 128})")

@@ -716,12 +716,15 @@ class Guard:
         client_done: bool = False,
     ) -> None:
         """Both directions until each side closes. With client_done (one checked request has been sent),
-        nothing more from the client is relayed: a pipelined second request would go unchecked."""
+        nothing more from the client is relayed: a pipelined second request would go unchecked. An
+        upstream that breaks before answering a checked request gets the client a 502, never silence."""
         conn.entry["tunnel"] = True
+        unanswered = False
 
         async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, up: bool) -> None:
             """One direction until its end: a clean end is passed on as a half-close; a broken one (a
             reset, an error) ends both directions, so neither side waits for ever."""
+            nonlocal unanswered
             try:
                 while chunk := await src.read(CHUNK):
                     dst.write(chunk)
@@ -730,9 +733,15 @@ class Guard:
                     else:
                         conn.down += len(chunk)
                     await dst.drain()
-                if dst.can_write_eof():
+                if not up and client_done and conn.down == 0:
+                    unanswered = True  # closed without a byte of response
+                elif dst.can_write_eof():
                     dst.write_eof()
             except (ConnectionError, OSError):
+                if not up and client_done and conn.down == 0:
+                    unanswered = True
+                    up_w.close()
+                    return
                 for w in (writer, up_w):
                     w.close()
 
@@ -744,6 +753,12 @@ class Guard:
 
         upward = half_close() if client_done else pump(reader, up_w, up=True)
         await asyncio.gather(upward, pump(up_r, writer, up=False))
+        if unanswered:
+            conn.entry["status"] = 502
+            await self._respond(
+                writer, 502, b"claude-bottle egress guard: the upstream closed without answering\n", "text/plain",
+                "upstream closed without answering",
+            )
 
     @staticmethod
     async def _respond(

@@ -7,6 +7,8 @@ Run in a container on the test network: python3 upstream.py --port 80 --root /sr
   has come back yet; otherwise a text reply that quotes the user's first words. Enough for `claude -p`
   to complete a plain turn and a tool-use turn.
 - POST /_hold?SECONDS       -> reads the body, records it, then holds the connection that long unanswered
+- GET /_reset               -> resets the connection (RST) without answering, recording nothing
+- GET /_soak                -> "ok", recording nothing (for load tests)
 - anything else under GET   -> a file from --root, or "hello from NAME"
 - UDP port 53               -> echoes each datagram back ("echo:" + data)
 Standard library only, so it runs in any python3 image.
@@ -15,7 +17,10 @@ Standard library only, so it runs in any python3 image.
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import socket
+import struct
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -94,6 +99,14 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self) -> None:
+        if self.path.startswith("/_reset"):
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+            self.wfile, self.close_connection = io.BytesIO(), True  # nothing more is written
+            return
+        if self.path.startswith("/_soak"):
+            self._send(200, b"ok\n")
+            return
         if self.path == "/_requests":
             with LOCK:
                 data = json.dumps(SEEN).encode()
@@ -176,7 +189,6 @@ class Handler(BaseHTTPRequestHandler):
 
 def udp_echo(port: int) -> None:
     """Echo UDP datagrams: a listener a control container can reach, so "blocked" from a bottle means blocked."""
-    import socket
 
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind(("0.0.0.0", port))

@@ -145,6 +145,7 @@ def test_a_killed_guard_comes_back_and_a_stopped_one_leaves_the_agent_nowhere(cl
         assert "hello from allowed" in out, out
         # While the guard is down the agent has no way out at all (no guard, no route, no name).
         docker("stop", "-t", "1", name)
+        assert cli.ls()[slug]["status"] == "running (guard exited)"  # ls says so
         for target in ("http://allowed.test/", f"http://{internet.allowed_ip}/"):
             for proxy in ("", "--noproxy '*'"):
                 rc, out = cli.sh(slug, f"curl -sS -m 5 {proxy} {target}")

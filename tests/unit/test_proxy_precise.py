@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import socket
+import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -433,3 +434,24 @@ def test_a_secret_in_a_route_header_other_than_the_credential_is_refused(tmp_pat
 
     asyncio.run(go())
     assert len(rec.seen) == 1
+
+
+@pytest.mark.parametrize("how", ["reset", "close"])
+def test_an_upstream_that_breaks_before_answering_gets_the_client_a_502(tmp_path: Path, how: str) -> None:
+    class Breaker(Recorder):
+        async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            if how == "reset":
+                sock = writer.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.close()
+
+    async def go() -> None:
+        async with setup(tmp_path, Breaker()) as (port, up, audit):
+            resp = await send(port, f"GET http://127.0.0.1:{up}/ HTTP/1.1\r\nHost: 127.0.0.1:{up}\r\n\r\n".encode())
+            assert resp.startswith(b"HTTP/1.1 502 Bad Gateway\r\n"), resp
+            assert b"X-Claude-Bottle-Reason: upstream closed without answering\r\n" in resp
+            end = [ln for ln in lines(audit) if ln.get("kind") == "end"]
+            assert len(end) == 1 and end[0]["status"] == 502 and end[0]["bytes_down"] == 0
+
+    asyncio.run(go())
