@@ -756,7 +756,10 @@ class Guard:
         if unanswered:
             conn.entry["status"] = 502
             await self._respond(
-                writer, 502, b"claude-bottle egress guard: the upstream closed without answering\n", "text/plain",
+                writer,
+                502,
+                b"claude-bottle egress guard: the upstream closed without answering\n",
+                "text/plain",
                 "upstream closed without answering",
             )
 
