@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import pty
 import select
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import pyte
 import pytest
 
 from .conftest import NS, STATE, TEST_KEY, Cli, Internet, docker, trusted, write_manifest
@@ -143,55 +148,80 @@ def _read_until(fd: int, deadline: float, buf: bytearray) -> None:
             return
 
 
-def test_interactive_run_through_a_terminal(ccli: Cli) -> None:
+COLS, ROWS = 120, 40
+
+
+@pytest.mark.parametrize("leave", ["/exit", "ctrl-c twice"])
+def test_interactive_run_through_a_terminal_looks_as_outside_and_ends_normally(ccli: Cli, leave: str) -> None:
+    """The operator's view, read from a VT100 screen fed with what reaches their terminal: Claude Code's
+    glyphs as UTF-8 (not underscores), its rules as text (not the line-drawing fallback), no tmux hint;
+    and leaving claude as it documents (/exit, Ctrl-C twice) is a normal end, not a crash."""
+    env = ccli.env(TERM="xterm-256color", COLORTERM="truecolor", LANG="C.UTF-8")
     pid, fd = pty.fork()
     if pid == 0:  # child: the CLI on a pseudo-terminal, as a person would run it
         os.chdir(ccli.cwd)
-        os.execvpe(sys.executable, [sys.executable, "-m", "claude_bottle", "start", "claude"], ccli.env())  # noqa: S606
+        os.execvpe(sys.executable, [sys.executable, "-m", "claude_bottle", "start", "claude"], env)  # noqa: S606
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", ROWS, COLS, 0, 0))
+    screen = pyte.Screen(COLS, ROWS)
+    stream = pyte.ByteStream(screen)
     buf = bytearray()
     slug = None
+
+    def pump(seconds: float) -> None:
+        before = len(buf)
+        _read_until(fd, time.monotonic() + seconds, buf)
+        stream.feed(bytes(buf[before:]))
+
+    def shown() -> str:
+        return "\n".join(screen.display)
+
+    def wait_for(text: str, timeout: float = 120) -> str:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            pump(0.5)
+            if text in shown():
+                return shown()
+        raise AssertionError(f"{text!r} never appeared on the operator's screen:\n{shown()}")
+
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and slug is None:
-            _read_until(fd, time.monotonic() + 1, buf)
+            pump(1)
             for line in buf.decode(errors="replace").splitlines():
                 if line.strip().startswith("claude-") and len(line.strip()) == len("claude-xxxxx"):
                     slug = line.strip()
         assert slug, buf.decode(errors="replace")[-2000:]
-
-        def screen() -> str:
-            return docker(
-                "exec", f"{NS}-{slug}-agent", "tmux", "capture-pane", "-p", "-t", "claude", check=False
-            ).stdout
-
-        def wait_for(text: str, timeout: float = 120) -> str:
-            end = time.monotonic() + timeout
-            while time.monotonic() < end:
-                _read_until(fd, time.monotonic() + 0.5, buf)
-                shown = screen()
-                if text in shown:
-                    return shown
-            raise AssertionError(f"{text!r} never appeared; screen:\n{screen()}")
-
-        wait_for("\u276f")  # claude's prompt box (a heavy ">"): onboarding and trust dialogs were pre-answered
+        view = wait_for("\u276f")  # claude's prompt marker (a heavy ">"): on the operator's own screen
         os.write(fd, b"hello interactive")
-        wait_for("hello interactive")  # typed into claude's prompt box, then sent
+        view = wait_for("hello interactive")
         os.write(fd, b"\r")
-        wait_for("FAKE-UPSTREAM reply to: hello interactive")
-        os.write(fd, b"/exit")
-        wait_for("/exit")
-        os.write(fd, b"\r")
+        view = wait_for("FAKE-UPSTREAM reply to: hello interactive")
+        raw = bytes(buf)
+        assert "\u276f".encode() in raw  # sent as UTF-8, not replaced by tmux with "_"
+        assert b"\x1b(0" not in raw, "rules drawn in the line-drawing fallback: tmux thinks the terminal is not UTF-8"
+        assert "focus-events" not in view and b"focus-events" not in raw
+        assert any(ch in view for ch in "\u256d\u2500\u2502\u23bf\u25cf"), view  # box rules and markers as text
+        if leave == "/exit":
+            os.write(fd, b"/exit")
+            wait_for("/exit")
+            os.write(fd, b"\r")
+        else:
+            os.write(fd, b"\x03")
+            time.sleep(0.5)
+            pump(0.5)
+            os.write(fd, b"\x03")
         end = time.monotonic() + 60
         status = None
         while time.monotonic() < end:
-            _read_until(fd, time.monotonic() + 0.5, buf)
+            pump(0.5)
             done, status = os.waitpid(pid, os.WNOHANG)
             if done:
                 break
         assert status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, buf[-2000:]
-        assert ccli.ls()[slug]["status"] == "stopped"
+        row = ccli.ls()[slug]
+        assert (row["status"], row["preserved"]) == ("stopped", None), row  # a normal end, not a crash
     finally:
-        with __import__("contextlib").suppress(ProcessLookupError, ChildProcessError):
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
         os.close(fd)

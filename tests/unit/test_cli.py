@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import tempfile
 from collections.abc import Callable, Iterator
@@ -237,3 +238,28 @@ def test_start_hints_at_leftovers(project: Path, capsys: pytest.CaptureFixture[s
     sd.write(BottleRecord(slug=sd.slug, agent="claude", bottle="default", backend="fake", status="failed"))
     assert main(["start", "claude", "--detach"]) == 0
     assert "1 leftover bottle from earlier runs; `claude-bottle cleanup` reaps them" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ('mounts = [{ host = "../missing-dir", guest = "/data" }]', "mount source .*missing-dir does not exist"),
+        ('ca_certs = "../no-such.crt"', "ca_certs .*no-such.crt is not a file"),
+        ('[bottles.default.credentials.anthropic]\nsource = "env:CB_TEST_UNSET_KEY"', "CB_TEST_UNSET_KEY"),
+        ('[bottles.default.credentials.anthropic]\nsource = "file:/nonexistent/key"', "/nonexistent/key"),
+    ],
+)
+def test_every_check_without_the_engine_runs_before_any_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], extra: str, expected: str
+) -> None:
+    d = tmp_path / "proj"
+    d.mkdir()
+    head, _, tail = MANIFEST.partition("[bottles.default.egress]")
+    text = f"{head}{extra}\n[bottles.default.egress]{tail}" if not extra.startswith("[") else f"{MANIFEST}{extra}\n"
+    (d / "claude-bottle.toml").write_text(text)
+    trust_file(d / "claude-bottle.toml", home=bottle_home())
+    monkeypatch.chdir(d)
+    assert main(["start", "claude", "--detach"]) == 1
+    err = capsys.readouterr().err
+    assert re.search(expected, err), err
+    assert "images" not in FakeBackend.calls and slugs() == []  # refused before minutes of build, nothing left
