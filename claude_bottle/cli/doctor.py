@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
                     "kvm",
                     kvm,
                     "/dev/kvm usable" if kvm else "/dev/kvm missing",
-                    "only the smolmachines backend needs it: enable virtualisation / load kvm",
+                    "only a microVM backend needs it (none is registered yet): enable virtualisation / load kvm",
                 )
             )
         out.print(f"{escape(name)} backend:")
