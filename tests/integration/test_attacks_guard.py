@@ -186,7 +186,7 @@ def test_filling_the_disk_does_not_let_a_request_through_unrecorded(
                 f"curl -sS -m 10 -o /dev/null http://allowed.test/?n={i}; "
                 "curl -sS -m 10 -o /dev/null http://forbidden.test/",
             )
-        audit = (small_home / "home" / "state" / slug / "egress.jsonl").read_text()
+        audit = (c.states / slug / "egress.jsonl").read_text()
         lines = [json.loads(x) for x in audit.splitlines() if x.strip()]  # every line is whole JSON
         reached = [r for r in internet.requests("allowed")[before:] if r["path"].startswith("/?n=")]
         recorded = {ln.get("query") for ln in lines if ln.get("decision") == "allow" and ln.get("path") == "/"}

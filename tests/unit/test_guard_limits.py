@@ -464,7 +464,7 @@ def test_the_guard_process_serves_and_records_open_connections_at_shutdown(tmp_p
 
 
 def test_serve_in_process_answers_proxy_and_dns_and_summarises_on_its_timer(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from claude_bottle.egress import __main__ as guard_main
 
@@ -482,11 +482,13 @@ def test_serve_in_process_answers_proxy_and_dns_and_summarises_on_its_timer(
     args = guard_main.parse_args([
         "--policy", str(tmp_path / "policy.json"), "--secrets", str(tmp_path / "secrets.json"),
         "--audit", str(tmp_path / "egress.jsonl"), "--listen", f"127.0.0.1:{port}", "--dns", f"127.0.0.1:{dport}",
-        "--guard-ip", "10.0.0.14", "--ready-file", str(tmp_path / "ready"), "--clients", "127.0.0.0/8",
+        "--guard-ip", "10.0.0.14", "--ready-file", str(tmp_path / "ready"), "--clients", "10.9.9.9/32,127.0.0.0/8",
         "--cafile", str(tmp_path / "absent.crt"),
     ])  # fmt: skip
+    summarised_by_the_timer = False
 
     async def go() -> None:
+        nonlocal summarised_by_the_timer
         stop = asyncio.Event()
         task = asyncio.create_task(guard_main.serve(args, stop))
         for _ in range(500):
@@ -519,12 +521,120 @@ def test_serve_in_process_answers_proxy_and_dns_and_summarises_on_its_timer(
         for _ in range(200):  # ... is summarised by the timer, without another query
             await asyncio.sleep(0.02)
             if '"kind":"summary"' in (tmp_path / "egress.jsonl").read_text():
+                summarised_by_the_timer = True
                 break
         stop.set()
         await asyncio.wait_for(task, 10)
 
     asyncio.run(go())
+    assert summarised_by_the_timer  # not only by the last flush at stop
+    assert capsys.readouterr().out == f"claude-bottle guard listening on 127.0.0.1:{port}, dns on 127.0.0.1:{dport}\n"
     got = lines(tmp_path / "egress.jsonl")
+    assert {ln.get("bottle") for ln in got} == {"t-abcde"}
     assert any(ln["kind"] == "summary" and ln["source"] == "dns" for ln in got)
     assert [ln["reason"] for ln in got if ln.get("kind") == "dns"][:3] == ["local name", "local name", "nxdomain"]
     assert "AKIAHONEYTOKEN000042" not in (tmp_path / "egress.jsonl").read_text()
+
+
+def test_the_guards_arguments_and_addresses(capsys: pytest.CaptureFixture[str]) -> None:
+    from claude_bottle.egress import __main__ as guard_main
+
+    args = guard_main.parse_args(["--policy", "p.json"])
+    assert (args.listen, args.secrets, args.audit, args.dns, args.clients, args.cafile) == (
+        "0.0.0.0:3128", None, None, None, None, None,
+    )  # fmt: skip
+    with pytest.raises(SystemExit):
+        guard_main.parse_args([])  # the policy is required
+    assert "claude-bottle-guard: error: the following arguments are required: --policy" in capsys.readouterr().err
+    assert guard_main._hostport("10.0.0.2:3128") == ("10.0.0.2", 3128)
+    assert guard_main._hostport(":53") == ("127.0.0.1", 53)
+    assert guard_main._hostport("::1:53") == ("::1", 53)
+
+
+def test_serve_admits_only_its_clients_and_runs_without_optional_files(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """With only a policy (no secrets, audit file or DNS) the guard serves, decisions going to stdout; a
+    client outside `--clients` is refused by the proxy and by DNS."""
+    from claude_bottle.egress import __main__ as guard_main
+
+    (tmp_path / "policy.json").write_text(json.dumps({"bottle": "t-abcde", "allow": []}))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = guard_main.parse_args(["--policy", str(tmp_path / "policy.json"), "--listen", f"127.0.0.1:{port}",
+                                  "--ready-file", str(tmp_path / "ready"), "--clients", "10.9.9.9/32"])  # fmt: skip
+
+    async def go() -> bytes:
+        stop = asyncio.Event()
+        task = asyncio.create_task(guard_main.serve(args, stop))
+        for _ in range(500):
+            if (tmp_path / "ready").exists():
+                break
+            await asyncio.sleep(0.01)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /__bottle/health HTTP/1.1\r\n\r\n")
+        try:
+            resp = await asyncio.wait_for(reader.read(), 10)
+        except ConnectionResetError:
+            resp = b""  # refused by a reset
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        return resp
+
+    resp = asyncio.run(go())
+    assert not resp.startswith(b"HTTP/1.1 200"), resp  # 127.0.0.1 is not a client
+    out = capfd.readouterr().out
+    assert out.startswith(f"claude-bottle guard listening on 127.0.0.1:{port}\n")
+    assert "client outside the bottle" in out, out
+
+
+def test_dns_refuses_a_non_client(tmp_path: Path) -> None:
+    from claude_bottle.egress import __main__ as guard_main
+
+    (tmp_path / "policy.json").write_text(json.dumps({"bottle": "t-abcde", "allow": []}))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        dport = s.getsockname()[1]
+    args = guard_main.parse_args(["--policy", str(tmp_path / "policy.json"), "--listen", f"127.0.0.1:{port}",
+                                  "--audit", str(tmp_path / "egress.jsonl"), "--dns", f"127.0.0.1:{dport}",
+                                  "--guard-ip", "10.0.0.14", "--ready-file", str(tmp_path / "ready"),
+                                  "--clients", "10.9.9.9/32"])  # fmt: skip
+
+    async def go() -> bytes | None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(guard_main.serve(args, stop))
+        for _ in range(500):
+            if (tmp_path / "ready").exists():
+                break
+            await asyncio.sleep(0.01)
+        answers: asyncio.Queue[bytes] = asyncio.Queue()
+
+        class Client(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: Any) -> None:
+                answers.put_nowait(data)
+
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            Client, remote_addr=("127.0.0.1", dport)
+        )
+        transport.sendto(dns_query("egress"))
+        try:
+            reply: bytes | None = await asyncio.wait_for(answers.get(), 0.5)
+        except TimeoutError:
+            reply = None
+        transport.close()
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        return reply
+
+    assert asyncio.run(go()) is None, "a non-client got an answer"
+    assert any(
+        ln.get("source") == "dns" and "client outside the bottle" in json.dumps(ln)
+        for ln in lines(tmp_path / "egress.jsonl")
+    )
