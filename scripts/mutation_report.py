@@ -56,10 +56,16 @@ def main() -> int:
         group = "egress" if "/egress/" in module else "other"
         totals[group] += c
         rows.append((module, c, score))
+    checked = sum(c["killed"] + c["timeout"] + c["survived"] + c["no tests"] for c in totals.values())
+    if not checked:
+        print("no mutant was checked: the run failed (run `.venv/bin/mutmut run` to see why)", file=sys.stderr)
+        return 1
+    unchecked = sum(c["not checked"] for c in totals.values())
     lines = [
         BEGIN,
         "",
-        f"Measured {datetime.now(UTC):%Y-%m-%d} with mutmut (`./scripts/mutation`), against the unit tests.",
+        f"Measured {datetime.now(UTC):%Y-%m-%d} with mutmut (`./scripts/mutation`), against the unit tests"
+        + (f"; {unchecked} mutants were not reached before the run stopped." if unchecked else "."),
         "",
     ]
     lines += [

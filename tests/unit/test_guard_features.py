@@ -337,3 +337,44 @@ def test_dns_flood_is_summarised_not_logged_line_by_line(tmp_path: Path) -> None
     (summary,) = [ln for ln in lines if ln["kind"] == "summary"]
     assert summary["source"] == "dns" and summary["suppressed"] == 500 - len(logged)
     assert summary["counts"] == [{"decision": "deny", "reason": "nxdomain", "count": 500 - len(logged)}]
+
+
+@pytest.mark.parametrize("how", ["plain", "tunnel"])
+def test_responses_stream_before_the_upstream_finishes(tmp_path: Path, how: str) -> None:
+    """The upstream sends its first part, then holds the rest until the client has seen that part: a guard
+    that buffered a response (plain HTTP or a tunnel) until the upstream finished would never deliver it."""
+    release = asyncio.Event()
+
+    async def held_upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if how == "tunnel":
+            await reader.readexactly(len(b"SSH-2.0-test\r\n"))
+        else:
+            await reader.readuntil(b"\r\n\r\n")
+        head = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n" if how == "plain" else b"SSH-2.0-up\r\n"
+        writer.write(head + b"first")
+        await writer.drain()
+        await asyncio.wait_for(release.wait(), 10)
+        writer.write(b"-last")
+        await writer.drain()
+        writer.close()
+
+    async def go(port: int, up: int, _audit: Path) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        if how == "tunnel":
+            writer.write(f"CONNECT 127.0.0.1:{up} HTTP/1.1\r\n\r\n".encode())
+            assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).startswith(b"HTTP/1.1 200")
+            writer.write(b"SSH-2.0-test\r\n")
+        else:
+            writer.write(f"GET http://127.0.0.1:{up}/ HTTP/1.1\r\n\r\n".encode())
+        await writer.drain()
+        got = b""
+        while not got.endswith(b"first"):
+            chunk = await asyncio.wait_for(reader.read(100), 5)  # times out if the guard holds the part back
+            assert chunk, got
+            got += chunk
+        release.set()
+        rest = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        assert rest.endswith(b"-last")
+
+    asyncio.run(with_guard(tmp_path, held_upstream, go))

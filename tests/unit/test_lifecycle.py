@@ -163,7 +163,7 @@ def ends_with(sd: StateDir, code: str) -> Callable[[list[str]], int | None]:
     return hook
 
 
-@pytest.mark.parametrize(("code", "crashed"), [("0", False), ("130", False), ("3", True), ("137", True)])
+@pytest.mark.parametrize(("code", "crashed"), [("0", False), ("130", False), ("3", True), ("137", True), ("143", True)])
 def test_claude_ending_while_attached_is_recorded(
     project: Path, monkeypatch: pytest.MonkeyPatch, code: str, crashed: bool
 ) -> None:
@@ -288,6 +288,22 @@ def test_grants_are_kept_across_resume(project: Path) -> None:
     grants = json.loads((sd.path / "grants.json").read_text())["egress"]
     assert grants == [{"host": "granted.example", "ports": [8443], "private": False}]
     assert sd.read().generation == 2
+    # ... and the guard the resumed bottle runs with is given them (not only the grants file).
+    policy = json.loads((sd.path / "guard" / "policy.json").read_text())
+    assert {"host": "granted.example", "ports": [8443]}.items() <= policy["allow"][-1].items()
+
+
+def test_grants_reach_pipelock_across_resume(project: Path) -> None:
+    manifest = project / "claude-bottle.toml"
+    text = manifest.read_text().replace("[bottles.default.egress]", '[bottles.default.egress]\nengine = "pipelock"', 1)
+    manifest.write_text(text)
+    trust_file(manifest, home=bottle_home())
+    assert main(["start", "plain", "--detach"]) == 0
+    (sd,) = list_state_dirs()
+    assert main(["grant", sd.slug, "--egress", "granted.example:8443"]) == 0
+    assert main(["stop", sd.slug]) == 0
+    assert main(["resume", sd.slug, "--detach"]) == 0
+    assert "granted.example" in (sd.path / "guard" / "pipelock.yaml").read_text()
 
 
 def test_ls_notices_an_agent_that_exited(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
