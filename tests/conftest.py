@@ -21,6 +21,33 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
+FAKESMOL = Path(__file__).parent / "fakesmol"
+_fake_smol: list[object] = []
+
+
+@pytest.fixture(autouse=True)
+def fake_smol(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> object:
+    """In every test process the smolmachines SDK is the fake (tests/fakesmol), its machines in this test's
+    own file: no test reads or changes this host's real machine database. (A CLI run as a subprocess gets
+    the fake by PYTHONPATH; see tests/integration.)"""
+    import importlib.util
+
+    from claude_bottle.backend.smolmachines import sdk
+
+    if not _fake_smol:
+        spec = importlib.util.spec_from_file_location("fakesmol_smol", FAKESMOL / "smol" / "__init__.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+        _fake_smol.append(module)
+    monkeypatch.setattr(sdk, "_module", _fake_smol[0])
+    monkeypatch.setenv("FAKE_SMOL_DB", str(tmp_path / "smol" / "db.json"))
+    for var in ("FAKE_SMOL_BOOT_FAIL", "FAKE_SMOL_EXEC", "FAKE_SMOL_UNAVAILABLE"):
+        monkeypatch.delenv(var, raising=False)
+    return _fake_smol[0]
+
+
 @pytest.fixture(autouse=True)
 def environ_unchanged() -> Iterator[None]:
     def snapshot() -> dict[str, str]:

@@ -42,6 +42,7 @@ ENV_VAR = "CLAUDE_BOTTLE_BACKEND"
 # name -> "module:Class"; imported lazily so a backend's imports cost nothing until it is used.
 _BACKENDS: dict[str, str] = {
     "docker": "claude_bottle.backend.docker.backend:DockerBottleBackend",
+    "smolmachines": "claude_bottle.backend.smolmachines.backend:SmolmachinesBottleBackend",
 }
 
 Progress = Callable[[str], None]  # a line of progress (builds, waits)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
 from rich.markup import escape
 
-from ..backend import DEFAULT_BACKEND, Check
+from ..backend import DEFAULT_BACKEND
 from ._common import add_manifest_arg, err, out
 
 
@@ -41,16 +40,6 @@ def run(args: argparse.Namespace) -> int:
     required_ok = True
     for name, found in doctor_checks(_base_images(args)):
         checks = list(found)
-        if name == "docker":
-            kvm = os.access("/dev/kvm", os.R_OK | os.W_OK)
-            checks.append(
-                Check(
-                    "kvm",
-                    kvm,
-                    "/dev/kvm usable" if kvm else "/dev/kvm missing",
-                    "only a microVM backend needs it (none is registered yet): enable virtualisation / load kvm",
-                )
-            )
         out.print(f"{escape(name)} backend:")
         for c in checks:
             mark = "[green]ok[/]  " if c.ok else "[red]fail[/]"

@@ -74,6 +74,11 @@ class GuardInputs:
     def guard_url(self) -> str:
         return f"http://egress:{self.port}"
 
+    def agent_env_for(self, guard_url: str) -> dict[str, str]:
+        """The agent's environment for a bottle that reaches its guard at another URL (a microVM reaches it
+        on a loopback address, with no name service)."""
+        return {k: v.replace(self.guard_url, guard_url) for k, v in self.agent_env.items()}
+
 
 def prepare_guard(
     state: StateDir,

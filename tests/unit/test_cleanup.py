@@ -63,6 +63,9 @@ def only_docker(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     FakeBackend.reset()
 
 
+INVENTORY = 5  # engine calls of a whole cleanup plan: compose ls, ps, network ls; ps, network ls (sidecars)
+
+
 def calls(log: Path) -> list[list[str]]:
     return [json.loads(x) for x in log.read_text().splitlines()]
 
@@ -147,9 +150,12 @@ def test_cleanup_yes_runs_in_order_and_removes_exactly_the_plan(
     make_state("kept-bbbbb", preserve="kept by the operator")
     assert main(["cleanup", "--yes"]) == 0
     argvs = calls(fake_docker)
-    # A fixed number of inventory calls, whatever the number of objects.
-    assert [a[:2] for a in argvs[:3]] == [["compose", "ls"], ["ps", "-a"], ["network", "ls"]]
-    removals = argvs[3:]
+    # A fixed number of inventory calls, whatever the number of objects: Docker's three, then the
+    # smolmachines backend's sidecar bundles (its machines come from the SDK, not installed here).
+    assert [a[:2] for a in argvs[:INVENTORY]] == [
+        ["compose", "ls"], ["ps", "-a"], ["network", "ls"], ["ps", "-a"], ["network", "ls"],
+    ]  # fmt: skip
+    removals = argvs[INVENTORY:]
     downs = [a for a in removals if a[0] == "compose"]
     assert sorted(a[2] for a in downs) == ["claude-bottle-claude-rqih3", "claude-bottle-claude-z710w"]
     assert all(a[-5:] == ["down", "--volumes", "--remove-orphans", "--timeout", "1"] for a in downs)
@@ -196,7 +202,7 @@ def test_answering_no_changes_nothing(
     make_state("old-aaaaa")
     monkeypatch.setattr("claude_bottle.cli.cleanup.confirm", lambda q: False)
     assert main(["cleanup"]) == 0
-    assert len(calls(fake_docker)) == 3  # the inventory, nothing removed
+    assert len(calls(fake_docker)) == INVENTORY  # the inventory, nothing removed
     assert [d.slug for d in list_state_dirs()] == ["old-aaaaa"]
     assert "aborted" in capsys.readouterr().err
 
@@ -205,13 +211,13 @@ def test_no_tty_and_no_yes_refuses(fake_docker: Path, capsys: pytest.CaptureFixt
     make_state("old-aaaaa")
     assert main(["cleanup"]) == 1
     assert "pass --yes" in capsys.readouterr().err
-    assert len(calls(fake_docker)) == 3
+    assert len(calls(fake_docker)) == INVENTORY
 
 
 def test_dry_run_prints_and_changes_nothing(fake_docker: Path, capsys: pytest.CaptureFixture[str]) -> None:
     make_state("old-aaaaa")
     assert main(["cleanup", "--dry-run"]) == 0
-    assert len(calls(fake_docker)) == 3 and [d.slug for d in list_state_dirs()] == ["old-aaaaa"]
+    assert len(calls(fake_docker)) == INVENTORY and [d.slug for d in list_state_dirs()] == ["old-aaaaa"]
     assert "orphan state dir: old-aaaaa" in capsys.readouterr().out
 
 

@@ -24,7 +24,7 @@ from ...walk import remove_tree
 from .. import BottleCleanupPlan, Report
 from .engine import ComposeProject, NetworkRow, PsRow
 
-__all__ = ["DockerBottleCleanupPlan", "plan_from_engine", "run_cleanup"]
+__all__ = ["DockerBottleCleanupPlan", "mark_stopped", "plan_from_engine", "run_cleanup"]
 
 COMPOSE_LABEL = "com.docker.compose.project"
 PARALLEL = 8
@@ -78,6 +78,10 @@ def _why_kept(s: StateSummary) -> str:
     return " (live bottle)"
 
 
+def _docker_backend(labels: dict[str, str]) -> bool:
+    return labels.get("claude-bottle.backend", "docker") == "docker"
+
+
 def plan_from_engine(
     *,
     projects: list[ComposeProject],
@@ -90,8 +94,9 @@ def plan_from_engine(
     """Build the plan from the engine's rows (the three calls) and the live slugs of every backend: the
     namespace's own objects only (by label, not by name), and every state dir, each classified."""
     plan = DockerBottleCleanupPlan()
-    mine_c = [r for r in containers if owned_by(r.labels, namespace)]
-    mine_n = [r for r in networks if owned_by(r.labels, namespace)]
+    # Another backend's objects on this engine (a microVM bottle's sidecar bundle) are that backend's to reap.
+    mine_c = [r for r in containers if owned_by(r.labels, namespace) and _docker_backend(r.labels)]
+    mine_n = [r for r in networks if owned_by(r.labels, namespace) and _docker_backend(r.labels)]
     labels = [r.labels for r in mine_c] + [r.labels for r in mine_n]
     ours = {lb[COMPOSE_LABEL] for lb in labels if COMPOSE_LABEL in lb}
     plan.projects = sorted((p for p in projects if p.name in ours), key=lambda p: p.name)
@@ -166,7 +171,7 @@ def run_cleanup(plan: DockerBottleCleanupPlan, report: Report) -> list[str]:
     with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
         for project, outcome in zip(plan.projects, pool.map(_down, plan.projects), strict=True):
             if _report(f"compose project {project.name}", outcome, failures, report):
-                _mark_stopped(_slug(project), report)
+                mark_stopped(_slug(project), report)
     # Containers before networks: they hold the network attachments. One call for each kind, and one
     # per object only if the batch failed, so a single bad object is named and does not stop the rest.
     _batch(["rm", "-f"], "container", plan.containers, failures, report)
@@ -204,7 +209,7 @@ def _batch(args: list[str], kind: str, items: list[Stray], failures: list[str], 
         _report(f"{kind} {i.name}", _attempt([*args, i.id]), failures, report)
 
 
-def _mark_stopped(slug: str, report: Report) -> None:
+def mark_stopped(slug: str, report: Report) -> None:
     """A bottle whose containers cleanup removed is no longer running: say so in its record, and settle
     what follows a run (secrets dropped, workspace checked)."""
     try:

@@ -1,0 +1,400 @@
+"""SmolmachinesBottleBackend: the agent in a microVM (PyPI `smolmachines`, sdk.py), its guard in a sidecar
+bundle on Docker (bundle.py), the VM's network scoped to the guard's loopback address and nothing else.
+
+Images are the Docker backend's (built there, then handed to the VM as a `docker save` archive cached by
+image id). Everything the bottle keeps lives in its state dir on the host, as on Docker.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import stat
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ...egress import HEALTH_PATH
+from ...errors import BackendError, BottleError
+from ...runtime import LABEL, NAMESPACE_LABEL, Identity, namespace
+from ...state import StateDir, bottle_home, now_iso, process_started, write_private
+from ...walk import remove_tree
+from .. import BottleBackend, BottleCleanupPlan, BottlePlan, BottleStatus, Check, Progress, Report
+from ..docker import engine
+from . import sdk
+from .bundle import ROLE_LABEL, Bundle, bundle_names, remove_bundle, start_bundle
+from .cleanup import SmolCleanupPlan, ours, plan_cleanup, run_cleanup
+
+if TYPE_CHECKING:
+    from ...bottle import Bottle
+    from ...guard.inputs import GuardInputs
+
+__all__ = ["SmolmachinesBottleBackend"]
+
+NAME = "smolmachines"
+VM_FILE = "vm.json"  # the bundle's address and the agent's environment (no secrets), for exec and resume
+AGENT_HOME = "/home/claude"
+BOOT_TIMEOUT = 90.0
+ARCHIVES_KEPT = 3
+STDIN_LIMIT = 16 * 2**20
+RUN_LOG = "bottle-run.log"  # claude-home: a detached headless run's output (claude_code.RUN_LOG)
+
+# Machine states from the SDK, as `ls` shows a container's.
+_STATES = {"running": "running", "created": "created", "stopped": "exited", "failed": "exited"}
+
+
+def memory_mb(text: str) -> int:
+    m = re.fullmatch(r"([0-9]+)([kmg]?)", text)
+    if not m:
+        raise BottleError(f"resources.memory {text!r}: use a number with k, m or g")
+    n, unit = int(m.group(1)), m.group(2)
+    mb = {"": n / 2**20, "k": n / 1024, "m": n, "g": n * 1024}[unit]
+    return max(128, math.ceil(mb))
+
+
+def guard_answers(url: str) -> bool:
+    """The guard's health endpoint answers 200 at `url` (asked directly, never through a proxy)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(f"{url}{HEALTH_PATH}", timeout=1) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _labels(state_slug: str) -> dict[str, str]:
+    return {NAMESPACE_LABEL: namespace(), f"{LABEL}.backend": NAME} | (
+        {f"{LABEL}.slug": state_slug} if state_slug else {}
+    )
+
+
+class SmolmachinesBottleBackend(BottleBackend):
+    name = NAME
+
+    def __init__(self) -> None:
+        from ..docker.backend import DockerBottleBackend
+
+        self._docker = DockerBottleBackend()  # images and the sidecars' engine
+
+    # -- start -----------------------------------------------------------------------------------
+    def plan(self, *, bottle: Bottle) -> BottlePlan:
+        """What cannot work on this backend is said before anything is built."""
+        sdk.sdk()  # the SDK is installed, or one line naming the install command
+        spec = bottle.spec
+        if spec.egress.engine == "pipelock":
+            raise BottleError(
+                "egress.engine = 'pipelock' runs on the docker backend only: use the built-in guard, or "
+                "--backend docker"
+            )
+        if spec.egress.networks:
+            raise BottleError(
+                "egress.networks (Docker networks) are for the docker backend only: remove them, or --backend docker"
+            )
+        names = bundle_names(bottle.slug)
+        return BottlePlan(
+            bottle,
+            [f"microVM {names.machine}: agent sealed behind its guard in {names.container} (loopback only)"],
+        )
+
+    def prepare_images(self, *, plan: BottlePlan, progress: Progress) -> dict[str, str]:
+        images = self._docker.prepare_images(plan=plan, progress=progress)
+        images["agent-archive"] = str(self._archive(images["agent"], progress))
+        return images
+
+    @staticmethod
+    def _archive(tag: str, progress: Progress) -> Path:
+        """The agent image as a `docker save` archive, once per image id (a new build, a new archive)."""
+        ids = engine.image_ids([tag])
+        if tag not in ids:
+            raise BackendError(f"image {tag} vanished after it was built: run start again")
+        image_id = ids[tag].removeprefix("sha256:")[:32]
+        cache = bottle_home() / "cache" / "smolmachines"
+        cache.mkdir(parents=True, exist_ok=True, mode=0o700)
+        archive = cache / f"{image_id}.tar"
+        if archive.is_file():
+            os.utime(archive)
+            return archive
+        progress(f"exporting {tag} for the microVM")
+        partial = cache / f".{image_id}.tar.partial"
+        engine.check(engine.docker("save", "-o", str(partial), tag, timeout=900), f"docker save {tag}")
+        partial.rename(archive)
+        for old in sorted(cache.glob("*.tar"), key=lambda p: p.stat().st_mtime)[:-ARCHIVES_KEPT]:
+            old.unlink(missing_ok=True)
+        return archive
+
+    def start(self, *, plan: BottlePlan, images: dict[str, str], guard: GuardInputs, progress: Progress) -> None:
+        b, state = plan.bottle, plan.state
+        identity = Identity(b.slug, self.name, os.getpid(), process_started(os.getpid()) or 0.0, now_iso(), namespace())
+        labels = identity.labels()
+        run_dir = state.path / "run"
+        remove_tree(run_dir)  # a stale "guard-ready" must never be trusted
+        run_dir.mkdir()
+        run_dir.chmod(0o777)  # the guard's unprivileged uid writes its mark; the state dir stays 0700
+        progress("starting the guard (sidecar bundle)")
+        bundle = start_bundle(
+            slug=b.slug, port=guard.port, guard=guard, image=images["guard"], ids=b.ids, labels=labels, run_dir=run_dir
+        )
+        env = self._agent_env(b, guard, bundle)
+        user = f"{b.ids.agent_uid}:{b.ids.agent_gid}"
+        write_private(
+            state.path / VM_FILE,
+            json.dumps({"address": bundle.address, "port": bundle.port, "env": env, "user": user}),
+        )
+        self._wait_guard(state, bundle, timeout=30.0)
+        progress("booting the microVM")
+        vm = sdk.Vm()
+        res = b.spec.resources
+        vm.create(
+            name=bundle_names(b.slug).machine,
+            image=images["agent-archive"],
+            labels=labels,
+            command=["sleep", "infinity"],
+            mounts=self._mounts(b),
+            cpus=max(1, math.ceil(res.cpus)),
+            memory_mb=memory_mb(res.memory),
+            allow_cidrs=[f"{bundle.address}/32"],
+            env=env,
+            workdir="/workspace",
+            user=user,
+            ready_timeout=BOOT_TIMEOUT,
+        )
+        self._plant_honey(state, guard)
+
+    @staticmethod
+    def _agent_env(b: Bottle, guard: GuardInputs, bundle: Bundle) -> dict[str, str]:
+        url = bundle.url
+        return {
+            **b.spec.env,
+            **guard.agent_env_for(url),
+            "HTTP_PROXY": url,
+            "HTTPS_PROXY": url,
+            "http_proxy": url,
+            "https_proxy": url,
+            "NO_PROXY": "localhost,127.0.0.1,::1",
+            "no_proxy": "localhost,127.0.0.1,::1",
+            "BOTTLE_GUARD_HEALTH": f"{url}{HEALTH_PATH}",
+            "CLAUDE_BOTTLE_SLUG": b.slug,
+            "HOME": AGENT_HOME,
+            "CLAUDE_CONFIG_DIR": f"{AGENT_HOME}/.claude",
+        }
+
+    @staticmethod
+    def _mounts(b: Bottle) -> list[sdk.Mount]:
+        """Workspace and ~/.claude as on Docker; the repository's control directories read-only (a file
+        cannot be a VM mount: .git/config is settled when the run ends, as everywhere); the manifest's own."""
+        ws = b.workspace
+        mounts = [
+            sdk.Mount(str(ws), "/workspace"),
+            sdk.Mount(str(b.state.claude_home), f"{AGENT_HOME}/.claude"),
+        ]
+        for rel in b.paths.protected:
+            if (ws / rel).is_dir() and not (ws / rel).is_symlink():
+                mounts.append(sdk.Mount(str(ws / rel), f"/workspace/{rel}", read_only=True))
+        mounts += [sdk.Mount(str(src), guest, read_only=ro) for src, guest, ro in b.paths.mounts]
+        return mounts
+
+    def _plant_honey(self, state: StateDir, guard: GuardInputs) -> None:
+        """The honeytoken files in the agent's home, written through exec (argv, no shell parsing of them)."""
+        if not guard.honey:
+            return
+        script = (
+            'umask 077; for p in "$@"; do f="$HOME/${p%%=*}"; mkdir -p "$(dirname "$f")"; '
+            'printf %s "${p#*=}" > "$f"; done'
+        )
+        pairs = [f"{rel}={path.read_text(encoding='utf-8')}" for rel, path in guard.honey.items()]
+        r = self._exec(state, ["sh", "-c", script, "sh", *pairs], timeout=30)
+        if r.code != 0:
+            raise BackendError(f"bottle {state.slug}: could not plant its honeytokens ({r.stderr.strip()[-200:]})")
+
+    def _wait_guard(self, state: StateDir, bundle: Bundle, *, timeout: float) -> None:
+        """The guard's mark in run/ and its health endpoint answering on the loopback address (50 ms polls)."""
+        deadline = time.monotonic() + timeout
+        mark = state.path / "run" / "guard-ready"
+        while True:
+            if mark.exists() and guard_answers(bundle.url):
+                return
+            if time.monotonic() > deadline:
+                self._fail_guard(state, timeout)
+            time.sleep(0.05)
+
+    @staticmethod
+    def _fail_guard(state: StateDir, timeout: float) -> None:
+        name = bundle_names(state.slug).container
+        logs = engine.docker("logs", "--tail", "3", name)
+        last = (logs.stdout + logs.stderr).strip().splitlines()[-1:] or ["(no output)"]
+        raise BackendError(f"bottle {state.slug}: its guard did not answer within {timeout:.0f}s; it said: {last[0]}")
+
+    def wait_ready(self, *, state: StateDir, timeout: float = 30.0) -> None:
+        """The guard answers on its address and the VM's agent runs a command."""
+        vm = self._vm_file(state)
+        self._wait_guard(state, Bundle(state.slug, str(vm["address"]), int(str(vm["port"]))), timeout=timeout)
+        r = self._exec(state, ["true"], timeout=timeout)
+        if r.code != 0:
+            raise BackendError(f"bottle {state.slug}: the microVM does not run commands ({r.stderr.strip()[-200:]})")
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def stop(self, *, state: StateDir) -> None:
+        failures: list[str] = []
+        try:
+            sdk.Vm().delete(bundle_names(state.slug).machine)
+        except BottleError as exc:
+            failures.append(str(exc))
+        failures += remove_bundle(state.slug)
+        if failures:
+            raise BackendError(f"stopping {state.slug}: " + "; ".join(failures))
+
+    @staticmethod
+    def _vm_file(state: StateDir) -> dict[str, object]:
+        try:
+            data = json.loads((state.path / VM_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise BackendError(f"bottle {state.slug}: {VM_FILE} is missing or unreadable: it never started") from exc
+        if not isinstance(data, dict):
+            raise BackendError(f"bottle {state.slug}: {VM_FILE} is not an object")
+        return data
+
+    def _env(self, state: StateDir, extra: dict[str, str] | None) -> dict[str, str]:
+        env = self._vm_file(state).get("env") or {}
+        assert isinstance(env, dict)  # noqa: S101 - written by start above
+        return {**{str(k): str(v) for k, v in env.items()}, **(extra or {})}
+
+    def _user(self, state: StateDir) -> str:
+        user = str(self._vm_file(state).get("user", ""))
+        if not re.fullmatch(r"[0-9]{1,10}:[0-9]{1,10}", user):
+            raise BackendError(f"bottle {state.slug}: {VM_FILE} names no user to run as")
+        return user
+
+    def _running(self, state: StateDir) -> None:
+        """exec never boots a stopped machine (connect would): it must be running."""
+        name = bundle_names(state.slug).machine
+        rows = [m for m in sdk.Vm().list(_labels(state.slug)) if m.name == name]
+        if not rows or rows[0].state != "running":
+            raise BackendError(f"bottle {state.slug} is not running ({rows[0].state if rows else 'no machine'})")
+
+    def _exec(
+        self, state: StateDir, argv: Sequence[str], *, timeout: float, env: dict[str, str] | None = None
+    ) -> sdk.Exec:
+        return sdk.Vm().exec(
+            bundle_names(state.slug).machine,
+            argv,
+            env=self._env(state, env),
+            workdir="/workspace",
+            user=self._user(state),
+            timeout=timeout,
+        )
+
+    def exec(
+        self,
+        *,
+        state: StateDir,
+        argv: Sequence[str],
+        tty: bool,
+        interactive: bool,
+        workdir: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> int:
+        if tty:
+            raise BackendError(
+                "the smolmachines backend has no terminal into the microVM yet (the SDK's exec has no pty): "
+                "run with --detach or --headless, follow with `claude-bottle logs`, or use --backend docker"
+            )
+        self._running(state)
+        from ...terminal import ScreenFilter
+
+        # Piped input is handed over whole (the SDK writes it to the command's stdin, then closes it).
+        stdin = sys.stdin.buffer.read(STDIN_LIMIT + 1) if interactive and sys.stdin is not None else b""
+        if len(stdin) > STDIN_LIMIT:
+            raise BackendError(f"more than {STDIN_LIMIT // 2**20} MiB on stdin: copy the file into the workspace")
+
+        screen = ScreenFilter() if os.isatty(1) else None
+
+        def sink(kind: str, text: str) -> None:
+            data = text.encode("utf-8", "replace")
+            os.write(1 if kind == "stdout" else 2, screen.feed(data) if screen else data)
+
+        return sdk.Vm().exec_stream(
+            bundle_names(state.slug).machine,
+            argv,
+            env=self._env(state, env),
+            workdir=workdir or "/workspace",
+            user=self._user(state),
+            sink=sink,
+            stdin=stdin,
+        )
+
+    def exec_output(self, *, state: StateDir, argv: Sequence[str]) -> tuple[int, str]:
+        self._running(state)
+        r = self._exec(state, argv, timeout=60)
+        return r.code, r.stdout
+
+    def logs(self, *, state: StateDir, follow: bool, sink: Callable[[bytes], None]) -> int:
+        """A detached run's output, from the state dir (the agent writes it: read without following links)."""
+        path = state.claude_home / RUN_LOG
+        offset = 0
+        while True:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError:
+                fd = -1
+            if fd >= 0:
+                with os.fdopen(fd, "rb") as f:
+                    if stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                        f.seek(offset)
+                        while chunk := f.read(65536):
+                            sink(chunk)
+                            offset += len(chunk)
+            if not follow:
+                return 0
+            if state.slug not in self.statuses():
+                return 0
+            time.sleep(0.5)
+
+    # -- inventory ------------------------------------------------------------------------------
+    def statuses(self) -> dict[str, BottleStatus]:
+        """One `Machine.list` and one `docker ps`."""
+        ns = namespace()
+        # Without the SDK no machine can be listed: the sidecars still are (and show the agent missing).
+        listed = sdk.Vm().list(_labels("")) if sdk.installed() else []
+        machines = {m.labels.get(f"{LABEL}.slug", ""): m for m in listed if ours(dict(m.labels), ns)}
+        guards = {
+            r.labels.get(f"{LABEL}.slug", ""): r
+            for r in engine.ps_rows(f"label={LABEL}.backend={NAME}", f"label={ROLE_LABEL}=sidecars")
+            if ours(r.labels, ns) and r.labels.get(ROLE_LABEL) == "sidecars"
+        }
+        out = {}
+        for slug in (set(machines) | set(guards)) - {""}:
+            m, g = machines.get(slug), guards.get(slug)
+            agent = _STATES.get(m.state, m.state) if m else "missing"
+            guard = g.state if g else "missing"
+            status = agent if guard in (agent, "running") else f"{agent} (guard {guard})"
+            owner = (m.labels if m else g.labels if g else {}).get(f"{LABEL}.owner-pid", "")
+            out[slug] = BottleStatus(slug, self.name, status, int(owner) if owner.isdigit() else None)
+        return out
+
+    def enumerate_active(self) -> set[str]:
+        """Slugs with a machine (one `Machine.list`; none without the SDK). A sidecar without its machine is
+        not a live bottle: it is a leftover, reaped by this backend's cleanup."""
+        if not sdk.installed():
+            return set()
+        ns = namespace()
+        return {
+            s for m in sdk.Vm().list(_labels("")) if ours(dict(m.labels), ns) and (s := m.labels.get(f"{LABEL}.slug"))
+        }
+
+    def prepare_cleanup(self) -> SmolCleanupPlan:
+        return plan_cleanup()
+
+    def cleanup(self, plan: BottleCleanupPlan, *, report: Report) -> list[str]:
+        assert isinstance(plan, SmolCleanupPlan)  # noqa: S101 - plans go back to their backend
+        return run_cleanup(plan, report)
+
+    def doctor(self, base_images: Sequence[str] = ()) -> list[Check]:
+        from .doctor import checks
+
+        return checks()
