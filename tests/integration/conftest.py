@@ -13,7 +13,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,7 @@ def engine() -> None:
 
 
 FAKES = Path(__file__).parents[1] / "fakes"
+FAKESMOL = Path(__file__).parents[1] / "fakesmol"
 TEST_KEY = "sk-ant-api03-TESTONLY-" + "k" * 40  # the "real" key: only the guard and the fake upstream see it
 TEST_GITHUB_TOKEN = "ghp_TESTONLY" + "g" * 30
 
@@ -169,6 +170,10 @@ class Cli:
     cwd: Path
     namespace: str = NS
     user: int | None = None  # run the CLI as this uid with the docker group only (a normal user), not as us
+    # The smolmachines SDK the CLI sees: the fake (tests/fakesmol, its machines in this home) unless a test
+    # asks for the real one, which then keeps its machine database in this home too (HOME, XDG dirs).
+    real_smol: bool = False
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     def prefix(self) -> list[str]:
         if self.user is None:
@@ -193,6 +198,17 @@ class Cli:
             ANTHROPIC_API_KEY=TEST_KEY,
             GITHUB_TOKEN=TEST_GITHUB_TOKEN,
         )
+        if self.real_smol:
+            smolhome = self.home.parent / "smolhome"
+            env.update(
+                HOME=str(smolhome),
+                XDG_DATA_HOME=str(smolhome / ".local" / "share"),
+                XDG_CACHE_HOME=str(smolhome / ".cache"),
+            )
+        else:
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(FAKESMOL), env.get("PYTHONPATH", "")) if p)
+            env["FAKE_SMOL_DB"] = str(self.home.parent / "fakesmol" / "db.json")
+        env.update(self.extra_env)
         env.update(extra)
         return env
 

@@ -92,10 +92,12 @@ class SmolmachinesBottleBackend(BottleBackend):
                 "egress.engine = 'pipelock' runs on the docker backend only: use the built-in guard, or "
                 "--backend docker"
             )
-        if spec.egress.networks:
-            raise BottleError(
-                "egress.networks (Docker networks) are for the docker backend only: remove them, or --backend docker"
-            )
+        for net in spec.egress.networks:
+            if not engine.docker("network", "inspect", "--format", "{{.Name}}", net).ok:
+                raise BottleError(
+                    f"egress.networks: Docker network {net!r} does not exist: create it "
+                    f"(docker network create {net}) or remove it from the manifest"
+                )
         names = bundle_names(bottle.slug)
         return BottlePlan(
             bottle,
@@ -138,7 +140,14 @@ class SmolmachinesBottleBackend(BottleBackend):
         run_dir.chmod(0o777)  # the guard's unprivileged uid writes its mark; the state dir stays 0700
         progress("starting the guard (sidecar bundle)")
         bundle = start_bundle(
-            slug=b.slug, port=guard.port, guard=guard, image=images["guard"], ids=b.ids, labels=labels, run_dir=run_dir
+            slug=b.slug,
+            port=guard.port,
+            guard=guard,
+            image=images["guard"],
+            ids=b.ids,
+            labels=labels,
+            run_dir=run_dir,
+            networks=b.spec.egress.networks,
         )
         env = self._agent_env(b, guard, bundle)
         user = f"{b.ids.agent_uid}:{b.ids.agent_gid}"
@@ -176,8 +185,9 @@ class SmolmachinesBottleBackend(BottleBackend):
             "HTTPS_PROXY": url,
             "http_proxy": url,
             "https_proxy": url,
-            "NO_PROXY": "localhost,127.0.0.1,::1",
-            "no_proxy": "localhost,127.0.0.1,::1",
+            # The guard's own address is reached directly (its routes and health), never through itself.
+            "NO_PROXY": f"localhost,127.0.0.1,::1,{bundle.address}",
+            "no_proxy": f"localhost,127.0.0.1,::1,{bundle.address}",
             "BOTTLE_GUARD_HEALTH": f"{url}{HEALTH_PATH}",
             "CLAUDE_BOTTLE_SLUG": b.slug,
             "HOME": AGENT_HOME,

@@ -13,7 +13,7 @@ import ipaddress
 import os
 import secrets
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -164,9 +164,18 @@ def create_network(slug: str, labels: Mapping[str, str]) -> str:
 
 
 def start_bundle(
-    *, slug: str, port: int, guard: GuardInputs, image: str, ids: RuntimeIds, labels: Mapping[str, str], run_dir: Path
+    *,
+    slug: str,
+    port: int,
+    guard: GuardInputs,
+    image: str,
+    ids: RuntimeIds,
+    labels: Mapping[str, str],
+    run_dir: Path,
+    networks: Sequence[str] = (),
 ) -> Bundle:
-    """The network and the guard container, published on a fresh loopback address."""
+    """The network and the guard container, published on a fresh loopback address; the guard (never the
+    VM) also joins the manifest's outbound Docker networks (egress.networks), as on the Docker backend."""
     gateway = create_network(slug, labels)
     taken = addresses_in_use()
     for attempt in range(ATTEMPTS):
@@ -174,6 +183,11 @@ def start_bundle(
         argv = bundle.run_argv(guard=guard, image=image, ids=ids, labels=labels, run_dir=run_dir, gateway=gateway)
         result = engine.docker(*argv, timeout=120)
         if result.ok:
+            for net in networks:
+                engine.check(
+                    engine.docker("network", "connect", net, bundle_names(slug).container),
+                    f"connecting the guard of {slug} to {net}",
+                )
             return bundle
         # Another process took the address between our probe and Docker's bind: draw again.
         engine.docker("rm", "-f", bundle_names(slug).container)

@@ -63,9 +63,22 @@ class Exec:
     stderr: str
 
 
+def explain(text: str) -> str | None:
+    """What a failed boot means on this host, in words that name the fix (the SDK's own text follows)."""
+    if "KvmOpen(Error(13))" in text:
+        return "the VMM's unprivileged uid cannot open /dev/kvm (chmod 0666 /dev/kvm; see `claude-bottle doctor`)"
+    if "before the agent was ready" in text or "did not become ready" in text or "boot" in text:
+        from .doctor import host_virtualisation
+
+        virt = host_virtualisation()
+        if not virt.ok:
+            return f"{virt.detail} ({virt.fix})"
+    return None
+
+
 def _one_line(what: str, exc: BaseException) -> BackendError:
     text = " ".join(str(exc).split()) or type(exc).__name__
-    return BackendError(f"smolmachines: {what}: {text[:400]}")
+    return BackendError(f"smolmachines: {what}; the SDK said: {text[-300:]}")
 
 
 class Vm:
@@ -132,7 +145,8 @@ class Vm:
         try:
             s.Machine.create(config, self._local())
         except self._errors() as exc:
-            raise _one_line(f"machine {name} did not start", exc) from exc
+            why = explain(" ".join(str(exc).split()))
+            raise _one_line(f"machine {name} did not start{': ' + why if why else ''}", exc) from exc
 
     def _connect(self, name: str) -> Any:
         try:
