@@ -353,7 +353,9 @@ def _terminations_as_exit() -> Iterator[None]:
     def handler(signum: int, _frame: object) -> None:
         raise SystemExit(128 + signum)
 
-    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    # A signal the invoker chose to ignore stays ignored (`nohup claude-bottle start ...` survives a hangup).
+    sigs = [sig for sig in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(sig) is not signal.SIG_IGN]
+    old = {sig: signal.signal(sig, handler) for sig in sigs}
     try:
         yield
     finally:

@@ -126,12 +126,33 @@ def test_a_signal_while_attached_preserves_the_run_as_a_crash(
         return None
 
     FakeBackend.on_exec = killed
-    assert main(["start", "plain", "--prompt", "x"]) == 128 + sig
-    (sd,) = list_state_dirs()
-    record = sd.read()
-    assert (record.status, sd.preserved()) == ("crashed", "crash")
-    assert record.error == f"claude-bottle was terminated (SystemExit {128 + sig})"
-    assert FakeBackend.calls[-1] == "stop" and signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler)
+    before = signal.signal(sig, signal.SIG_DFL)  # as a terminal leaves it (a run under nohup ignores SIGHUP)
+    try:
+        assert main(["start", "plain", "--prompt", "x"]) == 128 + sig
+        (sd,) = list_state_dirs()
+        record = sd.read()
+        assert (record.status, sd.preserved()) == ("crashed", "crash")
+        assert record.error == f"claude-bottle was terminated (SystemExit {128 + sig})"
+        assert FakeBackend.calls[-1] == "stop" and signal.getsignal(sig) is signal.SIG_DFL  # put back
+    finally:
+        signal.signal(sig, before)
+
+
+def test_a_hangup_the_invoker_ignores_stays_ignored(project: Path) -> None:
+    """`nohup claude-bottle start ...`: the hangup does not end the run."""
+
+    def hangup(argv: list[str]) -> int | None:
+        if argv[:1] == ["claude"]:
+            os.kill(os.getpid(), signal.SIGHUP)
+        return None
+
+    FakeBackend.on_exec = hangup
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        assert main(["start", "plain", "--prompt", "x"]) == 0
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)
 
 
 def test_attach_starts_claude_continuing_the_session_when_none_runs(
