@@ -201,7 +201,8 @@ def test_claude_ending_while_attached_is_recorded(
 
 
 @pytest.mark.parametrize(
-    ("code", "status"), [("0", "running (claude finished)"), ("130", "running (claude finished)"), ("2", "crashed")]
+    ("code", "status"),
+    [("0", "running (claude finished)"), ("130", "running (claude finished)"), ("2", "crashed"), ("143", "crashed")],
 )
 def test_a_detached_runs_end_is_noticed_by_ls(
     project: Path, capsys: pytest.CaptureFixture[str], code: str, status: str
@@ -215,7 +216,7 @@ def test_a_detached_runs_end_is_noticed_by_ls(
     (row,) = json.loads(capsys.readouterr().out)
     assert row["status"] == status
     if status == "crashed":
-        assert sd.preserved() == "crash" and sd.read().error == "claude exited with 2 (a detached run)"
+        assert sd.preserved() == "crash" and sd.read().error == f"claude exited with {code} (a detached run)"
         assert sd.read().snapshot_due  # owed to the next stop or resume: ls copies nothing
 
 
