@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import BottleError
@@ -27,6 +27,9 @@ class Bottle:
     paths: BottlePaths  # checked against every bottle's writable roots (for verbs that bind them)
     ids: RuntimeIds
     state: StateDir
+    # Packages the operator granted through capability requests (kind -> names): a layer of their own
+    # on top of the manifest's image, so the rest of the build is reused.
+    granted: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def workspace(self) -> Path:
@@ -86,6 +89,7 @@ class Bottle:
             paths=paths,
             ids=RuntimeIds.for_host(workspace if workspace.exists() else None),
             state=state,
+            granted={k: tuple(v) for k, v in record.granted_packages.items() if k in ("apt", "pip", "npm")},
         )
 
     def record(self, **fields: object) -> BottleRecord:

@@ -111,8 +111,23 @@ def seed_config(config_dir: Path, *, placeholder_key: str | None) -> None:
     write_private(path, json.dumps(config, indent=2) + "\n")
 
 
+CAPABILITY_PROMPT = (
+    "You run in a sealed bottle: only the hosts the operator allowed are reachable, and only the packages "
+    "in its image are installed. If you need something else, ask for it with "
+    "`bottle-capability request KIND:NAME --reason WHY` (KIND: apt, pip, npm, or egress for host[:port]). "
+    "An egress request waits for the operator's answer. A package request stops this session; it resumes "
+    "with the package installed (or refused), so ask for every package you need at once and save your work "
+    "first. Do not try to get around the bottle."
+)
+
+
 def claude_argv(
-    agent: AgentSpec, *, prompt: str | None, session_id: str | None = None, resume: bool = False
+    agent: AgentSpec,
+    *,
+    prompt: str | None,
+    session_id: str | None = None,
+    resume: bool = False,
+    headless: bool = True,
 ) -> list[str]:
     """The claude command line for an agent. The bottle is the boundary, so permissions are skipped
     inside it unless the agent asks for another permission_mode."""
@@ -123,13 +138,13 @@ def claude_argv(
         argv += ["--permission-mode", agent.permission_mode]
     if agent.model:
         argv += ["--model", agent.model]
-    if agent.append_system_prompt:
-        argv += ["--append-system-prompt", agent.append_system_prompt]
+    system = CAPABILITY_PROMPT + (f"\n\n{agent.append_system_prompt}" if agent.append_system_prompt else "")
+    argv += ["--append-system-prompt", system]
     argv += list(agent.claude_args)
     if session_id:
         argv += ["--resume", session_id] if resume else ["--session-id", session_id]
     if prompt:
-        argv += ["-p", prompt]
+        argv += ["-p", prompt] if headless else [prompt]  # interactive: the session's first message
     return argv
 
 
@@ -211,5 +226,11 @@ def notice_crash(state: StateDir, record: BottleRecord, engine: str | None) -> B
         why = f"claude exited with {rc} (a detached run)"
     if why is None or state.busy():
         return record
-    state.preserve_crash(why, snapshot=False)
+    from .capabilities import pending
+
+    wants = [r.label for r in pending(state) if r.package]
+    if wants:  # it stopped itself to ask for packages: blocked, not crashed
+        state.preserve_block(wants, snapshot=False)
+    else:
+        state.preserve_crash(why, snapshot=False)
     return state.read()

@@ -67,6 +67,8 @@ def list_bottles(root: Path | None = None) -> list[BottleRow]:
                 status = "running (claude finished)"  # a detached run that ended well; the bottle idles
         elif r.status == "creating" and d.abandoned(r):
             status = "abandoned (owner died mid-start)"
+        elif r.status == "blocked" and r.wants:
+            status = f"blocked (wants {', '.join(r.wants)})"
         resumable = d.resumable(r)
         rows.append(
             BottleRow(

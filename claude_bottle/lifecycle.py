@@ -27,6 +27,7 @@ from .backend import (
     known_backend_names,
     resolve_backend_name,
 )
+from .capabilities import Request, decide, pending
 from .claude_code import (
     NORMAL_ENDS,
     attach_argv,
@@ -262,8 +263,8 @@ def stop_bottle(
     with state.lock():
         backend.stop(state=state)
         _after_run(state, notify)
-        if record.status == "crashed" and status == "stopped":
-            status = "crashed"  # stopping a crashed bottle keeps what happened to it
+        if record.status in ("crashed", "blocked") and status == "stopped":
+            status = record.status  # stopping a crashed or blocked bottle keeps what happened to it
         record = state.update(status=status, attached_pid=None)
         if remove:
             if state.preserved():
@@ -278,25 +279,39 @@ class RunResult:
     exit_code: int
     detached: bool = False
     crashed: bool = False
+    blocked: bool = False
 
 
 def run_claude(
-    started: Started, *, prompt: str | None, detach: bool, resume: bool, tty: bool, notify: Notify = _quiet
+    started: Started,
+    *,
+    prompt: str | None,
+    detach: bool,
+    resume: bool,
+    tty: bool,
+    notify: Notify = _quiet,
+    interactive_prompt: bool = False,
 ) -> RunResult:
     """Run claude in a started bottle. Foreground runs stop the bottle when claude ends; an abnormal end
     (non-zero exit, killed container, this CLI terminated) preserves the bottle as crashed."""
     state, backend = started.state, started.backend
     record = state.read()
+    headless = bool(prompt) and not interactive_prompt
     argv = claude_argv(
-        started.bottle.agent, prompt=prompt, session_id=record.session_id, resume=resume and state.resumable(record)
+        started.bottle.agent,
+        prompt=prompt,
+        session_id=record.session_id,
+        resume=resume and state.resumable(record),
+        headless=headless,
     )
+    state.update(run_mode="detached" if detach else "headless" if headless else "interactive")
     if detach:  # interactive or headless, it runs in tmux: `attach` brings it to a terminal
-        start_session(backend, state, argv, log=bool(prompt))
+        start_session(backend, state, argv, log=headless)
         return RunResult(0, detached=True)
     state.update(attached_pid=os.getpid(), attached_started=process_started(os.getpid()))
     try:
         with _terminations_as_exit():
-            if prompt:
+            if headless:
                 rc = backend.exec(state=state, argv=argv, tty=False, interactive=False)
             else:
                 maybe = _interactive(started, argv, tty=tty)
@@ -310,8 +325,10 @@ def run_claude(
     except BaseException as exc:
         _finish(started, abnormal=f"claude-bottle was terminated ({type(exc).__name__} {exc})", notify=notify)
         raise
-    crashed = rc != 0 if prompt else rc not in NORMAL_ENDS  # /exit or Ctrl-C twice: the user ended it
+    crashed = rc != 0 if headless else rc not in NORMAL_ENDS  # /exit or Ctrl-C twice: the user ended it
     _finish(started, abnormal=f"claude exited with {rc}" if crashed else None, notify=notify)
+    if state.read().status == "blocked":
+        return RunResult(rc, blocked=True)
     return RunResult(rc, crashed=crashed)
 
 
@@ -334,7 +351,18 @@ def _finish(started: Started, *, abnormal: str | None, notify: Notify = _quiet) 
     """End a foreground run: preserve it when it ended badly, then stop it. Each step is tried on its own:
     a tree the agent made that cannot be copied must not leave the bottle running or unpreserved."""
     state = started.state
+    wants = [r.label for r in pending(state) if r.package]
     with _no_interrupts():
+        if wants:  # claude stopped itself to ask for packages: blocked until the operator answers
+            try:
+                state.preserve_block(wants)
+            except (OSError, BottleError):
+                with contextlib.suppress(OSError, BottleError):
+                    state.preserve("capability-block")
+            with contextlib.suppress(BottleError):
+                stop_bottle(state, status="blocked", notify=notify)
+            notify(f"{state.slug} is blocked: it wants {', '.join(wants)}; `claude-bottle requests` shows why")
+            return
         if abnormal:
             try:
                 state.preserve_crash(abnormal)
@@ -477,3 +505,71 @@ def run_cleanup(plans: Sequence[BottleCleanupPlan], report: Report) -> list[str]
     for plan in plans:
         failures += get_bottle_backend(plan.backend).cleanup(plan, report=report)
     return failures
+
+
+# -- capability requests (SPEC S4) ------------------------------------------------------------------------
+@dataclass
+class Answered:
+    egress: list[Request]
+    packages: list[Request]
+
+    @property
+    def labels(self) -> list[str]:
+        return [r.label for r in (*self.egress, *self.packages)]
+
+
+def choose_requests(state: StateDir, ids: Sequence[str], *, every: bool) -> list[Request]:
+    waiting = pending(state)
+    if not waiting:
+        raise BottleError(f"{state.slug} has no pending requests (`claude-bottle requests` lists them)")
+    if every:
+        return waiting
+    by_id = {r.id: r for r in waiting}
+    unknown = [i for i in ids if i not in by_id]
+    if unknown or not ids:
+        held = ", ".join(f"{r.id} ({r.label})" for r in waiting)
+        raise BottleError(f"no pending request {', '.join(unknown) or '(none given)'} in {state.slug}: pending: {held}")
+    return [by_id[i] for i in ids]
+
+
+def answer_requests(state: StateDir, chosen: Sequence[Request], *, grant: bool, reason: str = "") -> Answered:
+    """The operator's answer. A granted egress request becomes a live grant (the guard lets the waiting
+    request through); a granted package is added to the bottle's image as a layer of its own (`rebuilt`),
+    built when it resumes. Every answer is recorded and handed to the guard (its policy's decisions)."""
+    from .bottle import Bottle
+    from .egress.policy import Rule
+    from .guard.inputs import rewrite_policy
+
+    egress = [r for r in chosen if not r.package]
+    packages = [r for r in chosen if r.package]
+    if grant and egress:
+        rules = []
+        for r in egress:
+            host, _, port = r.name.partition(":")
+            rules.append(Rule.from_dict({"host": host, **({"ports": [int(port)]} if port else {})}))
+        grant_egress(state, rules)
+    with state.lock():
+        if grant and packages:
+            record = state.read_whole()
+            granted = {k: list(v) for k, v in record.granted_packages.items()}
+            for r in packages:
+                if r.name not in granted.setdefault(r.kind, []):
+                    granted[r.kind].append(r.name)
+            state.update(granted_packages=granted, rebuilt=True)
+            # Its image recipe is now its own (the manifest no longer says it all): kept from cleanup until
+            # the operator lets it go (`keep --release`).
+            state.preserve("rebuilt")
+        decide(state, list(chosen), "grant" if grant else "deny", reason)
+        rewrite_policy(state, Bottle.recorded(state).spec)
+        if state.read().status == "blocked":
+            state.update(wants=[r.label for r in pending(state) if r.package])
+        _record_operator_action(state, "grant-request" if grant else "deny-request", [r.label for r in chosen])
+    return Answered(egress, packages)
+
+
+def continuation_prompt(answered: Answered, *, granted: bool, reason: str = "") -> str:
+    what = ", ".join(r.label for r in answered.packages)
+    if granted:
+        return f"The operator granted {what}: it is installed in this bottle now. Continue the task where you left off."
+    why = f" ({reason})" if reason else ""
+    return f"The operator refused {what}{why}. Continue the task without it, where you left off."

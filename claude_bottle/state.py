@@ -98,7 +98,7 @@ def write_private(path: Path, data: str | bytes, *, mode: int = 0o600) -> None:
         raise
 
 
-STATUSES = ("creating", "running", "stopped", "failed", "crashed", "incomplete")
+STATUSES = ("creating", "running", "stopped", "failed", "crashed", "incomplete", "blocked")
 FRESH_SECONDS = 60  # a state dir without bottle.json this young may be a start between mkdir and its record
 
 
@@ -130,6 +130,9 @@ class BottleRecord:
     snapshot_due: bool = False  # a crash was noticed (by `ls`) and its transcript snapshot not yet taken
     run_started: float | None = None  # epoch time the current run began; cleared once its workspace is settled
     git_protected: list[str] = field(default_factory=list)  # workspace paths mounted read-only in that run
+    wants: list[str] = field(default_factory=list)  # a blocked bottle's pending package requests (kind:name)
+    granted_packages: dict[str, list[str]] = field(default_factory=dict)  # capability grants: kind -> names
+    run_mode: str | None = None  # how claude last ran: interactive | headless | detached (a grant resumes so)
 
     @classmethod
     def from_json(cls, data: Any) -> BottleRecord:
@@ -374,6 +377,15 @@ class StateDir:
                 self.snapshot_transcript()
         self.preserve("crash")
         self.update(status="crashed", error=why, attached_pid=None, snapshot_due=not snapshot)
+
+    def preserve_block(self, wants: list[str], *, snapshot: bool = True) -> None:
+        """A bottle that asked for a package it lacks: kept, with its transcript, until the operator answers
+        (SPEC S4). Without `snapshot` (from `ls`) the snapshot is owed to the next stop, as for a crash."""
+        if snapshot:
+            with contextlib.suppress(OSError):
+                self.snapshot_transcript()
+        self.preserve("capability-block")
+        self.update(status="blocked", wants=wants, error=None, attached_pid=None, snapshot_due=not snapshot)
 
     def settle_snapshot(self) -> None:
         """Take the snapshot an earlier crash notice owed."""

@@ -13,11 +13,28 @@ from rich.markup import escape
 
 from .. import __version__
 from ..errors import EXIT_USAGE, BottleError
-from . import _common, attach, cleanup, doctor, exec_, grant, init, keep, logs, ls, resume, shell, start, stop, trust
+from . import (
+    _common,
+    attach,
+    cleanup,
+    doctor,
+    exec_,
+    grant,
+    init,
+    keep,
+    logs,
+    ls,
+    requests,
+    resume,
+    shell,
+    start,
+    stop,
+    trust,
+)
 
 __all__ = ["main"]
 
-VERBS = (init, trust, start, ls, attach, exec_, shell, logs, stop, resume, grant, keep, cleanup, doctor)
+VERBS = (init, trust, start, ls, attach, exec_, shell, logs, stop, resume, grant, requests, keep, cleanup, doctor)
 
 
 def build_parser() -> argparse.ArgumentParser:

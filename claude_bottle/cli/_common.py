@@ -99,7 +99,9 @@ def check_terminal(*, prompt: str | None, detach: bool) -> None:
         )
 
 
-def run_agent(started: Started, *, prompt: str | None, detach: bool, resume: bool) -> int:
+def run_agent(
+    started: Started, *, prompt: str | None, detach: bool, resume: bool, interactive_prompt: bool = False
+) -> int:
     """After start/resume: claude in the foreground (the bottle stops when it ends), or left running."""
     from ..lifecycle import run_claude
 
@@ -110,7 +112,7 @@ def run_agent(started: Started, *, prompt: str | None, detach: bool, resume: boo
             f"`claude-bottle stop {slug}`"
         )
         return 0
-    if not detach and not prompt:
+    if not detach and (not prompt or interactive_prompt):
         err.print(
             "[dim]claude runs in tmux inside the bottle: Ctrl-b d detaches (it keeps running), "
             f"`claude-bottle attach {slug}` comes back[/]"
@@ -122,6 +124,7 @@ def run_agent(started: Started, *, prompt: str | None, detach: bool, resume: boo
         resume=resume,
         tty=is_tty(),
         notify=lambda line: err.print(line, markup=False, highlight=False),
+        interactive_prompt=interactive_prompt,
     )
     if result.detached:
         err.print(

@@ -1,4 +1,6 @@
-"""`claude-bottle grant SLUG --egress HOST[:PORT]`: change a running bottle's egress policy, no restart."""
+"""`claude-bottle grant SLUG`: change a running bottle's egress policy, no restart (`--egress`), or answer
+its capability requests (`--request ID` / `--all`): a host becomes reachable at once; a package is built
+into the bottle's image and a blocked bottle resumes its session with it. `claude-bottle deny` refuses."""
 
 from __future__ import annotations
 
@@ -6,11 +8,11 @@ import argparse
 from typing import Any
 
 from ..errors import BottleError
-from ._common import err, out, slug_arg, state_for
+from ._common import err, is_tty, out, progress, run_agent, slug_arg, state_for
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("grant", help="grant (or --revoke) egress to a bottle, live")
+    p = sub.add_parser("grant", help="grant (or --revoke) egress to a bottle, live; or answer its requests")
     slug_arg(p)
     p.add_argument(
         "--egress",
@@ -21,17 +23,32 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--private", action="store_true", help="let these names resolve to private addresses")
     p.add_argument("--revoke", action="store_true", help="take the given grants back")
+    p.add_argument("--request", action="append", default=[], metavar="ID", help="grant this request (repeatable)")
+    p.add_argument("--all", action="store_true", help="grant every pending request of the bottle")
+    p.add_argument("--save", action="store_true", help="also add what is granted to the bottle in its manifest")
+    p.add_argument("--detach", "-d", action="store_true", help="resume a blocked bottle in the background")
     p.set_defaults(run=run)
+    d = sub.add_parser("deny", help="refuse a bottle's capability requests (it is told why)")
+    slug_arg(d)
+    d.add_argument("--request", action="append", default=[], metavar="ID", help="refuse this request (repeatable)")
+    d.add_argument("--all", action="store_true", help="refuse every pending request of the bottle")
+    d.add_argument("--reason", default="", metavar="TEXT", help="what the agent is told")
+    d.add_argument("--detach", "-d", action="store_true", help="resume a blocked bottle in the background")
+    d.set_defaults(run=run_deny)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.request or args.all:
+        if args.egress or args.revoke:
+            raise BottleError("--request/--all answer requests; --egress/--revoke change grants: one at a time")
+        return answer(args, grant=True)
     from pydantic import ValidationError
 
     from ..lifecycle import grant_egress
     from ..manifest import EgressRule
 
     if not args.egress:
-        raise BottleError("nothing to grant: pass --egress HOST[:PORT] (repeatable)")
+        raise BottleError("nothing to grant: pass --egress HOST[:PORT] (repeatable), or --request ID / --all")
     rules = []
     for spec in args.egress:
         try:
@@ -48,3 +65,34 @@ def run(args: argparse.Namespace) -> int:
         + f"; live grants now: {', '.join(g.label() for g in grants) or 'none'}"
     )
     return 0
+
+
+def run_deny(args: argparse.Namespace) -> int:
+    return answer(args, grant=False)
+
+
+def answer(args: argparse.Namespace, *, grant: bool) -> int:
+    from ..lifecycle import answer_requests, choose_requests, continuation_prompt, resume_bottle
+
+    state = state_for(args)
+    chosen = choose_requests(state, args.request, every=args.all)
+    reason = getattr(args, "reason", "")
+    answered = answer_requests(state, chosen, grant=grant, reason=reason)
+    if grant and getattr(args, "save", False):
+        from ..manifest_edit import save_grants_to_manifest
+
+        where = save_grants_to_manifest(state, answered.labels)
+        err.print(f"saved {', '.join(answered.labels)} to {where}")
+    out.print(state.slug)
+    err.print(("granted " if grant else "denied ") + ", ".join(answered.labels))
+    record = state.read()
+    if not answered.packages or record.status != "blocked" or record.wants:
+        if record.status == "blocked" and record.wants:
+            err.print(f"{state.slug} still waits for: {', '.join(record.wants)}")
+        return 0
+    # Every package it asked for is answered: rebuild (with the granted ones) and continue its session.
+    started = resume_bottle(state, progress=progress, notify=lambda line: err.print(line, markup=False))
+    prompt = continuation_prompt(answered, granted=grant, reason=reason)
+    detach = args.detach or record.run_mode == "detached"
+    interactive = record.run_mode == "interactive" and is_tty() and not detach
+    return run_agent(started, prompt=prompt, detach=detach, resume=True, interactive_prompt=interactive)

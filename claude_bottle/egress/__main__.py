@@ -45,6 +45,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
         secrets,
         cafile=args.cafile if args.cafile and Path(args.cafile).exists() else None,
         clients=clients,
+        requests=Path(args.requests) if args.requests else None,
     )
     server = await guard.serve(*_hostport(args.listen))
     dns_transport = dns_tcp = None
@@ -89,6 +90,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cafile", help="CA bundle for upstream TLS (credential routes)")
     parser.add_argument("--ready-file", help="written once the guard is listening")
     parser.add_argument("--clients", help="comma-separated networks allowed to use the guard (default: any)")
+    parser.add_argument("--requests", help="capability requests (JSON lines, appended; none accepted if unset)")
     return parser.parse_args(argv)
 
 

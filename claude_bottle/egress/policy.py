@@ -115,6 +115,8 @@ class Policy:
     allow: tuple[Rule, ...] = ()
     deny: tuple[Rule, ...] = ()
     local_names: dict[str, str] = field(default_factory=dict)  # names the bottle's DNS answers
+    # The operator's answers to capability requests: id -> (decision "grant" | "deny", reason).
+    decisions: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Policy:
@@ -123,6 +125,11 @@ class Policy:
             local_names={normalise_host(k): str(v) for k, v in d.get("local_names", {}).items()},
             allow=tuple(Rule.from_dict(r) for r in d.get("allow", ())),
             deny=tuple(Rule.from_dict(r) for r in d.get("deny", ())),
+            decisions={
+                str(k): (str(v[0]), str(v[1]))
+                for k, v in d.get("decisions", {}).items()
+                if isinstance(v, list) and len(v) == 2 and v[0] in ("grant", "deny")
+            },
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -133,6 +140,7 @@ class Policy:
             "allow": [r.to_dict() for r in self.allow],
             "deny": [r.to_dict() for r in self.deny],
             "local_names": dict(self.local_names),
+            **({"decisions": {k: list(v) for k, v in self.decisions.items()}} if self.decisions else {}),
         }
 
     def check(self, host: str, port: int) -> Decision:

@@ -22,10 +22,13 @@ import ssl
 import traceback
 from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from . import HEALTH_PATH
 from .audit import AuditLog, Timer, cap
+from .capability import CAPABILITY_PATH, Desk, Invalid
+from .capability import MAX_BODY as CAPABILITY_MAX_BODY
 from .config import Route, Secrets
 from .dlp import Scanner
 from .policy import Decision, PolicyFile, is_ip, is_public_address, normalise_host
@@ -300,10 +303,12 @@ class Guard:
         secrets: Secrets | None = None,
         cafile: str | None = None,
         clients: Sequence[str] = (),
+        requests: Path | None = None,
     ) -> None:
         self.policy = policy
         self.audit = audit
         self.secrets = secrets or Secrets()
+        self.desk = Desk(requests, self.scanner.redact, lambda: self.policy.current().decisions)
         self.connections = 0
         self.clients = [ipaddress.ip_network(c, strict=False) for c in clients]
         self._tasks: set[asyncio.Task[None]] = set()
@@ -479,6 +484,9 @@ class Guard:
                 up_w.close()
             return
         if req.target.startswith("/"):
+            if req.method == "POST" and req.target == CAPABILITY_PATH:
+                await self._capability(req, reader, writer, conn)
+                return
             if req.method == "GET" and req.target == HEALTH_PATH:
                 body = json.dumps({"status": "ok", "bottle": self.policy.current().bottle}).encode() + b"\n"
                 await self._respond(writer, 200, body, "application/json")
@@ -521,6 +529,48 @@ class Guard:
             await self._relay(reader, writer, up_r, up_w, conn, client_done=True)
         finally:
             up_w.close()
+
+    # -- the capability desk ------------------------------------------------------------------------
+    async def _capability(
+        self, req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: Conn
+    ) -> None:
+        """A request for what the bottle lacks: judged, recorded (requests file and audit log), answered.
+        An egress request is held until the operator answers (or its wait runs out)."""
+        conn.entry.update(kind="capability", path=CAPABILITY_PATH)
+        framing = body_framing(req)
+        if framing.kind != "length" or framing.length > CAPABILITY_MAX_BODY:
+            raise Refused(400, "capability request: a form body with Content-Length, at most 4 KiB")
+        try:
+            async with asyncio.timeout(BODY_TIMEOUT):
+                body = await reader.readexactly(framing.length)
+        except (TimeoutError, asyncio.IncompleteReadError):
+            raise Refused(408, "capability request body too slow or cut") from None
+        try:
+            submitted, wait = self.desk.submit(body)
+        except Invalid as exc:
+            raise Refused(400, f"capability request refused: {exc}") from None
+        conn.entry.update(request=submitted.id, capability=submitted.label(), reason=submitted.reason)
+        if not self.audit.write(**self._fields(conn), decision="request"):
+            raise Refused(503, "audit log cannot record: refusing")
+        if submitted.kind != "egress":
+            text = (
+                f"requested {submitted.label()} ({submitted.id}). The operator is asked; a package request "
+                "stops this bottle now, and this session resumes once it is granted (installed) or refused.\n"
+            )
+            await self._respond(writer, 202, text.encode(), "text/plain")
+            return
+        decision, why = await self.desk.answer(submitted, wait, asyncio.sleep)
+        conn.entry.update(answer=decision, **({"answer_reason": why} if why else {}))
+        self.audit.write(**self._fields(conn), decision=decision)
+        if decision == "grant":
+            body_text = f"granted {submitted.label()}: reachable now\n"
+            await self._respond(writer, 200, body_text.encode(), "text/plain")
+        elif decision == "deny":
+            refusal = f"denied {submitted.label()}" + (f": {why}" if why else "") + "\n"
+            await self._respond(writer, 403, refusal.encode(), "text/plain")
+        else:
+            late = f"no answer to {submitted.label()} within {wait:.0f}s: the operator may still grant it\n"
+            await self._respond(writer, 408, late.encode(), "text/plain")
 
     # -- checks -----------------------------------------------------------------------------------
     def _scan(self, data: bytes | str) -> None:

@@ -18,10 +18,15 @@ __all__ = ["GuardFiles", "drop_secrets", "load_grants", "policy_document", "save
 
 
 def policy_document(
-    slug: str, allow: Sequence[Rule], deny: Sequence[Rule], grants: Sequence[Rule] = ()
+    slug: str,
+    allow: Sequence[Rule],
+    deny: Sequence[Rule],
+    grants: Sequence[Rule] = (),
+    decisions: Mapping[str, tuple[str, str]] | None = None,
 ) -> dict[str, Any]:
-    """The policy file, from the guard's own types and serialiser."""
-    return Policy(bottle=slug, allow=(*allow, *grants), deny=tuple(deny)).to_dict()
+    """The policy file, from the guard's own types and serialiser; with the operator's answers to the
+    bottle's capability requests (an egress request waits in the guard for its answer)."""
+    return Policy(bottle=slug, allow=(*allow, *grants), deny=tuple(deny), decisions=dict(decisions or {})).to_dict()
 
 
 def load_grants(state: StateDir) -> list[Rule]:

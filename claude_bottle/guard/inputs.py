@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..capabilities import guard_decisions
 from ..manifest import BottleSpec
 from ..paths import Roots, read_host_file
 from ..runtime import RuntimeIds
@@ -66,6 +67,7 @@ class GuardInputs:
     port: int
     dir: Path  # mounted read-only into the guard: policy.json, secrets.json, ca.crt | pipelock.yaml
     audit: Path  # egress.jsonl, appended by the guard
+    requests: Path = Path("/dev/null")  # requests.jsonl: capability requests, appended by the guard only
     agent_env: dict[str, str] = field(default_factory=dict)  # placeholders and route URLs (no secrets)
     honey: dict[str, Path] = field(default_factory=dict)  # agent home-relative path -> host file (read-only)
     cafile: bool = False  # dir holds ca.crt for upstream TLS
@@ -115,13 +117,16 @@ def prepare_guard(
             honey_paths[name] = target
         allow = [r.rule() for r in spec.egress.allow]
         deny = [r.rule() for r in spec.egress.deny]
-        files.write_policy(policy_document(state.slug, allow, deny, grants))
+        files.write_policy(policy_document(state.slug, allow, deny, grants, guard_decisions(state)))
         files.write_secrets(secrets_document(creds, tokens))
         owned += [files.policy, files.secrets]
         if ca_certs is not None:
             write_private(files.dir / "ca.crt", read_host_file(ca_certs))
             owned.append(files.dir / "ca.crt")
     state.audit_path.touch(mode=0o600, exist_ok=True)
+    requests = state.path / "requests.jsonl"
+    requests.touch(mode=0o600, exist_ok=True)
+    owned.append(requests)
     if os.getuid() == 0:
         # The containers run unprivileged: hand each exactly the paths it reads or writes.
         for p in owned:
@@ -133,6 +138,7 @@ def prepare_guard(
         port=port,
         dir=files.dir,
         audit=state.audit_path,
+        requests=requests,
         agent_env=agent_env,
         honey=honey_paths,
         cafile=ca_certs is not None and not pipelock,
@@ -148,4 +154,4 @@ def rewrite_policy(state: StateDir, spec: BottleSpec) -> None:
     elif files.policy.exists():
         allow = [r.rule() for r in spec.egress.allow]
         deny = [r.rule() for r in spec.egress.deny]
-        files.write_policy(policy_document(state.slug, allow, deny, grants))
+        files.write_policy(policy_document(state.slug, allow, deny, grants, guard_decisions(state)))

@@ -21,12 +21,21 @@ RUN ${user_setup}
 COPY bottle-wait-guard /usr/local/bin/bottle-wait-guard
 COPY bottle-firewall /usr/local/sbin/bottle-firewall
 COPY bottle-run /usr/local/bin/bottle-run
+COPY bottle-capability /usr/local/bin/bottle-capability
 # tmux holds interactive sessions so `attach` can come back to them. Claude Code must look as it does
 # outside a bottle: UTF-8 (glyphs, not underscores), 256 colours and true colour, focus events on; no
 # status bar, no escape delay.
 RUN printf '%s\n' 'set -g status off' 'set -sg escape-time 0' 'set -g history-limit 50000' \
       'set -g focus-events on' 'set -g default-terminal "tmux-256color"' \
       'set -as terminal-features ",*:RGB"' > /etc/tmux.conf
+# Packages the operator granted this bottle when it asked for them (empty unless a grant rebuilt it): a last
+# layer of their own, so a grant reuses everything above. Read as data by bottle-install, as above.
+COPY packages/granted /tmp/bottle-granted
+RUN if [ -s /tmp/bottle-granted/apt.txt ]; then apt-get update -qq; fi \
+ && bottle-install apt /tmp/bottle-granted/apt.txt \
+ && bottle-install npm /tmp/bottle-granted/npm.txt \
+ && bottle-install pip /tmp/bottle-granted/pip.txt \
+ && rm -rf /tmp/bottle-granted /var/lib/apt/lists/*
 ENV LANG=C.UTF-8 \
     LC_ALL=C.UTF-8 \
     DISABLE_AUTOUPDATER=1 \

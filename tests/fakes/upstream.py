@@ -206,6 +206,9 @@ def main() -> None:
     Handler.root = Path(args.root).resolve()
     Handler.name = args.name
     threading.Thread(target=udp_echo, args=(53,), daemon=True).start()
+    # A listen backlog fit for the soak (http.server's default of 5 resets bursts: the guard would then
+    # rightly answer 502 for an upstream that dropped a connection it was sent).
+    ThreadingHTTPServer.request_queue_size = 1024
     ThreadingHTTPServer(("0.0.0.0", args.port), Handler).serve_forever()
 
 

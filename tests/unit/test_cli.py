@@ -88,7 +88,8 @@ def test_headless_run_that_fails_is_preserved_as_crashed(project: Path, capsys: 
     FakeBackend.exec_rc = 3
     assert main(["start", "claude", "--prompt", "do it"]) == 3
     run = FakeBackend.calls[-2]
-    assert run.startswith("exec claude --dangerously-skip-permissions --session-id ") and run.endswith(" -p do it")
+    assert run.startswith("exec claude --dangerously-skip-permissions --append-system-prompt You run in a sealed")
+    assert " --session-id " in run and run.endswith(" -p do it")
     assert FakeBackend.calls[-1] == "stop"
     (sd,) = list_state_dirs()
     record = sd.read()

@@ -14,6 +14,7 @@ import pytest
 
 from claude_bottle import lifecycle
 from claude_bottle.backend import _BACKENDS
+from claude_bottle.claude_code import CAPABILITY_PROMPT
 from claude_bottle.cli import main
 from claude_bottle.manifest import AgentSpec
 from claude_bottle.state import StateDir, bottle_home, list_state_dirs
@@ -65,7 +66,8 @@ def test_every_agent_option_reaches_claudes_argv(project: Path) -> None:
     (sd,) = list_state_dirs()
     assert run.argv == [
         "claude", "--permission-mode", "acceptEdits", "--model", "claude-opus-4", "--append-system-prompt",
-        "be brief", "--verbose", "--max-turns", "3", "--session-id", sd.read().session_id, "-p", "do it",
+        CAPABILITY_PROMPT + "\n\nbe brief", "--verbose", "--max-turns", "3", "--session-id", sd.read().session_id,
+        "-p", "do it",
     ]  # fmt: skip
     assert (run.tty, run.interactive) == (False, False)
 
@@ -75,10 +77,16 @@ def test_the_default_agent_skips_claudes_own_prompts_and_resumes_its_session() -
     assert lifecycle.claude_argv(a, prompt=None, session_id="s1") == [
         "claude",
         "--dangerously-skip-permissions",
+        "--append-system-prompt",
+        CAPABILITY_PROMPT,  # how to ask for what the bottle lacks
         "--session-id",
         "s1",
     ]
     assert lifecycle.claude_argv(a, prompt="p", session_id="s1", resume=True)[-4:] == ["--resume", "s1", "-p", "p"]
+    # A continuation on a terminal is the interactive session's first message, not a headless run.
+    assert lifecycle.claude_argv(a, prompt="go on", session_id="s1", resume=True, headless=False)[-3:] == [
+        "--resume", "s1", "go on",
+    ]  # fmt: skip
 
 
 # -- interactive runs, attach, detach, signals ---------------------------------------------------------

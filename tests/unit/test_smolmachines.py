@@ -280,7 +280,11 @@ def test_the_agent_env_points_at_the_guards_address() -> None:
     from claude_bottle.guard.inputs import GuardInputs
 
     g = GuardInputs(
-        "guard", 3128, Path("/g"), Path("/a"), {"ANTHROPIC_BASE_URL": "http://egress:3128/anthropic", "X": "y"}
+        "guard",
+        3128,
+        Path("/g"),
+        Path("/a"),
+        agent_env={"ANTHROPIC_BASE_URL": "http://egress:3128/anthropic", "X": "y"},
     )
     assert g.agent_env_for("http://127.77.1.2:3128") == {
         "ANTHROPIC_BASE_URL": "http://127.77.1.2:3128/anthropic",

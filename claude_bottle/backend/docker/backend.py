@@ -92,7 +92,7 @@ class DockerBottleBackend(BottleBackend):
         from .images import agent_image_spec, guard_image_spec
 
         b = plan.bottle
-        return [guard_image_spec(), agent_image_spec(b.spec, b.ids, ca_certs=b.paths.ca_certs)]
+        return [guard_image_spec(), agent_image_spec(b.spec, b.ids, ca_certs=b.paths.ca_certs, granted=b.granted)]
 
     def prepare_images(self, *, plan: BottlePlan, progress: Progress) -> dict[str, str]:
         """The images by role. Warm, this is one engine call: the base images' ids are remembered, so the

@@ -121,6 +121,7 @@ def render_compose(
         **guard.agent_env,
         **proxy_env,
         "CLAUDE_BOTTLE_SLUG": slug,
+        "BOTTLE_GUARD_URL": guard_url,  # bottle-capability asks here
         "HOME": AGENT_HOME,
         # Claude Code keeps its settings (.claude.json) and transcripts here: the state dir on the host.
         "CLAUDE_CONFIG_DIR": f"{AGENT_HOME}/.claude",
@@ -190,6 +191,8 @@ def render_compose(
             net.clients,
             "--ready-file",
             "/bottle-run/guard-ready",
+            "--requests",
+            "/var/log/claude-bottle/requests.jsonl",
         ]
         if guard.cafile:
             command += ["--cafile", "/etc/claude-bottle/ca.crt"]
@@ -204,6 +207,7 @@ def render_compose(
             "volumes": [
                 {"type": "bind", "source": str(guard.dir), "target": "/etc/claude-bottle", "read_only": True},
                 {"type": "bind", "source": str(guard.audit), "target": "/var/log/claude-bottle/egress.jsonl"},
+                {"type": "bind", "source": str(guard.requests), "target": "/var/log/claude-bottle/requests.jsonl"},
                 run_mount,
             ],
             "healthcheck": {

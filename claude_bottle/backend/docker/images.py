@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -20,7 +21,13 @@ __all__ = ["GUARD_BASE_IMAGE", "ImageSpec", "agent_image_spec", "guard_image_spe
 
 GUARD_BASE_IMAGE = "python:3.11-slim-bookworm"
 CA_NAME = "claude-bottle-extra-ca.crt"
-SCRIPTS = ("bottle-wait-guard", "bottle-firewall", "bottle-run", "bottle-install")  # into the agent image
+SCRIPTS = (
+    "bottle-wait-guard",
+    "bottle-firewall",
+    "bottle-run",
+    "bottle-install",
+    "bottle-capability",
+)  # into the agent image
 
 
 def _template(name: str) -> str:
@@ -55,8 +62,15 @@ class ImageSpec:
                 target.chmod(0o755)
 
 
-def agent_image_spec(bottle: BottleSpec, ids: RuntimeIds, *, ca_certs: Path | None = None) -> ImageSpec:
-    """The agent image for a bottle. `ca_certs` is the bundle's checked, resolved path (paths.py)."""
+def agent_image_spec(
+    bottle: BottleSpec,
+    ids: RuntimeIds,
+    *,
+    ca_certs: Path | None = None,
+    granted: Mapping[str, Sequence[str]] | None = None,
+) -> ImageSpec:
+    """The agent image for a bottle. `ca_certs` is the bundle's checked, resolved path (paths.py);
+    `granted`, the packages capability requests were granted (a last layer of their own)."""
     images = resources.files("claude_bottle.images")
     files = {name: images.joinpath(name).read_bytes() for name in SCRIPTS}
     ca_copy = ca_update = ca_env = ""
@@ -77,6 +91,11 @@ def agent_image_spec(bottle: BottleSpec, ids: RuntimeIds, *, ca_certs: Path | No
     # The manifest's packages travel as data, one per line, never inside a RUN line (bottle-install).
     for kind, names in (("apt", bottle.packages), ("npm", bottle.npm), ("pip", bottle.pip)):
         files[f"packages/{kind}.txt"] = "".join(f"{n}\n" for n in names).encode()
+    extra = {k: list(v) for k, v in (granted or {}).items()}
+    if extra.get("pip") and not bottle.pip and "python3-pip" not in extra.get("apt", []):
+        extra.setdefault("apt", []).append("python3-pip")
+    for kind in ("apt", "npm", "pip"):
+        files[f"packages/granted/{kind}.txt"] = "".join(f"{n}\n" for n in extra.get(kind, [])).encode()
     dockerfile = Template(_template("agent.Dockerfile")).substitute(
         base_image=bottle.base_image,
         ca_copy=ca_copy,

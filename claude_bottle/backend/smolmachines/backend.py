@@ -190,6 +190,7 @@ class SmolmachinesBottleBackend(BottleBackend):
             "no_proxy": f"localhost,127.0.0.1,::1,{bundle.address}",
             "BOTTLE_GUARD_HEALTH": f"{url}{HEALTH_PATH}",
             "CLAUDE_BOTTLE_SLUG": b.slug,
+            "BOTTLE_GUARD_URL": url,
             "HOME": AGENT_HOME,
             "CLAUDE_CONFIG_DIR": f"{AGENT_HOME}/.claude",
         }

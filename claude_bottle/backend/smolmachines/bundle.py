@@ -99,6 +99,8 @@ class Bundle:
             f"{gateway}/32",
             "--ready-file",
             "/bottle-run/guard-ready",
+            "--requests",
+            "/var/log/claude-bottle/requests.jsonl",
         ]
         if guard.cafile:
             argv += ["--cafile", "/etc/claude-bottle/ca.crt"]
@@ -138,6 +140,8 @@ class Bundle:
             f"type=bind,source={guard.dir},target=/etc/claude-bottle,readonly",
             "--mount",
             f"type=bind,source={guard.audit},target=/var/log/claude-bottle/egress.jsonl",
+            "--mount",
+            f"type=bind,source={guard.requests},target=/var/log/claude-bottle/requests.jsonl",
             "--mount",
             f"type=bind,source={run_dir},target=/bottle-run",
             image,
