@@ -532,7 +532,9 @@ def choose_requests(state: StateDir, ids: Sequence[str], *, every: bool) -> list
     return [by_id[i] for i in ids]
 
 
-def answer_requests(state: StateDir, chosen: Sequence[Request], *, grant: bool, reason: str = "") -> Answered:
+def answer_requests(
+    state: StateDir, chosen: Sequence[Request], *, grant: bool, reason: str = "", private: bool = False
+) -> Answered:
     """The operator's answer. A granted egress request becomes a live grant (the guard lets the waiting
     request through); a granted package is added to the bottle's image as a layer of its own (`rebuilt`),
     built when it resumes. Every answer is recorded and handed to the guard (its policy's decisions)."""
@@ -546,7 +548,7 @@ def answer_requests(state: StateDir, chosen: Sequence[Request], *, grant: bool, 
         rules = []
         for r in egress:
             host, _, port = r.name.partition(":")
-            rules.append(Rule.from_dict({"host": host, **({"ports": [int(port)]} if port else {})}))
+            rules.append(Rule.from_dict({"host": host, "private": private, **({"ports": [int(port)]} if port else {})}))
         grant_egress(state, rules)
     with state.lock():
         if grant and packages:

@@ -77,7 +77,7 @@ def answer(args: argparse.Namespace, *, grant: bool) -> int:
     state = state_for(args)
     chosen = choose_requests(state, args.request, every=args.all)
     reason = getattr(args, "reason", "")
-    answered = answer_requests(state, chosen, grant=grant, reason=reason)
+    answered = answer_requests(state, chosen, grant=grant, reason=reason, private=getattr(args, "private", False))
     if grant and getattr(args, "save", False):
         from ..manifest_edit import save_grants_to_manifest
 

@@ -131,7 +131,9 @@ class DockerBottleBackend(BottleBackend):
                 self._build(spec, progress)
             images[spec.role] = spec.tag
             if spec.role == "agent":
-                write_private(plan.state.path / "Dockerfile", spec.dockerfile)
+                granted = "; ".join(f"{k}: {' '.join(v)}" for k, v in sorted(plan.bottle.granted.items()) if v)
+                note = f"# rebuilt: granted packages ({granted}), built in the last layer\n" if granted else ""
+                write_private(plan.state.path / "Dockerfile", note + spec.dockerfile)
         return images
 
     def _build(self, spec: ImageSpec, progress: Progress) -> None:

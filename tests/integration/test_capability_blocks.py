@@ -1,0 +1,128 @@
+"""Capability blocks on the real engine with the real Claude Code (issue 13): the fake Messages API makes
+claude run `bottle-capability request apt:jq`; the bottle blocks; `grant --request` rebuilds the image
+with jq and resumes the same session; an egress request is granted live, another denied."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from .conftest import STATE, TEST_KEY, Cli, Internet, trusted, write_manifest
+
+AGENT_UID = 1000
+
+
+@pytest.fixture(scope="module")
+def bcli(tmp_path_factory: pytest.TempPathFactory, internet: Internet) -> Iterator[Cli]:
+    root = tmp_path_factory.mktemp("capability")
+    ws = root / "workspace"
+    ws.mkdir()
+    manifest = write_manifest(ws, internet)
+    if os.getuid() == 0:
+        os.chown(ws, AGENT_UID, AGENT_UID)
+    c = Cli(root / "home", ws)
+    trusted(c, manifest)
+    yield c
+    for slug in c.ls():
+        c.run("keep", slug, "--release")
+        c.run("stop", slug, "--rm")
+
+
+def messages(internet: Internet) -> list[dict[str, Any]]:
+    return [r for r in internet.requests("anthropic") if r["path"].startswith("/v1/messages")]
+
+
+def test_a_package_request_blocks_then_a_grant_rebuilds_and_resumes_the_session(bcli: Cli, internet: Internet) -> None:
+    before = len(messages(internet))
+    r = bcli.run(
+        "start", "claude", "--prompt",
+        "CAP-MARKER TOOL: bottle-capability request apt:jq --reason 'to parse the JSON files'",
+        timeout=600,
+    )  # fmt: skip
+    slug = r.stdout.strip().splitlines()[0]
+    assert "blocked" in r.stderr and "apt:jq" in r.stderr, r.stderr
+    row = bcli.ls()[slug]
+    assert row["status"] == "blocked (wants apt:jq)" and row["preserved"] == "capability-block"
+    pending = json.loads(bcli.run("requests", "--json", check=True).stdout)
+    (req,) = pending
+    assert (req["slug"], req["kind"], req["name"], req["reason"]) == (slug, "apt", "jq", "to parse the JSON files")
+    tool_results = json.dumps(messages(internet)[before:])
+    assert "stops this bottle now" in tool_results  # claude saw the guard's answer before it was stopped
+    # The grant: rebuilt with jq in a last layer, the same session continued.
+    before = len(messages(internet))
+    t0 = time.monotonic()
+    r = bcli.run("grant", slug, "--request", req["id"], timeout=900)
+    took = time.monotonic() - t0
+    assert r.returncode == 0, r.stdout + r.stderr
+    sent = json.dumps(messages(internet)[before:])
+    assert "CAP-MARKER" in sent and "granted apt:jq" in sent  # the earlier conversation and the continuation
+    assert all(
+        next(v for k, v in q["headers"].items() if k.lower() == "x-api-key") == TEST_KEY
+        for q in messages(internet)[before:]
+    )
+    state = bcli.home / STATE / slug
+    record = json.loads((state / "bottle.json").read_text())
+    assert record["granted_packages"] == {"apt": ["jq"]} and record["rebuilt"] is True
+    assert (state / "Dockerfile").read_text().startswith("# rebuilt: granted packages (apt: jq)")
+    assert bcli.ls()[slug]["preserved"] == "rebuilt"
+    assert "rebuilt Dockerfile" in bcli.run("cleanup", "--dry-run", check=True).stdout
+    bcli.run("resume", slug, "--detach", check=True)
+    rc, out = bcli.sh(slug, "jq --version")
+    assert rc == 0 and out.startswith("jq-"), out
+    bcli.run("stop", slug, check=True)
+    (state.parent.parent / "grant-seconds").write_text(f"{took:.1f}\n")  # for the note: grant to answered
+
+
+def test_an_egress_request_is_granted_live_and_another_denied(bcli: Cli) -> None:
+    slug = bcli.start()
+    try:
+        asking = subprocess.Popen(
+            bcli.argv("exec", slug, "--", "bottle-capability", "request", "egress:forbidden.test:80",
+                      "--reason", "the docs live there", "--wait", "60"),
+            cwd=bcli.cwd, env=bcli.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        req = None
+        for _ in range(300):
+            pending = json.loads(bcli.run("requests", slug, "--json", check=True).stdout)
+            if pending:
+                (req,) = pending
+                break
+            time.sleep(0.1)
+        assert req is not None and req["name"] == "forbidden.test:80"
+        _, out = bcli.sh(slug, "curl -sS -m 5 -o /dev/null -w '%{http_code}' http://forbidden.test/")
+        assert out.strip() == "403"  # the control: refused until granted
+        bcli.run("grant", slug, "--request", req["id"], "--private", check=True)  # a test host: private address
+        out, err = asking.communicate(timeout=60)
+        assert asking.returncode == 0 and "granted egress:forbidden.test:80" in out, out + err
+        rc, out = bcli.sh(slug, "curl -sS -m 10 -o /dev/null -w '%{http_code}' http://forbidden.test/")
+        assert out.strip() == "200", out
+        line = bcli.wait_line(slug, kind="capability", answer="grant")
+        assert line["capability"] == "egress:forbidden.test:80"
+        # Another, denied: the agent is told why and exits 1.
+        denied = subprocess.Popen(
+            bcli.argv("exec", slug, "--", "bottle-capability", "request", "egress:private.test:443", "--wait", "60"),
+            cwd=bcli.cwd, env=bcli.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        for _ in range(300):
+            pending = json.loads(bcli.run("requests", slug, "--json", check=True).stdout)
+            if pending:
+                break
+            time.sleep(0.1)
+        bcli.run("deny", slug, "--all", "--reason", "not for this task", check=True)
+        out, err = denied.communicate(timeout=60)
+        assert denied.returncode == 1 and "not for this task" in out, out + err
+        # Bad requests: refused with one clear line, exit 64, nothing reaches a shell.
+        rc, out = bcli.sh(slug, "bottle-capability request 'apt:jq; touch /tmp/pwned'; echo rc=$?")
+        assert "rc=64" in out and "is not an apt package name" in out
+        _, out = bcli.sh(slug, "ls /tmp/pwned 2>&1; true")
+        assert "No such file" in out
+    finally:
+        bcli.run("stop", slug, "--rm")
