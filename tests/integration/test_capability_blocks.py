@@ -101,7 +101,7 @@ def test_an_egress_request_is_granted_live_and_another_denied(bcli: Cli) -> None
         bcli.run("grant", slug, "--request", req["id"], "--private", check=True)  # a test host: private address
         out, err = asking.communicate(timeout=60)
         assert asking.returncode == 0 and "granted egress:forbidden.test:80" in out, out + err
-        rc, out = bcli.sh(slug, "curl -sS -m 10 -o /dev/null -w '%{http_code}' http://forbidden.test/")
+        _rc, out = bcli.sh(slug, "curl -sS -m 10 -o /dev/null -w '%{http_code}' http://forbidden.test/")
         assert out.strip() == "200", out
         line = bcli.wait_line(slug, kind="capability", answer="grant")
         assert line["capability"] == "egress:forbidden.test:80"
@@ -120,7 +120,7 @@ def test_an_egress_request_is_granted_live_and_another_denied(bcli: Cli) -> None
         out, err = denied.communicate(timeout=60)
         assert denied.returncode == 1 and "not for this task" in out, out + err
         # Bad requests: refused with one clear line, exit 64, nothing reaches a shell.
-        rc, out = bcli.sh(slug, "bottle-capability request 'apt:jq; touch /tmp/pwned'; echo rc=$?")
+        _, out = bcli.sh(slug, "bottle-capability request 'apt:jq; touch /tmp/pwned'; echo rc=$?")
         assert "rc=64" in out and "is not an apt package name" in out
         _, out = bcli.sh(slug, "ls /tmp/pwned 2>&1; true")
         assert "No such file" in out
