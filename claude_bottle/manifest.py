@@ -120,6 +120,9 @@ class EgressSpec(_Strict):
     allow: tuple[EgressRule, ...] = ()
     deny: tuple[EgressRule, ...] = ()
     networks: tuple[str, ...] = ()
+    # Ask mode: a connection the policy refuses becomes a request to the operator, held while they decide.
+    ask: bool = False
+    ask_timeout: float = Field(60.0, gt=0, le=600)
 
     @field_validator("networks")
     @classmethod

@@ -91,6 +91,7 @@ class Desk:
         self.decisions = decisions
         self.limit = limit
         self.count = self._already()
+        self.asking: dict[str, Submitted] = {}  # ask mode: the pending request per destination
 
     def _already(self) -> int:
         """Requests made in earlier generations of the bottle count against its limit too."""
@@ -130,6 +131,24 @@ class Desk:
         self._record(req)
         self.count += 1
         return req, wait
+
+    def ask(self, host: str, port: int, why: str) -> Submitted:
+        """Ask mode: a connection the policy refused becomes a request (one per destination while it is
+        pending; counted against the same limit)."""
+        label = f"{host}:{port}"
+        held = self.asking.get(label)
+        if held is not None and held.id not in self.decisions():
+            return held
+        if self.path is None:
+            raise Invalid("this bottle takes no capability requests")
+        name = parse_name("egress", label)
+        if self.count >= self.limit:
+            raise Invalid(f"this bottle has made its {self.limit} requests")
+        req = Submitted(f"r-{secrets.token_hex(4)}", "egress", name, self.redact(f"ask mode: {why}"))
+        self._record(req)
+        self.count += 1
+        self.asking[label] = req
+        return req
 
     def _record(self, req: Submitted) -> None:
         assert self.path is not None  # noqa: S101 - submit refuses without a requests file

@@ -117,6 +117,7 @@ class Policy:
     local_names: dict[str, str] = field(default_factory=dict)  # names the bottle's DNS answers
     # The operator's answers to capability requests: id -> (decision "grant" | "deny", reason).
     decisions: dict[str, tuple[str, str]] = field(default_factory=dict)
+    ask_timeout: float = 0.0  # ask mode: seconds a refused connection waits for the operator (0: off)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Policy:
@@ -130,6 +131,7 @@ class Policy:
                 for k, v in d.get("decisions", {}).items()
                 if isinstance(v, list) and len(v) == 2 and v[0] in ("grant", "deny")
             },
+            ask_timeout=min(max(float(d.get("ask_timeout", 0) or 0), 0.0), 600.0),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -141,6 +143,7 @@ class Policy:
             "deny": [r.to_dict() for r in self.deny],
             "local_names": dict(self.local_names),
             **({"decisions": {k: list(v) for k, v in self.decisions.items()}} if self.decisions else {}),
+            **({"ask_timeout": self.ask_timeout} if self.ask_timeout else {}),
         }
 
     def check(self, host: str, port: int) -> Decision:

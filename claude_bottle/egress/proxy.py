@@ -469,7 +469,7 @@ class Guard:
             host, port = split_host_port(req.target, 443)
             entry.update(host=host, port=port)
             self._scan_host(host)
-            decision = self._decide(host, port)
+            decision = await self._decide_or_ask(host, port, conn)
             up_r, up_w = await self._open(host, port, decision, entry)
             try:
                 writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
@@ -518,7 +518,7 @@ class Guard:
             raise Refused(403, "host-header-mismatch")
         self._scan_request(req, path)
         framing = body_framing(req)
-        decision = self._decide(host, port)
+        decision = await self._decide_or_ask(host, port, conn)
         up_r, up_w = await self._open(host, port, decision, entry)
         try:
             self._allow(conn, decision.reason)
@@ -593,6 +593,28 @@ class Guard:
             raise Refused(403, decision.reason)
         self._recordable()
         return decision
+
+    async def _decide_or_ask(self, host: str, port: int, conn: Conn) -> Decision:
+        """As _decide; in ask mode a refusal becomes a request to the operator, and the connection waits
+        (up to the policy's ask_timeout) for the answer: granted in time, it goes through."""
+        policy = self.policy.current()
+        decision = policy.check(host, port)
+        if decision.allowed or not policy.ask_timeout:
+            return self._decide(host, port)
+        try:
+            req = self.desk.ask(host, port, decision.reason)
+        except Invalid:
+            raise Refused(403, decision.reason) from None
+        conn.entry.update(request=req.id)
+        self.audit.write(
+            kind="capability", decision="request", capability=req.label(), request=req.id, reason=req.reason
+        )
+        answer, why = await self.desk.answer(req, policy.ask_timeout, asyncio.sleep)
+        if answer == "grant":
+            return self._decide(host, port)  # the grant reached the policy before the answer did
+        if answer == "deny":
+            raise Refused(403, "denied by the operator" + (f": {why}" if why else ""))
+        raise Refused(403, f"ask mode: no answer within {policy.ask_timeout:.0f}s ({decision.reason})")
 
     def _recordable(self) -> None:
         """Before connecting anywhere: an allow the audit log could not record is not made."""

@@ -23,10 +23,17 @@ def policy_document(
     deny: Sequence[Rule],
     grants: Sequence[Rule] = (),
     decisions: Mapping[str, tuple[str, str]] | None = None,
+    ask_timeout: float = 0.0,
 ) -> dict[str, Any]:
     """The policy file, from the guard's own types and serialiser; with the operator's answers to the
     bottle's capability requests (an egress request waits in the guard for its answer)."""
-    return Policy(bottle=slug, allow=(*allow, *grants), deny=tuple(deny), decisions=dict(decisions or {})).to_dict()
+    return Policy(
+        bottle=slug,
+        allow=(*allow, *grants),
+        deny=tuple(deny),
+        decisions=dict(decisions or {}),
+        ask_timeout=ask_timeout,
+    ).to_dict()
 
 
 def load_grants(state: StateDir) -> list[Rule]:

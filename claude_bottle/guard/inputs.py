@@ -117,7 +117,7 @@ def prepare_guard(
             honey_paths[name] = target
         allow = [r.rule() for r in spec.egress.allow]
         deny = [r.rule() for r in spec.egress.deny]
-        files.write_policy(policy_document(state.slug, allow, deny, grants, guard_decisions(state)))
+        files.write_policy(policy_document(state.slug, allow, deny, grants, guard_decisions(state), _ask(spec)))
         files.write_secrets(secrets_document(creds, tokens))
         owned += [files.policy, files.secrets]
         if ca_certs is not None:
@@ -145,6 +145,10 @@ def prepare_guard(
     )
 
 
+def _ask(spec: BottleSpec) -> float:
+    return spec.egress.ask_timeout if spec.egress.ask else 0.0
+
+
 def rewrite_policy(state: StateDir, spec: BottleSpec) -> None:
     """A running bottle's policy after a grant or revoke: the guard re-reads it within half a second."""
     files = GuardFiles(state)
@@ -154,4 +158,4 @@ def rewrite_policy(state: StateDir, spec: BottleSpec) -> None:
     elif files.policy.exists():
         allow = [r.rule() for r in spec.egress.allow]
         deny = [r.rule() for r in spec.egress.deny]
-        files.write_policy(policy_document(state.slug, allow, deny, grants, guard_decisions(state)))
+        files.write_policy(policy_document(state.slug, allow, deny, grants, guard_decisions(state), _ask(spec)))

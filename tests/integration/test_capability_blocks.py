@@ -126,3 +126,47 @@ def test_an_egress_request_is_granted_live_and_another_denied(bcli: Cli) -> None
         assert "No such file" in out
     finally:
         bcli.run("stop", slug, "--rm")
+
+
+def test_ask_mode_holds_a_refused_connection_until_granted_and_refuses_at_the_timeout(
+    tmp_path_factory: pytest.TempPathFactory, internet: Internet
+) -> None:
+    root = tmp_path_factory.mktemp("askmode")
+    ws = root / "workspace"
+    ws.mkdir()
+    manifest = write_manifest(ws, internet)
+    manifest.write_text(
+        manifest.read_text().replace(
+            "[bottles.default.egress]\n", "[bottles.default.egress]\nask = true\nask_timeout = 8\n"
+        )
+    )
+    if os.getuid() == 0:
+        os.chown(ws, AGENT_UID, AGENT_UID)
+    c = Cli(root / "home", ws)
+    trusted(c, manifest)
+    slug = c.start()
+    try:
+        curl = subprocess.Popen(
+            c.argv("exec", slug, "--", "curl", "-sS", "-m", "30", "-w", " %{http_code}", "http://forbidden.test/"),
+            cwd=c.cwd, env=c.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        req = None
+        for _ in range(300):
+            pending = json.loads(c.run("requests", slug, "--json", check=True).stdout)
+            if pending:
+                (req,) = pending
+                break
+            time.sleep(0.05)
+        assert req is not None and req["name"] == "forbidden.test:80" and req["reason"].startswith("ask mode")
+        assert curl.poll() is None  # held while the operator decides
+        c.run("grant", slug, "--request", req["id"], "--private", check=True)
+        out, err = curl.communicate(timeout=30)
+        assert out.endswith(" 200"), out + err
+        # Nobody answers: refused when the wait runs out, with that reason.
+        t0 = time.monotonic()
+        _, out = c.sh(slug, "curl -sS -m 30 -w ' %{http_code}' http://private.test:8080/")
+        assert out.endswith(" 403") and "no answer within 8s" in out, out
+        assert 7 < time.monotonic() - t0 < 25
+    finally:
+        c.run("stop", slug, "--rm")

@@ -281,3 +281,58 @@ def test_the_image_has_a_layer_for_granted_packages() -> None:
     assert plain.dockerfile == granted.dockerfile and plain.tag != granted.tag  # same recipe, other data
     assert "COPY packages/granted /tmp/bottle-granted" in plain.dockerfile
     assert "bottle-capability" in plain.files and os.X_OK
+
+
+# -- ask mode -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("answer", ["grant", "deny", None])
+def test_ask_mode_holds_a_refused_connection_until_the_operator_answers(tmp_path: Path, answer: str | None) -> None:
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nreached")
+        await writer.drain()
+        writer.close()
+
+    async def go() -> None:
+        up = await asyncio.start_server(upstream, "127.0.0.1", 0)
+        up_port = up.sockets[0].getsockname()[1]
+        async with desk(tmp_path) as (port, policy, requests, audit):
+            doc = {"bottle": "t-abcde", "allow": [], "ask_timeout": 1.5}
+            policy.write_text(json.dumps(doc))
+            held = asyncio.create_task(send(port, f"GET http://127.0.0.1:{up_port}/ HTTP/1.1\r\n\r\n".encode()))
+            again = asyncio.create_task(send(port, f"GET http://127.0.0.1:{up_port}/x HTTP/1.1\r\n\r\n".encode()))
+            for _ in range(200):
+                if lines(requests):
+                    break
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.1)
+            (req,) = lines(requests)  # one request per destination, however many connections wait on it
+            assert req["name"] == f"127.0.0.1:{up_port}" and req["reason"].startswith("ask mode:")
+            assert not held.done()
+            if answer:
+                doc["decisions"] = {req["id"]: [answer, "no"]}
+                if answer == "grant":
+                    doc["allow"] = [{"host": "127.0.0.1", "ports": [up_port], "private": True}]
+                policy.write_text(json.dumps(doc))
+            first, second = await asyncio.wait_for(asyncio.gather(held, again), 10)
+            for resp in (first, second):
+                if answer == "grant":
+                    assert resp.startswith(b"HTTP/1.1 200") and resp.endswith(b"reached"), resp
+                elif answer == "deny":
+                    assert resp.startswith(b"HTTP/1.1 403") and b"denied by the operator: no" in resp, resp
+                else:
+                    assert resp.startswith(b"HTTP/1.1 403") and b"ask mode: no answer within 2s" in resp, resp
+            asked = [ln for ln in lines(audit) if ln.get("kind") == "capability"]
+            assert asked and asked[0]["capability"] == f"egress:127.0.0.1:{up_port}"
+        up.close()
+        await up.wait_closed()
+
+    asyncio.run(go())
+
+
+def test_without_ask_mode_a_refusal_is_immediate_and_asks_nobody(tmp_path: Path) -> None:
+    async def go() -> None:
+        async with desk(tmp_path) as (port, _policy, requests, _audit):
+            resp = await send(port, b"GET http://127.0.0.1:9/ HTTP/1.1\r\n\r\n")
+            assert resp.startswith(b"HTTP/1.1 403") and lines(requests) == []
+
+    asyncio.run(go())
