@@ -290,3 +290,31 @@ def test_the_agent_env_points_at_the_guards_address() -> None:
         "ANTHROPIC_BASE_URL": "http://127.77.1.2:3128/anthropic",
         "X": "y",
     }
+
+
+def test_a_capability_block_is_granted_rebuilt_and_resumed_through_the_vm_backend(
+    world: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["start", "claude", "--detach", "--prompt", "work"]) == 0
+    (sd,) = list_state_dirs()
+    first_image = next(iter(smol_db(world)["machines"].values()))["config"]["image"]
+    # The guard recorded the agent's package request; the detached run ended when it stopped itself.
+    (sd.path / "requests.jsonl").write_text(
+        json.dumps({"time": "2026-11-28T10:00:00+00:00", "id": "r-0001", "kind": "apt", "name": "jq", "reason": "x"})
+        + "\n"
+    )
+    (sd.claude_home / "bottle-run.exit").write_text("143\n")
+    transcript = sd.claude_home / "projects" / "-workspace" / f"{sd.read().session_id}.jsonl"
+    transcript.parent.mkdir(parents=True)
+    transcript.write_text("{}\n")  # what claude wrote before it stopped
+    capsys.readouterr()
+    assert main(["ls", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["status"] == "blocked (wants apt:jq)"
+    assert sd.preserved() == "capability-block"
+    assert main(["grant", sd.slug, "--request", "r-0001"]) == 0
+    record = sd.read()
+    assert (record.granted_packages, record.rebuilt, record.generation) == ({"apt": ["jq"]}, True, 2)
+    (machine,) = smol_db(world)["machines"].values()
+    assert machine["config"]["image"] != first_image  # the rebuilt image, handed over as its own archive
+    (tmux,) = [c[2] for c in smol_db(world)["calls"][-3:] if c[0] == "exec" and c[2][:1] == ["tmux"]]
+    assert "--resume" in tmux and "granted apt:jq" in tmux[-1]  # detached as it was run, same session
