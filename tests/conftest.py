@@ -49,6 +49,18 @@ def fake_smol(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> object:
 
 
 @pytest.fixture(autouse=True)
+def default_signals() -> Iterator[None]:
+    """Every test starts with SIGTERM and SIGHUP as a terminal leaves them, whatever the runner inherited
+    (`nohup` ignores SIGHUP, and the CLI rightly keeps an ignored signal ignored)."""
+    import signal
+
+    before = {sig: signal.signal(sig, signal.SIG_DFL) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    yield
+    for sig, handler in before.items():
+        signal.signal(sig, handler)
+
+
+@pytest.fixture(autouse=True)
 def environ_unchanged() -> Iterator[None]:
     def snapshot() -> dict[str, str]:
         return {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}

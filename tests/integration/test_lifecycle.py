@@ -73,7 +73,8 @@ def test_unknown_slug_and_bad_manifest(cli: Cli, tmp_path: Path) -> None:
     r = cli.run("start", "claude", "--manifest", str(bad))
     assert r.returncode == 1
     assert r.stderr.strip() == (
-        f"error: {bad}: bottles.default.egress: unknown key 'alow' (valid keys: allow, ask, ask_timeout, deny, engine, networks)"
+        f"error: {bad}: bottles.default.egress: unknown key 'alow' "
+        "(valid keys: allow, ask, ask_timeout, deny, engine, networks)"
     )
     assert docker("ps", "-aq").stdout.split() == before
 
