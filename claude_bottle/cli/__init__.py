@@ -29,12 +29,30 @@ from . import (
     shell,
     start,
     stop,
+    suggest,
     trust,
 )
 
 __all__ = ["main"]
 
-VERBS = (init, trust, start, ls, attach, exec_, shell, logs, stop, resume, grant, requests, keep, cleanup, doctor)
+VERBS = (
+    init,
+    trust,
+    suggest,
+    start,
+    ls,
+    attach,
+    exec_,
+    shell,
+    logs,
+    stop,
+    resume,
+    grant,
+    requests,
+    keep,
+    cleanup,
+    doctor,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,6 +26,12 @@ def write_starter(path: Path, *, force: bool) -> Path:
     if path.exists() and not force:
         raise BottleError(f"{path} already exists: edit it, or pass --force to replace it")
     text = starter_manifest()
+    # The registries this project's package files need, each named with the file that asked for it.
+    from ..suggest import suggest, toml_lines
+
+    lines = toml_lines(suggest(path.resolve().parent), allowed=["api.anthropic.com"])
+    if lines:
+        text = text.replace('  "api.anthropic.com",\n', '  "api.anthropic.com",\n' + "\n".join(lines) + "\n", 1)
     parse_manifest(text, path=path)  # the starter must always be valid
     write_private(path.resolve(), text, mode=0o644)
     return path
