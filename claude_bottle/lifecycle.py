@@ -46,6 +46,7 @@ from .state import BottleRecord, StateDir, process_started
 if TYPE_CHECKING:
     from .bottle import Bottle
     from .egress.policy import Rule
+    from .guard.inputs import GuardInputs
     from .manifest import Manifest
 
 __all__ = [
@@ -187,7 +188,7 @@ def _bring_up(
             )
             _claude_home(bottle, placeholder=bool(guard.agent_env))
             images = backend.prepare_images(plan=plan, progress=progress)
-            state.update(images=images)
+            state.update(images=images, ran_with=_ran_with(bottle, guard))
             engine_touched = True
             # From here the agent may write the workspace: what git would read is settled when the run ends.
             state.update(run_started=time.time(), git_protected=list(bottle.paths.protected))
@@ -208,6 +209,19 @@ def _bring_up(
                 state.remove()
         raise
     return Started(bottle, backend, plan)
+
+
+def _ran_with(bottle: Bottle, guard: GuardInputs) -> dict[str, str]:
+    """The hashes of what this run starts with, kept in the record (`claude-bottle report`)."""
+    import hashlib
+
+    out = {"bottle spec": hashlib.sha256(json.dumps(bottle.spec.model_dump(mode="json"), sort_keys=True).encode())}
+    policy = guard.dir / "policy.json"
+    if policy.is_file():
+        out["policy"] = hashlib.sha256(policy.read_bytes())
+    if bottle.manifest_path is not None and bottle.manifest_path.is_file():
+        out["manifest"] = hashlib.sha256(bottle.manifest_path.read_bytes())
+    return {k: v.hexdigest() for k, v in out.items()}
 
 
 def _claude_home(bottle: Bottle, *, placeholder: bool) -> None:
@@ -462,7 +476,10 @@ def grant_egress(state: StateDir, rules: Sequence[Rule], *, revoke: bool = False
 
 def _record_operator_action(state: StateDir, action: str, what: list[str]) -> None:
     """Operator changes go on the bottle's audit record too (appended; the guard appends alongside)."""
-    line = json.dumps(
+    from .egress.audit import append_chained
+
+    append_chained(
+        state.audit_path,
         {
             "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "bottle": state.slug,
@@ -471,13 +488,8 @@ def _record_operator_action(state: StateDir, action: str, what: list[str]) -> No
             "egress": what,
             "decision": action,
             "reason": f"claude-bottle {action} by uid {os.getuid()}",
-        }
+        },
     )
-    fd = os.open(state.audit_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, (line + "\n").encode())
-    finally:
-        os.close(fd)
 
 
 # -- every backend ------------------------------------------------------------------------------------------

@@ -132,6 +132,7 @@ class BottleRecord:
     git_protected: list[str] = field(default_factory=list)  # workspace paths mounted read-only in that run
     wants: list[str] = field(default_factory=list)  # a blocked bottle's pending package requests (kind:name)
     granted_packages: dict[str, list[str]] = field(default_factory=dict)  # capability grants: kind -> names
+    ran_with: dict[str, str] = field(default_factory=dict)  # sha256 of the policy and manifest a run started with
     run_mode: str | None = None  # how claude last ran: interactive | headless | detached (a grant resumes so)
 
     @classmethod

@@ -31,6 +31,7 @@ from . import (
     stop,
     suggest,
     trust,
+    verify,
 )
 
 __all__ = ["main"]
@@ -50,6 +51,7 @@ VERBS = (
     grant,
     requests,
     keep,
+    verify,
     cleanup,
     doctor,
 )

@@ -9,6 +9,11 @@ a decision it does not make). Each line is one `write(2)` on an O_APPEND descrip
 Lines are also budgeted (bytes per second with a burst), so a looping agent cannot turn the log into a
 disk filler: what is over budget is counted and summarised once a second on a timer, never dropped
 silently, and the proxy refuses an allow it could not record.
+
+Lines are chained: each carries `prev`, the hash of the line before it in the file, so an edited,
+removed or inserted line breaks the chain where it happened (`verify_chain`, `claude-bottle verify`).
+Writers (the guard, and the CLI's operator lines) append under an exclusive lock and hash the file's
+actual last line whenever someone else wrote since, so the two never fork the chain.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import fcntl
+import hashlib
 import json
 import os
 import sys
@@ -27,11 +34,80 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-__all__ = ["AuditLog", "Budget", "Timer", "cap"]
+__all__ = ["GENESIS", "AuditLog", "Budget", "Timer", "append_chained", "cap", "line_hash", "verify_chain"]
 
 RESERVE = 4 * 1024 * 1024  # bytes kept allocated past the end of the log
 MAX_FIELD = 2048  # longest string field written (agent-shaped text is cut, with the cut length noted)
 FALLOC_FL_KEEP_SIZE = 1
+
+
+GENESIS = "0" * 32  # the `prev` of a log's first line
+CHAIN_BYTES = len('"prev":"",') + len(GENESIS)  # what chaining adds to a line
+TAIL = 64 * 1024  # enough to hold the last line (fields are capped at MAX_FIELD characters)
+
+
+def line_hash(line: bytes) -> str:
+    """A line's hash, as the next line's `prev` names it (the line without its newline)."""
+    return hashlib.sha256(line.strip(b"\n")).hexdigest()[:32]
+
+
+def last_line_hash(fd: int, size: int) -> str:
+    """The hash of the last line of a file of `size` bytes, read through `fd` (a cut line counts as it is)."""
+    if size <= 0:
+        return GENESIS
+    n = min(size, TAIL)
+    data = os.pread(fd, n, size - n).rstrip(b"\n")
+    return line_hash(data.rsplit(b"\n", 1)[-1]) if data else GENESIS
+
+
+def _chained(data: bytes, prev: str) -> bytes:
+    """A JSON object line with `prev` as its first field."""
+    return b'{"prev":"' + prev.encode() + (b'",' if data[1:2] != b"}" else b'"') + data[1:]
+
+
+def append_chained(path: Path, record: dict[str, Any]) -> None:
+    """Append one line to a chained log from outside the guard (the CLI's operator lines), under the lock."""
+    wfd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        rfd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(wfd, fcntl.LOCK_EX)
+            prev = last_line_hash(rfd, os.fstat(wfd).st_size)
+            os.write(wfd, _chained((json.dumps(record, separators=(",", ":")) + "\n").encode(), prev))
+        finally:
+            os.close(rfd)
+    finally:
+        os.close(wfd)
+
+
+def verify_chain(path: Path) -> tuple[int, int, list[str]]:
+    """(lines, lines before chaining began, problems): every chained line must name the hash of the line
+    before it; the first problem says where the record was changed."""
+    problems: list[str] = []
+    prev = GENESIS
+    unchained = 0
+    chained_seen = False
+    count = 0
+    with path.open("rb") as f:
+        for count, raw in enumerate(f, start=1):
+            line = raw.rstrip(b"\n")
+            try:
+                got = json.loads(line).get("prev")
+            except (ValueError, AttributeError):
+                problems.append(f"line {count} is not whole JSON (cut by a full disk, or edited)")
+                got = None
+            if got is None:
+                if chained_seen and not problems:
+                    problems.append(f"line {count} carries no chain: a line was inserted or rewritten there")
+                unchained += 0 if chained_seen else 1
+            elif got != prev and not problems:
+                problems.append(
+                    f"line {count} does not follow line {count - 1}: a line was edited, removed or inserted "
+                    f"between them"
+                )
+            chained_seen = chained_seen or got is not None
+            prev = line_hash(line)
+    return count, unchained, problems
 
 
 def cap(text: str, limit: int = MAX_FIELD) -> str:
@@ -81,6 +157,10 @@ class AuditLog:
         self.path = path
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600) if path else sys.stdout.fileno()
         self._own_fd = path is not None
+        # The chain: the hash of the last line and the file's size after it, as this guard wrote them.
+        self._rfd = os.open(path, os.O_RDONLY | os.O_CLOEXEC) if path else -1
+        self._prev = GENESIS
+        self._end = -1
         self._fallocate = _fallocator() if path else None
         self._reserved_to = 0  # file offset up to which blocks are allocated
         self.low = False  # the reserve could not be extended: space is running out
@@ -129,6 +209,29 @@ class AuditLog:
         return self.write_raw(self.line(fields))
 
     def write_raw(self, data: bytes) -> bool:
+        if not self._own_fd:
+            return self._append(data)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)  # the CLI's operator lines take it too
+        except OSError as exc:
+            self._fail(exc)
+            return False
+        try:
+            size = os.fstat(self._fd).st_size
+            if size != self._end:  # someone else appended since our last line (or this is the first)
+                self._prev = last_line_hash(self._rfd, size)
+            line = _chained(data, self._prev)
+            ok = self._append(line)
+            self._prev, self._end = (line_hash(line), os.fstat(self._fd).st_size) if ok else (self._prev, -1)
+        except OSError as exc:
+            self._fail(exc)
+            ok = False
+        finally:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        return ok
+
+    def _append(self, data: bytes) -> bool:
         if self._broken:
             data = b"\n" + data
         try:
@@ -148,7 +251,7 @@ class AuditLog:
         """Write a line if the budget allows; otherwise count it for the next summary."""
         data = self.line(fields)
         b = self.budgets[budget]
-        if not b.take(len(data)):
+        if not b.take(len(data) + CHAIN_BYTES):
             b.suppressed[key] += 1
             return False
         return self.write_raw(data)
@@ -181,6 +284,7 @@ class AuditLog:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, os.fstat(self._fd).st_size)
             os.close(self._fd)
+            os.close(self._rfd)
             self._own_fd = False
 
     def _fail(self, exc: OSError) -> None:

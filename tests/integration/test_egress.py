@@ -107,5 +107,8 @@ def test_live_grant_and_revoke_without_restart(cli: Cli, bottle: str) -> None:
     assert docker("inspect", "--format", "{{.Id}}", f"{NS}-{bottle}-agent").stdout == agent_id
     ops = [ln for ln in audit(cli, bottle) if ln["kind"] == "operator"]
     assert [o["action"] for o in ops][-2:] == ["grant", "revoke"]
+    # The guard's lines and the CLI's operator lines, written concurrently, form one intact chain.
+    v = cli.run("verify", bottle)
+    assert v.returncode == 0 and v.stdout.startswith("intact: "), v.stdout + v.stderr
     r = cli.run("grant", bottle)
     assert r.returncode == 1 and "nothing to grant" in r.stderr
