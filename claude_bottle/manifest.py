@@ -139,6 +139,10 @@ class CredentialSpec(_Strict):
     source: str | None = None  # "env:VAR" or "file:PATH"; default depends on the credential
     upstream: str | None = None  # base URL; default depends on the credential
     kind: Literal["api-key", "oauth"] | None = None  # Anthropic only; default from the source
+    # GitHub only: refs a push may update beyond refs/heads/claude-bottle/<slug> (fnmatch; "delete:PATTERN"
+    # allows deleting), and the repositories (owner/name) pushes may go to (empty: any).
+    push_refs: tuple[str, ...] = ()
+    repos: tuple[str, ...] = ()
 
     @field_validator("source")
     @classmethod

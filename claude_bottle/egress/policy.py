@@ -118,6 +118,8 @@ class Policy:
     # The operator's answers to capability requests: id -> (decision "grant" | "deny", reason).
     decisions: dict[str, tuple[str, str]] = field(default_factory=dict)
     ask_timeout: float = 0.0  # ask mode: seconds a refused connection waits for the operator (0: off)
+    git_refs: tuple[str, ...] = ()  # pushes on a credential route: refs allowed beyond the bottle's own branch
+    git_repos: tuple[str, ...] = ()  # ... and the repositories (owner/name) they may go to (empty: any)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Policy:
@@ -132,6 +134,8 @@ class Policy:
                 if isinstance(v, list) and len(v) == 2 and v[0] in ("grant", "deny")
             },
             ask_timeout=min(max(float(d.get("ask_timeout", 0) or 0), 0.0), 600.0),
+            git_refs=tuple(str(x) for x in d.get("git_refs", ())),
+            git_repos=tuple(str(x) for x in d.get("git_repos", ())),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -144,6 +148,8 @@ class Policy:
             "local_names": dict(self.local_names),
             **({"decisions": {k: list(v) for k, v in self.decisions.items()}} if self.decisions else {}),
             **({"ask_timeout": self.ask_timeout} if self.ask_timeout else {}),
+            **({"git_refs": list(self.git_refs)} if self.git_refs else {}),
+            **({"git_repos": list(self.git_repos)} if self.git_repos else {}),
         }
 
     def check(self, host: str, port: int) -> Decision:

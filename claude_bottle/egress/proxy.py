@@ -31,6 +31,8 @@ from .capability import CAPABILITY_PATH, Desk, Invalid
 from .capability import MAX_BODY as CAPABILITY_MAX_BODY
 from .config import Route, Secrets
 from .dlp import Scanner
+from .gitpush import MAX_COMMANDS_BYTES as GIT_COMMANDS_MAX
+from .gitpush import BadPush, commands_end, judge_push, parse_commands, repo_of
 from .policy import Decision, PolicyFile, is_ip, is_public_address, normalise_host
 from .tls import NEED_MORE, client_hello_sni
 
@@ -691,8 +693,11 @@ class Guard:
         writer: asyncio.StreamWriter,
         up_w: asyncio.StreamWriter,
         conn: Conn,
+        *,
+        pieces: AsyncIterator[bytes] | None = None,
     ) -> None:
-        """The request head, then its body streamed upstream as it arrives, each piece scanned first."""
+        """The request head, then its body streamed upstream as it arrives, each piece scanned first
+        (`pieces`: the body as already begun by a judge that had to read its start)."""
         if framing.kind == "chunked":
             head.append("Transfer-Encoding: chunked")
         elif framing.kind == "length" or req.method in ("POST", "PUT", "PATCH"):
@@ -718,7 +723,7 @@ class Guard:
 
         try:
             async with asyncio.timeout(BODY_TIMEOUT):
-                async for piece in _body_pieces(framing, reader):
+                async for piece in pieces if pieces is not None else _body_pieces(framing, reader):
                     await emit(scan.feed(piece))
                 await emit(scan.finish())
         except TimeoutError:
@@ -741,6 +746,9 @@ class Guard:
         self._scan_request(req, rest, skip=_CRED_HEADERS)
         framing = body_framing(req)
         self._recordable()
+        pieces = None
+        if req.method == "POST" and rest.split("?", 1)[0].endswith("/git-receive-pack"):
+            pieces = await self._judge_push(req, framing, rest, reader, conn)
         # The operator named this upstream: private addresses are fine, no allow rule needed.
         up_r, up_w = await self._open(route.host, route.port, None, conn.entry, tls=route.scheme == "https")
         try:
@@ -752,10 +760,57 @@ class Guard:
                 *req.forwarded_headers(drop=_CRED_HEADERS),
                 f"{route.header}: {route.value}",
             ]
-            await self._send_request(req, framing, head, reader, writer, up_w, conn)
+            await self._send_request(req, framing, head, reader, writer, up_w, conn, pieces=pieces)
             await self._route_response(route, up_r, writer, conn)
         finally:
             up_w.close()
+
+    async def _judge_push(
+        self, req: Request, framing: Framing, rest: str, reader: asyncio.StreamReader, conn: Conn
+    ) -> AsyncIterator[bytes]:
+        """Read a push's ref-update commands (before the pack), judge each, one audit line per update; a
+        refused one refuses the whole push before a byte of it leaves. The body then goes on as read."""
+        if req.header("content-encoding"):
+            raise Refused(400, "a compressed push cannot be judged")
+        if framing.kind == "none":
+            raise Refused(400, "a push without a body")
+        body = _body_pieces(framing, reader)
+        buf = b""
+        end = None
+        try:
+            async with asyncio.timeout(BODY_TIMEOUT):
+                async for piece in body:
+                    buf += piece
+                    end = commands_end(buf)
+                    if end is not None:
+                        break
+                    if len(buf) > GIT_COMMANDS_MAX:
+                        raise Refused(413, "push commands over 64 KiB")
+            if end is None:
+                raise Refused(400, "push commands cut short")
+            updates = parse_commands(buf[:end])
+        except TimeoutError:
+            raise Refused(408, "push commands too slow") from None
+        except BadPush as exc:
+            raise Refused(400, f"push refused: {exc}") from None
+        policy = self.policy.current()
+        repo = repo_of(rest)
+        verdicts = judge_push(updates, slug=policy.bottle, patterns=policy.git_refs, repo=repo, repos=policy.git_repos)
+        for u, ok, why in verdicts:
+            self.audit.write(
+                kind="git-push", conn=conn.cid, repo=repo, ref=u.ref, old=u.old, new=u.new,
+                decision="allow" if ok else "deny", reason=why,
+            )  # fmt: skip
+        refused = [why for _u, ok, why in verdicts if not ok]
+        if refused:
+            raise Refused(403, f"push refused: {refused[0]}")
+
+        async def rest_of_body() -> AsyncIterator[bytes]:
+            yield buf
+            async for piece in body:
+                yield piece
+
+        return rest_of_body()
 
     async def _route_response(
         self, route: Route, up_r: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: Conn

@@ -24,6 +24,8 @@ def policy_document(
     grants: Sequence[Rule] = (),
     decisions: Mapping[str, tuple[str, str]] | None = None,
     ask_timeout: float = 0.0,
+    git_refs: Sequence[str] = (),
+    git_repos: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The policy file, from the guard's own types and serialiser; with the operator's answers to the
     bottle's capability requests (an egress request waits in the guard for its answer)."""
@@ -33,6 +35,8 @@ def policy_document(
         deny=tuple(deny),
         decisions=dict(decisions or {}),
         ask_timeout=ask_timeout,
+        git_refs=tuple(git_refs),
+        git_repos=tuple(git_repos),
     ).to_dict()
 
 

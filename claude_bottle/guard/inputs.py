@@ -117,7 +117,9 @@ def prepare_guard(
             honey_paths[name] = target
         allow = [r.rule() for r in spec.egress.allow]
         deny = [r.rule() for r in spec.egress.deny]
-        files.write_policy(policy_document(state.slug, allow, deny, grants, guard_decisions(state), _ask(spec)))
+        files.write_policy(
+            policy_document(state.slug, allow, deny, grants, guard_decisions(state), _ask(spec), *_git(spec))
+        )
         files.write_secrets(secrets_document(creds, tokens))
         owned += [files.policy, files.secrets]
         if ca_certs is not None:
@@ -145,6 +147,11 @@ def prepare_guard(
     )
 
 
+def _git(spec: BottleSpec) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    gh = spec.credentials.github
+    return (gh.push_refs, gh.repos) if gh is not None else ((), ())
+
+
 def _ask(spec: BottleSpec) -> float:
     return spec.egress.ask_timeout if spec.egress.ask else 0.0
 
@@ -158,4 +165,6 @@ def rewrite_policy(state: StateDir, spec: BottleSpec) -> None:
     elif files.policy.exists():
         allow = [r.rule() for r in spec.egress.allow]
         deny = [r.rule() for r in spec.egress.deny]
-        files.write_policy(policy_document(state.slug, allow, deny, grants, guard_decisions(state), _ask(spec)))
+        files.write_policy(
+            policy_document(state.slug, allow, deny, grants, guard_decisions(state), _ask(spec), *_git(spec))
+        )

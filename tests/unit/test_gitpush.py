@@ -1,0 +1,158 @@
+"""Git-aware egress (issue 15, item 3): pushes on the GitHub route are judged from their ref-update
+commands before a byte is forwarded."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from claude_bottle.egress.audit import AuditLog
+from claude_bottle.egress.config import Route, Secrets
+from claude_bottle.egress.dlp import Scanner
+from claude_bottle.egress.gitpush import BadPush, RefUpdate, commands_end, judge_push, parse_commands, repo_of
+from claude_bottle.egress.policy import PolicyFile
+from claude_bottle.egress.proxy import Guard
+
+from .guardkit import send
+
+OLD, NEW, ZERO = "a" * 40, "b" * 40, "0" * 40
+SLUG = "claude-abcde"
+TOKEN = "ghp_REALTOKEN" + "x" * 30
+
+
+def pkt(line: str) -> bytes:
+    data = line.encode()
+    return f"{len(data) + 4:04x}".encode() + data
+
+
+def commands(*refs: tuple[str, str, str]) -> bytes:
+    out = b""
+    for i, (old, new, ref) in enumerate(refs):
+        out += pkt(f"{old} {new} {ref}" + ("\0report-status side-band-64k\n" if i == 0 else "\n"))
+    return out + b"0000"
+
+
+def test_parse_and_judge() -> None:
+    body = commands((OLD, NEW, f"refs/heads/claude-bottle/{SLUG}"), (OLD, NEW, "refs/heads/main")) + b"PACK..."
+    end = commands_end(body)
+    assert end is not None and body[end:] == b"PACK..."
+    ups = parse_commands(body[:end])
+    assert [u.ref for u in ups] == [f"refs/heads/claude-bottle/{SLUG}", "refs/heads/main"]
+    verdicts = judge_push(ups, slug=SLUG, patterns=(), repo="acme/app", repos=())
+    assert [(ok, why) for _u, ok, why in verdicts] == [
+        (True, "the bottle's own branch"),
+        (False, f"only refs/heads/claude-bottle/{SLUG} may be pushed, not refs/heads/main"),
+    ]
+    assert commands_end(body[:10]) is None  # read more
+
+
+@pytest.mark.parametrize(
+    ("update", "patterns", "repos", "ok"),
+    [
+        (RefUpdate(OLD, NEW, "refs/heads/claude-bottle/other-zzzzz"), (), (), False),  # another bottle's
+        (RefUpdate(OLD, ZERO, f"refs/heads/claude-bottle/{SLUG}"), (), (), False),  # a deletion, even its own
+        (RefUpdate(OLD, NEW, "refs/tags/v1"), (), (), False),
+        (RefUpdate(OLD, NEW, "refs/tags/v1"), ("refs/tags/v*",), (), True),
+        (RefUpdate(OLD, ZERO, "refs/heads/tmp/x"), ("delete:refs/heads/tmp/*",), (), True),
+        (RefUpdate(OLD, NEW, "refs/heads/feature/x"), ("refs/heads/feature/*",), (), True),
+        (RefUpdate(OLD, NEW, f"refs/heads/claude-bottle/{SLUG}"), (), ("acme/app",), True),
+        (RefUpdate(OLD, NEW, f"refs/heads/claude-bottle/{SLUG}"), (), ("acme/other",), False),
+    ],
+)
+def test_each_rule(update: RefUpdate, patterns: tuple[str, ...], repos: tuple[str, ...], ok: bool) -> None:
+    ((_u, got, _why),) = judge_push([update], slug=SLUG, patterns=patterns, repo="acme/app", repos=repos)
+    assert got is ok
+
+
+def test_what_cannot_be_judged_is_refused() -> None:
+    with pytest.raises(BadPush):
+        parse_commands(pkt("push-cert\0push-cert\n") + b"0000")
+    with pytest.raises(BadPush):
+        parse_commands(pkt("not a command\n") + b"0000")
+    with pytest.raises(BadPush):
+        commands_end(b"zz00")
+    assert repo_of("/acme/app.git/git-receive-pack") == "acme/app"
+    assert repo_of("/acme/app/git-receive-pack?x=1") == "acme/app"
+    assert repo_of("/a/b/c/git-receive-pack") is None
+
+
+# -- through the guard, on the GitHub credential route ------------------------------------------------
+@contextlib.asynccontextmanager
+async def github(tmp: Path, seen: list[bytes], **policy: Any):  # type: ignore[no-untyped-def]
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(next(h.split(b":")[1] for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")))
+        seen.append(head + await reader.readexactly(length))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    up = await asyncio.start_server(upstream, "127.0.0.1", 0)
+    up_port = up.sockets[0].getsockname()[1]
+    (tmp / "policy.json").write_text(json.dumps({"bottle": SLUG, "allow": [], **policy}))
+    log = AuditLog(tmp / "egress.jsonl", bottle=SLUG)
+    route = Route("github", f"http://127.0.0.1:{up_port}", "authorization", f"Basic {TOKEN}", TOKEN)
+    guard = Guard(PolicyFile(tmp / "policy.json"), log, Secrets({"github": route}, (), Scanner(secrets=[TOKEN])))
+    server = await guard.serve("127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+        up.close()
+        await up.wait_closed()
+        log.close()
+
+
+def push(body: bytes, repo: str = "acme/app") -> bytes:
+    return (
+        f"POST /github/{repo}.git/git-receive-pack HTTP/1.1\r\nHost: egress\r\n"
+        "Content-Type: application/x-git-receive-pack-request\r\n"
+        f"Authorization: Basic placeholder\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+def audit(tmp: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in (tmp / "egress.jsonl").read_text().splitlines()]
+
+
+def test_a_push_to_the_bottles_branch_goes_through_whole_and_one_to_main_leaves_nothing(tmp_path: Path) -> None:
+    own = commands((OLD, NEW, f"refs/heads/claude-bottle/{SLUG}")) + b"PACK" + b"\x00" * 100_000
+    main = commands((OLD, NEW, f"refs/heads/claude-bottle/{SLUG}"), (OLD, NEW, "refs/heads/main")) + b"PACK..."
+    seen: list[bytes] = []
+
+    async def go() -> tuple[bytes, bytes]:
+        async with github(tmp_path, seen) as port:
+            return await send(port, push(own)), await send(port, push(main))
+
+    ok, refused = asyncio.run(go())
+    assert ok.startswith(b"HTTP/1.1 200")
+    (forwarded,) = seen  # only the allowed push reached the upstream, and whole
+    assert forwarded.endswith(own) and f"Basic {TOKEN}".encode() in forwarded
+    assert refused.startswith(b"HTTP/1.1 403") and b"push refused: only refs/heads/claude-bottle" in refused
+    pushes = [ln for ln in audit(tmp_path) if ln.get("kind") == "git-push"]
+    assert [(p["ref"], p["decision"]) for p in pushes] == [
+        (f"refs/heads/claude-bottle/{SLUG}", "allow"),
+        (f"refs/heads/claude-bottle/{SLUG}", "allow"),
+        ("refs/heads/main", "deny"),
+    ]
+    assert all(p["repo"] == "acme/app" for p in pushes)
+
+
+def test_listed_refs_and_repositories_come_from_the_policy(tmp_path: Path) -> None:
+    seen: list[bytes] = []
+    tag = commands((ZERO, NEW, "refs/tags/v1")) + b"PACK"
+
+    async def go() -> tuple[bytes, bytes]:
+        async with github(tmp_path, seen, git_refs=["refs/tags/v*"], git_repos=["acme/app"]) as port:
+            return await send(port, push(tag)), await send(port, push(tag, repo="acme/other"))
+
+    allowed, other_repo = asyncio.run(go())
+    assert allowed.startswith(b"HTTP/1.1 200") and other_repo.startswith(b"HTTP/1.1 403")
+    assert b"repository acme/other is not in the bottle's list" in other_repo
+    assert len(seen) == 1
