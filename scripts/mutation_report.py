@@ -40,7 +40,11 @@ def main() -> int:
     totals: dict[str, Counter[str]] = {"egress": Counter(), "other": Counter()}
     for meta in metas:
         module = str(meta.relative_to(ROOT / "mutants")).removesuffix(".meta")
-        data = json.loads(meta.read_text())
+        try:
+            data = json.loads(meta.read_text())
+        except ValueError:  # cut while being written (the run was stopped): say so, count nothing of it
+            print(f"{module}: its results file is cut (the run was stopped while writing it): not counted")
+            continue
         c: Counter[str] = Counter()
         for name, code in data.get("exit_code_by_key", {}).items():
             status = STATUS.get(code, "suspicious") if code is not None else "not checked"
