@@ -10,7 +10,7 @@ from typing import Any
 from ..capabilities import Request, pending
 from ..state import list_state_dirs, resolve_slug
 from ..terminal import escape_controls
-from ._common import out
+from ._common import out, print_columns
 
 
 def register(sub: Any) -> None:
@@ -32,8 +32,6 @@ def run(args: argparse.Namespace) -> int:
     columns = ("SLUG", "ID", "KIND", "NAME", "AGE", "REASON")
     # The reason is the agent's words: shown with its control characters escaped, never raw.
     table = [(r.slug, r.id, r.kind, r.name, r.age(), escape_controls(r.reason)) for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in table)) for i, c in enumerate(columns)]
-    for row in (columns, *table):
-        sys.stdout.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() + "\n")
+    print_columns(columns, table)
     sys.stdout.write("grant with `claude-bottle grant SLUG --request ID` (or --all), refuse with `deny`\n")
     return 0

@@ -76,6 +76,27 @@ class GuardInputs:
     def guard_url(self) -> str:
         return f"http://egress:{self.port}"
 
+    def argv(self, *, listen: str, clients: str, guard_ip: str | None = None) -> list[str]:
+        """The guard's command line in its container, on every backend: its files where the backend mounts
+        them (`dir` at /etc/claude-bottle, `audit` and `requests` under /var/log/claude-bottle, the run dir
+        at /bottle-run), listening on `listen` for `clients` only; with `guard_ip`, also the bottle's DNS."""
+        argv = [
+            "--policy", "/etc/claude-bottle/policy.json",
+            "--secrets", "/etc/claude-bottle/secrets.json",
+            "--audit", "/var/log/claude-bottle/egress.jsonl",
+            "--listen", listen,
+        ]  # fmt: skip
+        if guard_ip:
+            argv += ["--dns", f"{guard_ip}:53", "--guard-ip", guard_ip]
+        argv += [
+            "--clients", clients,
+            "--ready-file", "/bottle-run/guard-ready",
+            "--requests", "/var/log/claude-bottle/requests.jsonl",
+        ]  # fmt: skip
+        if self.cafile:
+            argv += ["--cafile", "/etc/claude-bottle/ca.crt"]
+        return argv
+
     def agent_env_for(self, guard_url: str) -> dict[str, str]:
         """The agent's environment for a bottle that reaches its guard at another URL (a microVM reaches it
         on a loopback address, with no name service)."""

@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -330,6 +330,30 @@ def made_cli(tmp_path_factory: pytest.TempPathFactory, internet: Internet, who: 
             c.run("stop", slug, "--rm")
         if c.user is not None:
             shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def user_project(
+    tmp_path_factory: pytest.TempPathFactory, internet: Internet, name: str, *, edit: Callable[[str], str] | None = None
+) -> Iterator[Cli]:
+    """A project owned by a regular user (uid 1000), as when root runs claude-bottle on someone's checkout,
+    with the test manifest (changed by `edit`) trusted; its bottles released and removed afterwards."""
+    root = tmp_path_factory.mktemp(name)
+    ws = root / "workspace"
+    ws.mkdir()
+    manifest = write_manifest(ws, internet)
+    if edit is not None:
+        manifest.write_text(edit(manifest.read_text()))
+    if os.getuid() == 0:
+        os.chown(ws, NORMAL_UID, NORMAL_UID)
+    c = Cli(root / "home", ws)
+    trusted(c, manifest)
+    try:
+        yield c
+    finally:
+        for slug in c.ls():
+            c.run("keep", slug, "--release")
+            c.run("stop", slug, "--rm")
 
 
 @pytest.fixture(scope="module")

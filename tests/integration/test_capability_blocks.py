@@ -5,7 +5,6 @@ with jq and resumes the same session; an egress request is granted live, another
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -13,25 +12,24 @@ from typing import Any
 
 import pytest
 
-from .conftest import STATE, TEST_KEY, Cli, Internet, trusted, write_manifest
-
-AGENT_UID = 1000
+from .conftest import STATE, TEST_KEY, Cli, Internet, user_project
 
 
 @pytest.fixture(scope="module")
 def bcli(tmp_path_factory: pytest.TempPathFactory, internet: Internet) -> Iterator[Cli]:
-    root = tmp_path_factory.mktemp("capability")
-    ws = root / "workspace"
-    ws.mkdir()
-    manifest = write_manifest(ws, internet)
-    if os.getuid() == 0:
-        os.chown(ws, AGENT_UID, AGENT_UID)
-    c = Cli(root / "home", ws)
-    trusted(c, manifest)
-    yield c
-    for slug in c.ls():
-        c.run("keep", slug, "--release")
-        c.run("stop", slug, "--rm")
+    with user_project(tmp_path_factory, internet, "capability") as c:
+        yield c
+
+
+def first_pending(c: Cli, slug: str) -> dict[str, Any]:
+    """The bottle's one pending request, waiting (50 ms polls, 15 s at most) for the guard to record it."""
+    for _ in range(300):
+        pending = json.loads(c.run("requests", slug, "--json", check=True).stdout)
+        if pending:
+            (req,) = pending
+            return dict(req)
+        time.sleep(0.05)
+    raise AssertionError(f"no pending request in {slug}")
 
 
 def messages(internet: Internet) -> list[dict[str, Any]]:
@@ -88,14 +86,8 @@ def test_an_egress_request_is_granted_live_and_another_denied(bcli: Cli) -> None
             cwd=bcli.cwd, env=bcli.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             stdin=subprocess.DEVNULL,
         )  # fmt: skip
-        req = None
-        for _ in range(300):
-            pending = json.loads(bcli.run("requests", slug, "--json", check=True).stdout)
-            if pending:
-                (req,) = pending
-                break
-            time.sleep(0.1)
-        assert req is not None and req["name"] == "forbidden.test:80"
+        req = first_pending(bcli, slug)
+        assert req["name"] == "forbidden.test:80"
         _, out = bcli.sh(slug, "curl -sS -m 5 -o /dev/null -w '%{http_code}' http://forbidden.test/")
         assert out.strip() == "403"  # the control: refused until granted
         bcli.run("grant", slug, "--request", req["id"], "--private", check=True)  # a test host: private address
@@ -111,11 +103,7 @@ def test_an_egress_request_is_granted_live_and_another_denied(bcli: Cli) -> None
             cwd=bcli.cwd, env=bcli.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             stdin=subprocess.DEVNULL,
         )  # fmt: skip
-        for _ in range(300):
-            pending = json.loads(bcli.run("requests", slug, "--json", check=True).stdout)
-            if pending:
-                break
-            time.sleep(0.1)
+        first_pending(bcli, slug)
         bcli.run("deny", slug, "--all", "--reason", "not for this task", check=True)
         out, err = denied.communicate(timeout=60)
         assert denied.returncode == 1 and "not for this task" in out, out + err
@@ -131,19 +119,14 @@ def test_an_egress_request_is_granted_live_and_another_denied(bcli: Cli) -> None
 def test_ask_mode_holds_a_refused_connection_until_granted_and_refuses_at_the_timeout(
     tmp_path_factory: pytest.TempPathFactory, internet: Internet
 ) -> None:
-    root = tmp_path_factory.mktemp("askmode")
-    ws = root / "workspace"
-    ws.mkdir()
-    manifest = write_manifest(ws, internet)
-    manifest.write_text(
-        manifest.read_text().replace(
-            "[bottles.default.egress]\n", "[bottles.default.egress]\nask = true\nask_timeout = 8\n"
-        )
-    )
-    if os.getuid() == 0:
-        os.chown(ws, AGENT_UID, AGENT_UID)
-    c = Cli(root / "home", ws)
-    trusted(c, manifest)
+    ask = "[bottles.default.egress]\nask = true\nask_timeout = 8\n"
+    with user_project(
+        tmp_path_factory, internet, "askmode", edit=lambda t: t.replace("[bottles.default.egress]\n", ask)
+    ) as c:
+        _ask_mode(c, internet)
+
+
+def _ask_mode(c: Cli, internet: Internet) -> None:
     slug = c.start()
     try:
         curl = subprocess.Popen(
@@ -151,14 +134,8 @@ def test_ask_mode_holds_a_refused_connection_until_granted_and_refuses_at_the_ti
             cwd=c.cwd, env=c.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             stdin=subprocess.DEVNULL,
         )  # fmt: skip
-        req = None
-        for _ in range(300):
-            pending = json.loads(c.run("requests", slug, "--json", check=True).stdout)
-            if pending:
-                (req,) = pending
-                break
-            time.sleep(0.05)
-        assert req is not None and req["name"] == "forbidden.test:80" and req["reason"].startswith("ask mode")
+        req = first_pending(c, slug)
+        assert req["name"] == "forbidden.test:80" and req["reason"].startswith("ask mode")
         assert curl.poll() is None  # held while the operator decides
         c.run("grant", slug, "--request", req["id"], "--private", check=True)
         out, err = curl.communicate(timeout=30)

@@ -20,7 +20,7 @@ from typing import Any
 import pyte
 import pytest
 
-from .conftest import NS, STATE, TEST_KEY, Cli, Internet, docker, trusted, write_manifest
+from .conftest import NS, STATE, TEST_KEY, Cli, Internet, docker, user_project
 
 AGENT_UID = 1000
 
@@ -28,18 +28,8 @@ AGENT_UID = 1000
 @pytest.fixture(scope="module")
 def ccli(tmp_path_factory: pytest.TempPathFactory, internet: Internet) -> Iterator[Cli]:
     """A project owned by a regular user, as when root runs claude-bottle on someone's checkout."""
-    root = tmp_path_factory.mktemp("claude")
-    ws = root / "workspace"
-    ws.mkdir()
-    manifest = write_manifest(ws, internet)
-    if os.getuid() == 0:
-        os.chown(ws, AGENT_UID, AGENT_UID)
-    c = Cli(root / "home", ws)
-    trusted(c, manifest)
-    yield c
-    for slug in c.ls():
-        c.run("keep", slug, "--release")
-        c.run("stop", slug, "--rm")
+    with user_project(tmp_path_factory, internet, "claude") as c:
+        yield c
 
 
 def messages_requests(internet: Internet) -> list[dict[str, Any]]:

@@ -172,30 +172,9 @@ def render_compose(
             "volumes": [{"type": "bind", "source": str(guard.dir), "target": "/etc/pipelock", "read_only": True}],
         }
     else:
-        command = [
-            "--policy",
-            "/etc/claude-bottle/policy.json",
-            "--secrets",
-            "/etc/claude-bottle/secrets.json",
-            "--audit",
-            "/var/log/claude-bottle/egress.jsonl",
-            # The bottle's internal address only, and only for clients on that network: a neighbour on the
-            # outbound side (egress.networks) can never use the credential routes.
-            "--listen",
-            f"{net.guard_ip}:{guard.port}",
-            "--dns",
-            f"{net.guard_ip}:53",
-            "--guard-ip",
-            net.guard_ip,
-            "--clients",
-            net.clients,
-            "--ready-file",
-            "/bottle-run/guard-ready",
-            "--requests",
-            "/var/log/claude-bottle/requests.jsonl",
-        ]
-        if guard.cafile:
-            command += ["--cafile", "/etc/claude-bottle/ca.crt"]
+        # The bottle's internal address only, and only for clients on that network: a neighbour on the
+        # outbound side (egress.networks) can never use the credential routes.
+        command = guard.argv(listen=f"{net.guard_ip}:{guard.port}", clients=net.clients, guard_ip=net.guard_ip)
         guard_self = f"http://{net.guard_ip}:{guard.port}"
         guard_svc = {
             "image": guard_image,

@@ -85,26 +85,8 @@ class Bundle:
         return f"http://{self.address}:{self.port}"
 
     def guard_argv(self, guard: GuardInputs, gateway: str) -> list[str]:
-        argv = [
-            "--policy",
-            "/etc/claude-bottle/policy.json",
-            "--secrets",
-            "/etc/claude-bottle/secrets.json",
-            "--audit",
-            "/var/log/claude-bottle/egress.jsonl",
-            "--listen",
-            f"0.0.0.0:{self.port}",
-            # Published connections arrive from the bundle network's gateway: that is the only client.
-            "--clients",
-            f"{gateway}/32",
-            "--ready-file",
-            "/bottle-run/guard-ready",
-            "--requests",
-            "/var/log/claude-bottle/requests.jsonl",
-        ]
-        if guard.cafile:
-            argv += ["--cafile", "/etc/claude-bottle/ca.crt"]
-        return argv
+        # Published connections arrive from the bundle network's gateway: that is the only client.
+        return guard.argv(listen=f"0.0.0.0:{self.port}", clients=f"{gateway}/32")
 
     def run_argv(
         self, *, guard: GuardInputs, image: str, ids: RuntimeIds, labels: Mapping[str, str], run_dir: Path, gateway: str
