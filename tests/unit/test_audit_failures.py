@@ -106,3 +106,24 @@ def test_a_line_admitted_is_taken_from_the_budget(tmp_path: Path, clock: Clock) 
     assert not log.admit("proxy")
     assert not log.budgeted("proxy", ("allow", "x"), kind="x")  # over budget: counted, not written
     assert log.budgets["proxy"].suppressed[("allow", "x")] == 1
+
+
+def test_without_a_reserve_a_failed_log_stays_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], clock: Clock
+) -> None:
+    """On a filesystem that cannot reserve blocks nothing shows that space came back: the guard keeps
+    refusing new allows (a restart, after the operator frees space, brings it back)."""
+    log = AuditLog(tmp_path / "egress.jsonl", bottle="t-abcde")
+    log._fallocate = None
+    real_write = os.write
+
+    def full(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", full)
+    assert log.write(kind="probe", n=1) is False
+    monkeypatch.setattr(os, "write", real_write)
+    for _ in range(3):
+        clock.now += 2.0
+        assert not log.can_record() and log.failed
+    assert "refusing new requests" in capsys.readouterr().err

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from claude_bottle.egress.policy import Policy, PolicyFile, Rule, is_public_address, normalise_host
+from claude_bottle.egress.policy import Decision, Policy, PolicyFile, Rule, is_public_address, normalise_host
 
 
 @pytest.mark.parametrize(
@@ -110,3 +110,74 @@ def test_missing_policy_file_allows_nothing(tmp_path: Path) -> None:
     pf = PolicyFile(tmp_path / "absent.json")
     assert not pf.current().check("api.example.com", 443).allowed
     assert Rule("x.example").matches("x.example", 443)
+
+
+def test_a_deny_rule_without_ports_denies_every_port() -> None:
+    p = Policy.from_dict({"allow": [{"host": "*.test", "ports": [22, 443, 8443]}], "deny": [{"host": "evil.test"}]})
+    for port in (22, 443, 8443):
+        assert p.check("evil.test", port) == Decision(False, "denied by rule evil.test"), port
+    assert p.check("good.test", 8443).allowed
+
+
+def test_a_deny_rule_with_ports_denies_those_ports_only() -> None:
+    p = Policy.from_dict(
+        {"allow": [{"host": "*.test", "ports": [22, 443]}], "deny": [{"host": "git.test", "ports": [22]}]}
+    )
+    assert p.check("git.test", 22) == Decision(False, "denied by rule git.test")
+    assert p.check("git.test", 443).allowed
+    assert p.check("other.test", 22).allowed
+
+
+@pytest.mark.parametrize(
+    ("rule", "label"),
+    [
+        ({"host": "a.test"}, "a.test"),
+        ({"host": "a.test", "ports": [443, 80]}, "a.test"),
+        ({"host": "a.test", "ports": [80, 443]}, "a.test:80,443"),
+        ({"host": "a.test", "ports": [8443]}, "a.test:8443"),
+        ({"host": "a.test", "ports": [22, 2222]}, "a.test:22,2222"),
+    ],
+)
+def test_a_rule_is_labelled_by_its_host_and_any_ports_beyond_the_default(rule: dict[str, object], label: str) -> None:
+    assert Rule.from_dict(rule).label() == label
+
+
+def test_a_rule_is_public_unless_it_says_private() -> None:
+    assert Rule.from_dict({"host": "a.test"}).private is False
+    assert Rule.from_dict({"host": "a.test", "private": True}).private is True
+
+
+def test_the_policy_files_form_is_exact_and_reads_back() -> None:
+    empty = Policy(bottle="b-1")
+    assert empty.to_dict() == {"version": 1, "bottle": "b-1", "allow": [], "deny": [], "local_names": {}}
+    full = Policy(
+        bottle="b-2",
+        allow=(Rule("a.test"),),
+        deny=(Rule("d.test", (22,)),),
+        local_names={"egress": "10.0.0.2"},
+        decisions={"r-00000001": ("grant", "ok")},
+        ask_timeout=30.0,
+        git_refs=("refs/heads/feature/*",),
+        git_repos=("me/repo",),
+    )
+    assert full.to_dict() == {
+        "version": 1,
+        "bottle": "b-2",
+        "allow": [{"host": "a.test", "ports": [443, 80], "private": False}],
+        "deny": [{"host": "d.test", "ports": [22], "private": False}],
+        "local_names": {"egress": "10.0.0.2"},
+        "decisions": {"r-00000001": ["grant", "ok"]},
+        "ask_timeout": 30.0,
+        "git_refs": ["refs/heads/feature/*"],
+        "git_repos": ["me/repo"],
+    }
+    assert Policy.from_dict(full.to_dict()) == full
+
+
+@pytest.mark.parametrize("name", ["", "x", "abc", "1.2.3.4x", "0x", ".", "1..2", "1.2.3.4 evil.test", "127.1\tx"])
+def test_what_is_no_legacy_ipv4_spelling_is_left_alone(name: str) -> None:
+    """inet_aton (glibc) reads "1.2.3.4 anything" as 1.2.3.4: only the characters of a spelling reach it."""
+    from claude_bottle.egress.policy import _legacy_ipv4
+
+    assert _legacy_ipv4(name) is None
+    assert normalise_host(name + ".test") != "1.2.3.4"

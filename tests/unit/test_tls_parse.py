@@ -105,3 +105,69 @@ def test_real_client_hellos_round_trip(name: str) -> None:
     if name.replace(".", "").isdigit():
         return  # an IP literal: Python sends no SNI
     assert client_hello_sni(client_hello(name)) == name
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"\x17\x03\x01\x00\x05hello", "not a TLS handshake record"),
+        (b"\x16\x03\x01" + (MAX_RECORD + 1).to_bytes(2, "big"), "oversized TLS record"),
+        (b"\x16\x03\x01\x00\x03\x01\x00\x00", "not a ClientHello"),  # shorter than a handshake header
+        (b"\x16\x03\x01\x00\x04\x02\x00\x00\x00", "not a ClientHello"),  # a handshake of another type
+        (b"\x16\x03\x01\x00\x04\x01\x00\x00\x00", "truncated ClientHello"),  # a header and nothing after it
+        (b"\x16\x03\x01\x00\x05\x01\x00\x00\x01\x03", "truncated ClientHello"),  # one byte of the version
+    ],
+)
+def test_each_malformation_is_named(data: bytes, message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        client_hello_sni(data)
+
+
+def test_a_handshake_length_past_16_bits_is_read_whole() -> None:
+    """All three bytes of the handshake length count: a first byte of 1 claims 64 KiB more than the record."""
+    h = bytearray(hello(sni_ext((0, b"a.example"))))
+    h[6] = 1
+    with pytest.raises(ValueError, match=r"^fragmented ClientHello$"):
+        client_hello_sni(bytes(h))
+
+
+@pytest.mark.parametrize(
+    "field",
+    ["extensions", "extension", "names", "name"],
+)
+def test_a_length_running_one_byte_past_its_container_is_malformed(field: str) -> None:
+    """Every length-prefixed field is bounded by what contains it (the hello by its handshake length, an
+    extension by the list, a name by its entry list): one length grown by one runs past its container, and
+    the record carries one more byte after the hello, so a reader that overran would read on."""
+    name = b"a.example"
+    entries = b"\x00" + len(name).to_bytes(2, "big") + name
+    names = len(entries).to_bytes(2, "big") + entries
+    extension = b"\x00\x00" + len(names).to_bytes(2, "big") + names
+    body = b"\x03\x03" + b"r" * 32 + b"\x00" + b"\x00\x02\x13\x01" + b"\x01\x00"
+    body += len(extension).to_bytes(2, "big") + extension
+    at = {  # offset of each length field in body, its size, and its value
+        "extensions": (41, 2, len(extension)),
+        "extension": (45, 2, len(names)),
+        "names": (47, 2, len(entries)),
+        "name": (50, 2, len(name)),
+    }
+    offset, size, value = at[field]
+    assert int.from_bytes(body[offset : offset + size], "big") == value  # the map above is right
+    grown = bytearray(body)
+    grown[offset : offset + size] = (value + 1).to_bytes(size, "big")
+    hs = b"\x01" + len(body).to_bytes(3, "big") + bytes(grown)
+    record = hs + b"\x00"  # the byte a reader running past the hello would take
+    data = b"\x16\x03\x01" + len(record).to_bytes(2, "big") + record
+    intact = b"\x01" + len(body).to_bytes(3, "big") + body
+    assert client_hello_sni(b"\x16\x03\x01" + len(intact).to_bytes(2, "big") + intact) == "a.example"
+    with pytest.raises(ValueError, match=r"^truncated ClientHello$"):
+        client_hello_sni(data)
+
+
+def test_what_follows_the_hello_in_its_record_is_not_read() -> None:
+    h = hello(sni_ext((0, b"a.example")))
+    hs = h[5:]
+    padded = b"\x16\x03\x01" + (len(hs) + 2).to_bytes(2, "big") + hs + b"\x00\x09"
+    assert client_hello_sni(padded) == "a.example"
+    bare = hello(None)[5:]  # no extensions: two bytes after it must not be taken for an extension list
+    assert client_hello_sni(b"\x16\x03\x01" + (len(bare) + 2).to_bytes(2, "big") + bare + b"\x00\x00") is None
