@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from claude_bottle.egress import dns as dns_module
 from claude_bottle.egress import proxy
 from claude_bottle.egress.audit import AuditLog
 from claude_bottle.egress.config import Secrets
@@ -425,12 +426,18 @@ def test_a_refusal_flood_is_summarised_and_an_allow_over_budget_is_refused(tmp_p
 
 
 # -- 13: DNS work and lines are bounded ---------------------------------------------------------
-def test_dns_query_flood_is_dropped_past_the_rate(tmp_path: Path) -> None:
+def test_dns_query_flood_is_dropped_past_the_rate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [5000.25]  # the server's clock, moved by the test: no second boundary falls inside the flood
+    monkeypatch.setattr(dns_module.time, "monotonic", lambda: now[0])
     log = AuditLog(tmp_path / "egress.jsonl", bottle="t")
     server = DnsServer(log, dict, Scanner)
     q = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x01a\x04test\x00\x00\x01\x00\x01"
     answered = sum(server.handle(q, "10.0.0.3") is not None for _ in range(DnsServer.QUERIES_PER_SECOND + 50))
-    assert answered == DnsServer.QUERIES_PER_SECOND or server._second != int(time.monotonic())
+    assert answered == DnsServer.QUERIES_PER_SECOND
+    now[0] += 0.7  # the same second still: nothing more
+    assert server.handle(q, "10.0.0.3") is None
+    now[0] += 0.1  # the next second: answered again
+    assert server.handle(q, "10.0.0.3") is not None
     log.flush_summaries()
     log.close()
     text = (tmp_path / "egress.jsonl").read_text()
