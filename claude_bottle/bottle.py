@@ -5,12 +5,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .errors import BottleError
 from .manifest import AgentSpec, BottleSpec, Manifest
 from .paths import BottlePaths, check_bottle_paths
 from .runtime import RuntimeIds
 from .state import BottleRecord, StateDir, all_state_roots, bottle_home, new_slug
+
+if TYPE_CHECKING:
+    from .worktree import Project
 
 __all__ = ["Bottle"]
 
@@ -30,10 +34,38 @@ class Bottle:
     # Packages the operator granted through capability requests (kind -> names): a layer of their own
     # on top of the manifest's image, so the rest of the build is reused.
     granted: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Worktree mode: the operator's repository (a new bottle, before its checkout exists), then the
+    # record's `worktree` (the checkout exists: <state>/worktree).
+    project: Project | None = None
+    worktree: dict[str, Any] | None = None
 
     @property
     def workspace(self) -> Path:
+        """The workspace as the manifest names it (in worktree mode: the operator's repository)."""
         return self.paths.workspace
+
+    @property
+    def agent_workspace(self) -> Path:
+        """What the agent gets at /workspace: the workspace, or in worktree mode its own checkout."""
+        return self.state.path / "worktree" if self.worktree else self.paths.workspace
+
+    @property
+    def mounts(self) -> tuple[tuple[Path, str, bool], ...]:
+        """The manifest's mounts, and in worktree mode the borrowed object store, read-only, at its own path
+        (the checkout's alternates name it)."""
+        if not self.worktree:
+            return self.paths.mounts
+        objects = str(self.worktree["objects"])
+        return (*self.paths.mounts, (Path(objects), objects, True))
+
+    @property
+    def protected(self) -> tuple[str, ...]:
+        """Control paths of the agent's workspace repository, mounted read-only (gitguard)."""
+        if not self.worktree:
+            return self.paths.protected
+        from .gitguard import protected
+
+        return tuple(protected(self.agent_workspace))
 
     @property
     def base(self) -> Path:
@@ -41,14 +73,29 @@ class Bottle:
         return self.manifest_path.parent if self.manifest_path else self.workspace
 
     @classmethod
-    def new(cls, manifest: Manifest, agent_name: str, *, backend: str, root: Path | None = None) -> Bottle:
+    def new(
+        cls,
+        manifest: Manifest,
+        agent_name: str,
+        *,
+        backend: str,
+        root: Path | None = None,
+        workspace_mode: str | None = None,
+    ) -> Bottle:
         """A bottle about to start: its slug drawn, its host paths checked (before anything is built)."""
         agent = manifest.agent(agent_name)
+        if workspace_mode is not None:
+            agent = agent.model_copy(update={"workspace_mode": workspace_mode})
         spec = manifest.bottles[agent.bottle]
         workspace = manifest.workspace(agent_name)
         if not workspace.is_dir():
             raise BottleError(f"workspace {workspace} does not exist: create it or fix agents.{agent_name}.workspace")
         paths = _checked(spec, workspace, manifest.directory, root)
+        project = None
+        if agent.workspace_mode == "worktree":
+            from .worktree import project as git_project
+
+            project = git_project(paths.workspace)
         slug = new_slug(agent_name)
         return cls(
             slug=slug,
@@ -61,6 +108,7 @@ class Bottle:
             paths=paths,
             ids=RuntimeIds.for_host(paths.workspace),
             state=StateDir(slug, root),
+            project=project,
         )
 
     @classmethod
@@ -78,6 +126,16 @@ class Bottle:
             paths = _checked(spec, workspace, manifest_path.parent if manifest_path else workspace, state.path.parent)
         else:
             paths = BottlePaths(workspace)
+        if check_paths and record.worktree:
+            objects = Path(str(record.worktree.get("objects", "")))
+            if not objects.is_dir():
+                raise BottleError(
+                    f"{state.slug} borrows the objects of {record.worktree.get('project')}, which are gone: restore "
+                    "the repository to resume"
+                )
+            checkout = state.path / "worktree"
+            if checkout.is_symlink() or not checkout.is_dir():
+                raise BottleError(f"{state.slug}: its checkout {checkout} is gone; it cannot resume")
         return cls(
             slug=state.slug,
             agent_name=record.agent,
@@ -90,6 +148,7 @@ class Bottle:
             ids=RuntimeIds.for_host(workspace if workspace.exists() else None),
             state=state,
             granted={k: tuple(v) for k, v in record.granted_packages.items() if k in ("apt", "pip", "npm")},
+            worktree=record.worktree,
         )
 
     def record(self, **fields: object) -> BottleRecord:

@@ -329,10 +329,12 @@ def settle_bottle(state: StateDir, notify: Callable[[str], None]) -> None:
     """After a run (its containers gone): what git on the host would read as configuration or code, written
     in the workspace during the run, is checked and what is not safe is quarantined (gitguard.py)."""
     record = state.read()
-    if record.run_started is None or not record.workspace or not Path(record.workspace).is_dir():
+    # What the agent wrote: the workspace, or in worktree mode its own checkout (the operator may cd there).
+    workspace = str(state.path / "worktree") if record.worktree else record.workspace
+    if record.run_started is None or not workspace or not Path(workspace).is_dir() or Path(workspace).is_symlink():
         return
     quarantine = state.path / "git-quarantine"
-    findings, complete = settle(Path(record.workspace), record.run_started, quarantine, skip=record.git_protected)
+    findings, complete = settle(Path(workspace), record.run_started, quarantine, skip=record.git_protected)
     for f in findings:
         notify(f.line())
     if findings:
@@ -345,7 +347,7 @@ def settle_bottle(state: StateDir, notify: Callable[[str], None]) -> None:
         notify(f"git: review {quarantine}, then `claude-bottle keep {state.slug} --release` lets the bottle go")
     if not complete:
         notify(
-            f"git: {record.workspace} could not be checked whole (too deep, too large or unreadable): review it "
+            f"git: {workspace} could not be checked whole (too deep, too large or unreadable): review it "
             "before running git anywhere under it"
         )
     state.update(run_started=None)

@@ -5,6 +5,7 @@ else happens here, against the `BottleBackend` ABC only."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -109,6 +110,7 @@ def start_bottle(
     progress: Progress,
     show_plan: Callable[[BottlePlan], None] | None = None,
     root: Path | None = None,
+    workspace_mode: str | None = None,
 ) -> Started:
     """A new bottle (generation 1): state dir, images, guard inputs, containers, ready. Rolled back on any
     failure. Every host path is checked before anything is built."""
@@ -117,7 +119,7 @@ def start_bottle(
     spec = manifest.bottles[manifest.agent(agent_name).bottle]
     backend_name, _source = resolve_backend_name(flag=backend_flag, manifest=spec.backend)
     backend = get_bottle_backend(backend_name)
-    bottle = Bottle.new(manifest, agent_name, backend=backend_name, root=root)
+    bottle = Bottle.new(manifest, agent_name, backend=backend_name, root=root, workspace_mode=workspace_mode)
     bottle.state.create()
     try:
         bottle.state.write(
@@ -125,6 +127,12 @@ def start_bottle(
                 owner_pid=os.getpid(), owner_started=process_started(os.getpid()), session_id=str(uuid.uuid4())
             )
         )
+        if bottle.project is not None:  # worktree mode: the bottle's own checkout, on its own branch
+            from .worktree import create
+
+            info = create(bottle.state, bottle.project, bottle.ids)
+            bottle.state.update(worktree=info)
+            bottle = dataclasses.replace(bottle, worktree=info)
     except BaseException:
         bottle.state.remove()  # a full disk (or a signal) right after mkdir: nothing half-made stays
         raise
@@ -191,7 +199,7 @@ def _bring_up(
             state.update(images=images, ran_with=_ran_with(bottle, guard))
             engine_touched = True
             # From here the agent may write the workspace: what git would read is settled when the run ends.
-            state.update(run_started=time.time(), git_protected=list(bottle.paths.protected))
+            state.update(run_started=time.time(), git_protected=list(bottle.protected))
             backend.start(plan=plan, images=images, guard=guard, progress=progress)
             progress("waiting for the guard")
             backend.wait_ready(state=state)

@@ -246,6 +246,8 @@ class BottleSpec(_Strict):
 class AgentSpec(_Strict):
     bottle: str = "default"
     workspace: str | None = None
+    # mount: the agent edits the workspace itself; worktree: a checkout of its own on claude-bottle/<slug>.
+    workspace_mode: Literal["mount", "worktree"] = "mount"
     prompt: str | None = None
     model: str | None = None
     claude_args: tuple[str, ...] = ()
@@ -387,6 +389,7 @@ deny = []
 [agents.claude]
 bottle = "default"
 # workspace = "."      # host directory mounted at /workspace (default: this file's directory)
+# workspace_mode = "worktree"  # a git checkout of its own on branch claude-bottle/<slug> (default: "mount")
 # model = "claude-sonnet-4-5"
 # prompt = "..."       # set to run headless; leave unset for an interactive session
 claude_args = []

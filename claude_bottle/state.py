@@ -134,6 +134,8 @@ class BottleRecord:
     granted_packages: dict[str, list[str]] = field(default_factory=dict)  # capability grants: kind -> names
     ran_with: dict[str, str] = field(default_factory=dict)  # sha256 of the policy and manifest a run started with
     run_mode: str | None = None  # how claude last ran: interactive | headless | detached (a grant resumes so)
+    # Worktree mode: the operator's repository, its object store, the base commit and the bottle's branch.
+    worktree: dict[str, Any] | None = None
 
     @classmethod
     def from_json(cls, data: Any) -> BottleRecord:
@@ -431,7 +433,15 @@ class StateDir:
             preserved=self.preserved(),
             size=size,
             note=record.error if record.bottle == "?" else None,  # a stub: say why nothing more is known
+            work=self._work(record),
         )
+
+    def _work(self, record: BottleRecord) -> str | None:
+        if not record.worktree:
+            return None
+        from .worktree import pending  # only worktree bottles pay for git
+
+        return pending(self)
 
 
 @dataclass(frozen=True)
@@ -447,6 +457,7 @@ class StateSummary:
     preserved: str | None
     size: int
     note: str | None = None
+    work: str | None = None  # worktree mode: commits and changes not in the operator's branches
 
     def describe(self) -> str:
         flags = [
@@ -459,6 +470,8 @@ class StateSummary:
             )
             if on
         ]
+        if self.work:
+            flags.append(self.work)
         out = f"{self.slug} [{self.status}] {human_size(self.size)}" + (f": {', '.join(flags)}" if flags else "")
         return out + (f" ({self.note})" if self.note else "")
 

@@ -70,7 +70,8 @@ class BottlePlan:
         allowed = ", ".join(r.label() for r in b.spec.egress.allow) or "nothing"
         line = (
             f"starting {b.slug}: agent {b.agent_name} in bottle {b.bottle_name} on {b.backend}; "
-            f"workspace {b.workspace}; egress: {allowed}"
+            f"workspace {b.workspace}{f' (a checkout of its own on claude-bottle/{b.slug})' if b.worktree else ''}; "
+            f"egress: {allowed}"
         )
         return line + "".join(f"; {a}" for a in self.actions)
 

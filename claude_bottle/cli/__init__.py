@@ -32,6 +32,7 @@ from . import (
     suggest,
     trust,
     verify,
+    work,
 )
 
 __all__ = ["main"]
@@ -52,6 +53,7 @@ VERBS = (
     requests,
     keep,
     verify,
+    work,
     cleanup,
     doctor,
 )

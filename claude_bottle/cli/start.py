@@ -18,6 +18,13 @@ def register(sub: Any) -> None:
         "--backend", metavar="NAME", help="backend to use (default: manifest, then CLAUDE_BOTTLE_BACKEND, then docker)"
     )
     p.add_argument("--json", action="store_true", help="print a JSON object instead of the slug")
+    p.add_argument(
+        "--worktree",
+        action="store_const",
+        const="worktree",
+        dest="workspace_mode",
+        help="work in a checkout of its own on branch claude-bottle/SLUG (the workspace must be a git repository)",
+    )
     add_manifest_arg(p)
     p.set_defaults(run=run)
 
@@ -36,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
         manifest,
         args.agent,
         backend_flag=args.backend,
+        workspace_mode=args.workspace_mode,
         progress=(lambda _line: None) if args.json else progress,
         show_plan=None if args.json else (lambda plan: err.print(plan.line(), markup=False)),
     )

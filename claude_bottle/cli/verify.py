@@ -9,6 +9,7 @@ from collections import Counter
 from typing import Any
 
 from ..errors import EXIT_USER
+from ..terminal import escape_controls
 from ._common import err, out, slug_arg, state_for
 
 
@@ -82,7 +83,7 @@ def run_report(args: argparse.Namespace) -> int:
         "requests": requests,
         "grants": grants,
         "granted_packages": record.granted_packages,
-        "commits": None,  # the branch-per-bottle mode (not built yet) will give commits and a diffstat
+        **_work(state, record.worktree),
     }
     if args.json:
         out.print_json(json.dumps(data))
@@ -101,4 +102,29 @@ def run_report(args: argparse.Namespace) -> int:
         w(f"  request {r['id']} {r['kind']}:{r['name']}: {r['answer']}", markup=False, highlight=False)
     for g in grants:
         w(f"  grant: {g}", markup=False, highlight=False)
+    if data["commits"] is not None:
+        w(f"  branch {data['branch']}: {len(data['commits'])} commits; {data['diffstat'] or 'no changes'}",
+          markup=False, highlight=False)  # fmt: skip
+        for c in data["commits"]:
+            w(f"    {c['id'][:12]} {escape_controls(c['subject'])}", markup=False, highlight=False)
     return 0
+
+
+def _work(state: Any, info: dict[str, Any] | None) -> dict[str, Any]:
+    """Worktree mode: the bottle's commits and a diffstat of all it changed (committed or not)."""
+    if not info:
+        return {"commits": None}
+    from ..worktree import WorktreeError, read
+
+    try:
+        w = read(state)
+        stat = w.git("diff", "--shortstat", w.base, w.tree).stdout.decode(errors="replace").strip()
+    except WorktreeError as exc:
+        return {"commits": [], "branch": info.get("branch"), "diffstat": f"unreadable: {exc}"}
+    return {
+        "commits": [{"id": oid, "subject": subject} for oid, subject in w.commits],
+        "branch": w.branch,
+        "base": w.base,
+        "diffstat": stat,
+        "uncommitted": w.uncommitted,
+    }

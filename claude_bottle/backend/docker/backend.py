@@ -167,8 +167,8 @@ class DockerBottleBackend(BottleBackend):
             doc = render_compose(
                 identity=identity,
                 bottle=b.spec,
-                workspace=b.workspace,
-                mounts=b.paths.mounts,
+                workspace=b.agent_workspace,
+                mounts=b.mounts,
                 state_path=state.path,
                 agent_image=images["agent"],
                 guard_image=images["guard"],
@@ -176,7 +176,7 @@ class DockerBottleBackend(BottleBackend):
                 net=net,
                 guard=guard,
                 manifest_file=b.manifest_path,
-                protected=b.paths.protected,
+                protected=b.protected,
             )
             write_private(state.path / COMPOSE_FILE, json.dumps(doc, indent=2) + "\n")
             # What the engine must mount, named by device and inode (opened without following a link, so a

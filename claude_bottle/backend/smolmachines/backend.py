@@ -199,15 +199,15 @@ class SmolmachinesBottleBackend(BottleBackend):
     def _mounts(b: Bottle) -> list[sdk.Mount]:
         """Workspace and ~/.claude as on Docker; the repository's control directories read-only (a file
         cannot be a VM mount: .git/config is settled when the run ends, as everywhere); the manifest's own."""
-        ws = b.workspace
+        ws = b.agent_workspace
         mounts = [
             sdk.Mount(str(ws), "/workspace"),
             sdk.Mount(str(b.state.claude_home), f"{AGENT_HOME}/.claude"),
         ]
-        for rel in b.paths.protected:
+        for rel in b.protected:
             if (ws / rel).is_dir() and not (ws / rel).is_symlink():
                 mounts.append(sdk.Mount(str(ws / rel), f"/workspace/{rel}", read_only=True))
-        mounts += [sdk.Mount(str(src), guest, read_only=ro) for src, guest, ro in b.paths.mounts]
+        mounts += [sdk.Mount(str(src), guest, read_only=ro) for src, guest, ro in b.mounts]
         return mounts
 
     def _plant_honey(self, state: StateDir, guard: GuardInputs) -> None:

@@ -1,0 +1,309 @@
+"""Worktree mode without an engine: the checkout is the bottle's own, the operator's repository is never
+written by what the agent does in it, and the host reads the bottle's work without running git where the
+agent could have planted configuration, hooks or attributes (issue 15, items 1 and 2)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from claude_bottle import worktree
+from claude_bottle.cli import main
+from claude_bottle.runtime import RuntimeIds
+from claude_bottle.state import BottleRecord, StateDir
+
+ENV = {
+    "GIT_AUTHOR_NAME": "Op",
+    "GIT_AUTHOR_EMAIL": "op@example.test",
+    "GIT_COMMITTER_NAME": "Op",
+    "GIT_COMMITTER_EMAIL": "op@example.test",
+    "GIT_CONFIG_NOSYSTEM": "1",
+}
+
+
+def git(cwd: Path, *args: str, check: bool = True) -> str:
+    env = {**os.environ, **ENV, "HOME": str(cwd.parent)}
+    r = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    if check and r.returncode != 0:
+        raise AssertionError(f"git {args}: {r.stderr}")
+    return r.stdout.strip()
+
+
+def agent_git(checkout: Path, *args: str) -> str:
+    """What the agent does in its checkout (in the bottle it runs git there as it likes)."""
+    return git(checkout, *args)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    r = tmp_path / "project"
+    r.mkdir()
+    git(r, "init", "-q", "-b", "main")
+    (r / "README.md").write_text("hello\n")
+    (r / "app.py").write_text("print('v1')\n")
+    git(r, "add", ".")
+    git(r, "commit", "-q", "-m", "first")
+    return r
+
+
+def fingerprint(repo: Path) -> dict[str, str]:
+    """Everything of the operator's that the agent must not touch."""
+    g = repo / ".git"
+    return {
+        "refs": git(repo, "for-each-ref", "--format=%(refname) %(objectname)"),
+        "head": (g / "HEAD").read_text(),
+        "index": (g / "index").read_bytes().hex(),
+        "config": (g / "config").read_text(),
+        "hooks": " ".join(sorted(p.name for p in (g / "hooks").iterdir())) if (g / "hooks").is_dir() else "",
+        "status": git(repo, "status", "--porcelain", "--untracked-files=all"),
+        "files": " ".join(sorted(_files(repo))),
+    }
+
+
+def _files(repo: Path) -> list[str]:
+    return [
+        f"{p.relative_to(repo)}:{p.read_bytes().hex()}"
+        for p in repo.rglob("*")
+        if p.is_file() and ".git" not in p.parts
+    ]
+
+
+def new_bottle(repo: Path, slug: str) -> StateDir:
+    state = StateDir(slug)
+    state.create()
+    state.write(BottleRecord(slug=slug, agent="a", bottle="default", backend="docker", workspace=str(repo)))
+    info = worktree.create(state, worktree.project(repo), RuntimeIds.for_host(repo))
+    state.update(worktree=info)
+    return state
+
+
+def test_the_workspace_must_be_a_committed_repository_at_its_top(tmp_path: Path, repo: Path) -> None:
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    with pytest.raises(worktree.WorktreeError, match="is not a git repository: worktree mode needs one"):
+        worktree.project(plain)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    git(empty, "init", "-q")
+    with pytest.raises(worktree.WorktreeError, match="has no commit yet: commit once"):
+        worktree.project(empty)
+    (repo / "sub").mkdir()
+    with pytest.raises(worktree.WorktreeError, match="is inside the repository"):
+        worktree.project(repo / "sub")
+    p = worktree.project(repo)
+    assert (p.top, p.branch, p.objects) == (repo.resolve(), "main", (repo / ".git" / "objects").resolve())
+    assert p.head == git(repo, "rev-parse", "HEAD")
+
+
+def test_the_checkout_is_the_bottles_own_and_borrows_objects(repo: Path) -> None:
+    (repo / "app.py").write_text("print('uncommitted')\n")  # the operator's work in progress stays theirs
+    before = fingerprint(repo)
+    state = new_bottle(repo, "a-wtone")
+    co = state.path / "worktree"
+    assert git(co, "symbolic-ref", "HEAD") == "refs/heads/claude-bottle/a-wtone"
+    assert git(co, "rev-parse", "HEAD") == git(repo, "rev-parse", "HEAD")
+    assert (co / "app.py").read_text() == "print('v1')\n"  # from HEAD, not the uncommitted file
+    assert (co / ".git" / "objects" / "info" / "alternates").read_text() == f"{(repo / '.git' / 'objects').resolve()}\n"
+    assert not list((co / ".git" / "objects").glob("??/*"))  # nothing copied: the objects are borrowed
+    assert fingerprint(repo) == before
+
+
+def test_two_bottles_commit_on_their_own_branches_and_the_operator_sees_nothing_change(repo: Path) -> None:
+    before = fingerprint(repo)
+    one, two = new_bottle(repo, "a-wtaaa"), new_bottle(repo, "a-wtbbb")
+    for state, name in ((one, "one"), (two, "two")):
+        co = state.path / "worktree"
+        (co / f"{name}.txt").write_text(f"{name}\n")
+        agent_git(co, "add", ".")
+        agent_git(co, "commit", "-q", "-m", f"add {name}")
+        agent_git(co, "branch", "-f", "main", "HEAD")  # the agent's own "main": its checkout's, not the operator's
+        agent_git(co, "tag", "v9")
+        # The agent tries the operator's repository through what it can see of it: the objects are read-only
+        # in the bottle; here, it can only write its own .git.
+    assert fingerprint(repo) == before
+    w1, w2 = worktree.read(one), worktree.read(two)
+    assert [s for _, s in w1.commits] == ["add one"] and [s for _, s in w2.commits] == ["add two"]
+    assert w1.branch == "claude-bottle/a-wtaaa" and w2.branch == "claude-bottle/a-wtbbb"
+    assert not w1.uncommitted
+
+
+def test_diff_and_log_show_committed_and_uncommitted_work(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state = new_bottle(repo, "a-wtdif")
+    co = state.path / "worktree"
+    (co / "app.py").write_text("print('v2')\n")
+    agent_git(co, "commit", "-q", "-am", "v2 \x1b]52;c;Zm9v\x07please")
+    (co / "new.txt").write_text("not committed\n")
+    (co / "README.md").unlink()
+    assert main(["log", state.slug]) == 0
+    text = capsys.readouterr().out
+    assert "v2 \\x1b]52;c;Zm9v\\x07please" in text and "\x1b" not in text  # the agent's bytes, escaped
+    assert main(["diff", state.slug, "--stat"]) == 0
+    stat = capsys.readouterr().out
+    assert "app.py" in stat and "new.txt" in stat and "README.md" in stat and "3 files changed" in stat
+    assert main(["diff", state.slug]) == 0
+    patch = capsys.readouterr().out
+    assert "+print('v2')" in patch and "+not committed" in patch and "-hello" in patch
+
+
+def test_merge_squash_merge_and_a_dirty_tree(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state = new_bottle(repo, "a-wtmrg")
+    co = state.path / "worktree"
+    for i in (1, 2):
+        (co / f"f{i}.txt").write_text(f"{i}\n")
+        agent_git(co, "add", ".")
+        agent_git(co, "commit", "-q", "-m", f"commit {i}")
+    assert worktree.pending(state) == "claude-bottle/a-wtmrg: 2 unmerged commits"
+    (repo / "README.md").write_text("operator's edit\n")
+    before = fingerprint(repo)
+    assert main(["merge", state.slug, "--squash"]) == 1
+    assert "has uncommitted changes (1 files): commit or stash them" in capsys.readouterr().err
+    assert fingerprint(repo) == before  # refused: nothing changed
+    git(repo, "checkout", "-q", "README.md")
+    head = git(repo, "rev-parse", "HEAD")
+    assert main(["merge", state.slug, "--squash"]) == 0
+    assert "2 commits of claude-bottle/a-wtmrg squashed into one commit on main" in capsys.readouterr().out
+    assert git(repo, "rev-list", "--count", f"{head}..HEAD") == "1"
+    assert git(repo, "log", "-1", "--format=%B").startswith("claude-bottle: claude-bottle/a-wtmrg (2 commits)")
+    assert (repo / "f1.txt").read_text() == "1\n" and (repo / "f2.txt").read_text() == "2\n"
+    assert git(repo, "status", "--porcelain") == ""
+    git(repo, "reset", "-q", "--hard", head)
+    assert main(["merge", state.slug]) == 0
+    assert git(repo, "rev-list", "--count", f"{head}..HEAD") == "3"  # both commits and the merge
+    assert worktree.pending(state) is None  # merged: nothing would be lost
+
+
+def test_apply_leaves_the_changes_uncommitted(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state = new_bottle(repo, "a-wtapp")
+    co = state.path / "worktree"
+    (co / "app.py").write_text("print('applied')\n")
+    agent_git(co, "commit", "-q", "-am", "change")
+    (co / "extra.bin").write_bytes(bytes(range(256)))
+    head = git(repo, "rev-parse", "HEAD")
+    assert worktree.pending(state) == "claude-bottle/a-wtapp: 1 unmerged commit, uncommitted changes"
+    assert main(["apply", state.slug]) == 0
+    assert "2 files changed" in capsys.readouterr().err
+    assert git(repo, "rev-parse", "HEAD") == head  # nothing committed
+    assert (repo / "app.py").read_text() == "print('applied')\n"
+    assert (repo / "extra.bin").read_bytes() == bytes(range(256))
+    assert main(["merge", state.slug]) == 1  # the tree is dirty now
+    assert main(["apply", state.slug]) == 1  # already there: does not apply again
+    assert "do not apply" in capsys.readouterr().err
+
+
+def test_the_host_runs_nothing_the_agent_wrote_in_its_checkout(tmp_path: Path, repo: Path) -> None:
+    state = new_bottle(repo, "a-wthst")
+    co = state.path / "worktree"
+    marker = tmp_path / "ran"
+    script = tmp_path / "evil.sh"
+    script.write_text(f"#!/bin/sh\ntouch {marker}\ncat\n")
+    script.chmod(0o755)
+    agent_git(co, "config", "core.fsmonitor", str(script))
+    agent_git(co, "config", "filter.x.clean", str(script))
+    agent_git(co, "config", "diff.x.textconv", str(script))
+    agent_git(co, "config", "core.pager", str(script))
+    (co / ".git" / "hooks" / "post-checkout").write_text(f"#!/bin/sh\ntouch {marker}\n")
+    (co / ".git" / "hooks" / "post-checkout").chmod(0o755)
+    (co / ".gitattributes").write_text("* filter=x diff=x\n")
+    (co / "app.py").write_text("print('v2')\n")
+    agent_git(co, "-c", "filter.x.clean=cat", "-c", "core.fsmonitor=false", "commit", "-q", "-am", "v2")
+    marker.unlink(missing_ok=True)
+    # And where the operator's git would look further: its alternates, re-pointed at another repository.
+    other = tmp_path / "other"
+    other.mkdir()
+    git(other, "init", "-q")
+    (co / ".git" / "objects" / "info" / "alternates").write_text(f"{other / '.git' / 'objects'}\n")
+    w = worktree.read(state)
+    assert [s for _, s in w.commits] == ["v2"]
+    worktree.diff(state)
+    worktree.log(state)
+    assert worktree.pending(state) is not None
+    worktree.merge(state, squash=True)
+    assert not marker.exists()  # no fsmonitor, filter, textconv, pager or hook of the agent's ran
+    assert (w.view / "objects" / "info" / "alternates").read_text() == f"{(repo / '.git' / 'objects').resolve()}\n"
+
+
+def test_links_in_the_checkout_are_not_followed(tmp_path: Path, repo: Path) -> None:
+    state = new_bottle(repo, "a-wtlnk")
+    co = state.path / "worktree"
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "key").write_text("s3cret\n")
+    (co / "leak").symlink_to(secret / "key")  # a link is recorded as a link, never read through
+    w = worktree.read(state)
+    patch = worktree.diff(state)
+    assert "s3cret" not in patch and "+" + str(secret / "key") in patch
+    (co / ".git" / "refs" / "heads" / "claude-bottle").rename(co / ".git" / "refs" / "heads" / "moved")
+    (co / ".git" / "refs" / "heads" / "claude-bottle").symlink_to(secret)
+    assert worktree.read(state).tip is None  # the ref through a link is not read
+    assert w.tip is not None
+
+
+def test_a_tree_entry_named_dot_git_never_reaches_the_operator(tmp_path: Path, repo: Path) -> None:
+    state = new_bottle(repo, "a-wtdot")
+    co = state.path / "worktree"
+    blob = agent_git(co, "hash-object", "-w", "--stdin")  # an empty hook
+    hooks = subprocess.run(["git", "mktree"], cwd=co, input=f"100755 blob {blob}\tpost-merge\n", text=True,
+                           capture_output=True, check=True).stdout.strip()  # fmt: skip
+    dotgit = subprocess.run(["git", "mktree"], cwd=co, input=f"040000 tree {hooks}\thooks\n", text=True,
+                            capture_output=True, check=True).stdout.strip()  # fmt: skip
+    base_tree = agent_git(co, "rev-parse", "HEAD^{tree}")
+    listing = agent_git(co, "ls-tree", base_tree) + f"\n040000 tree {dotgit}\t.GIT\n"
+    tree = subprocess.run(["git", "mktree"], cwd=co, input=listing, text=True, capture_output=True,
+                          check=True).stdout.strip()  # fmt: skip
+    commit = agent_git(co, "commit-tree", tree, "-p", "HEAD", "-m", "innocent")
+    agent_git(co, "update-ref", "HEAD", commit)
+    before = fingerprint(repo)
+    for verb in (lambda: worktree.merge(state, squash=False), lambda: worktree.diff(state)):
+        with pytest.raises(worktree.WorktreeError, match=r"^git read-tree failed: error: invalid path '\.GIT/hooks"):
+            verb()
+    assert fingerprint(repo) == before
+    assert not (repo / ".GIT").exists()
+
+
+def test_verbs_refuse_a_mount_mode_bottle(repo: Path) -> None:
+    state = StateDir("a-mount")
+    state.create()
+    state.write(BottleRecord(slug="a-mount", agent="a", bottle="default", backend="docker", workspace=str(repo)))
+    with pytest.raises(worktree.WorktreeError, match="is not a worktree bottle: its agent edits"):
+        worktree.diff(state)
+    assert worktree.pending(state) is None
+
+
+def test_a_dot_git_entry_deep_in_history_is_refused_by_the_fetch(tmp_path: Path, repo: Path) -> None:
+    state = new_bottle(repo, "a-wthis")
+    co = state.path / "worktree"
+    blob = agent_git(co, "hash-object", "-w", "--stdin")
+    sub = subprocess.run(["git", "mktree"], cwd=co, input=f"100644 blob {blob}\tconfig\n", text=True,
+                         capture_output=True, check=True).stdout.strip()  # fmt: skip
+    listing = agent_git(co, "ls-tree", "HEAD^{tree}") + f"\n040000 tree {sub}\t.git\n"
+    bad = subprocess.run(["git", "mktree"], cwd=co, input=listing, text=True, capture_output=True,
+                         check=True).stdout.strip()  # fmt: skip
+    first = agent_git(co, "commit-tree", bad, "-p", "HEAD", "-m", "hidden")
+    second = agent_git(co, "commit-tree", "HEAD^{tree}", "-p", first, "-m", "clean again")
+    agent_git(co, "update-ref", "HEAD", second)
+    before = fingerprint(repo)
+    refused = r"^the bottle's commits could not be fetched into .*: error: object [0-9a-f]+: hasDotgit"
+    with pytest.raises(worktree.WorktreeError, match=refused):
+        worktree.merge(state, squash=False)
+    assert fingerprint(repo) == before
+
+
+def test_cleanup_and_report_name_the_work_a_state_dir_holds(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    state = new_bottle(repo, "a-wtrep")
+    co = state.path / "worktree"
+    (co / "a.txt").write_text("a\nb\n")
+    agent_git(co, "add", ".")
+    agent_git(co, "commit", "-q", "-m", "add a")
+    (co / "README.md").write_text("changed\n")
+    assert state.summary().describe().endswith(": claude-bottle/a-wtrep: 1 unmerged commit, uncommitted changes")
+    assert main(["report", state.slug, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [c["subject"] for c in data["commits"]] == ["add a"] and data["branch"] == "claude-bottle/a-wtrep"
+    assert data["diffstat"] == "2 files changed, 3 insertions(+), 1 deletion(-)" and data["uncommitted"] is True
+    assert main(["report", state.slug]) == 0
+    assert "branch claude-bottle/a-wtrep: 1 commits; 2 files changed" in capsys.readouterr().out
