@@ -55,6 +55,7 @@ def _git(
     stdin: bytes | None = None,
     check: bool = True,
     index: Path | None = None,
+    owner: tuple[int, int, str] | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     env = dict(os.environ)
     env.update(GIT_TERMINAL_PROMPT="0", GIT_PAGER="cat", PAGER="cat", LC_ALL="C")
@@ -64,9 +65,19 @@ def _git(
         env.update(GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_GLOBAL="/dev/null", GIT_ATTR_NOSYSTEM="1")
     if index is not None:
         env["GIT_INDEX_FILE"] = str(index)
+    as_owner: dict[str, Any] = {}
+    if owner is not None:  # root on someone else's repository: git runs as them, with their configuration
+        env["HOME"] = owner[2]
+        as_owner = {"user": owner[0], "group": owner[1], "extra_groups": [], "cwd": "/"}
     try:
         result = subprocess.run(
-            ["git", *_HARDEN, *map(str, args)], input=stdin, capture_output=True, env=env, check=False, timeout=600
+            ["git", *_HARDEN, *map(str, args)],
+            input=stdin,
+            capture_output=True,
+            env=env,
+            check=False,
+            timeout=600,
+            **as_owner,
         )
     except FileNotFoundError:
         raise WorktreeError("git is not installed: worktree mode needs it on the host (apt install git)") from None
@@ -82,6 +93,31 @@ def _verb(args: Sequence[str | Path]) -> str:
     while i < len(args) and str(args[i]) in ("-C", "-c", "--git-dir", "--work-tree"):
         i += 2
     return str(args[i]) if i < len(args) else "?"
+
+
+def _owner(path: Path) -> tuple[int, int, str] | None:
+    """Under root, the owner of the operator's repository when it is not root: git in that repository runs
+    as its owner (as git itself insists: it refuses a repository another user owns), so nothing its
+    configuration names runs as root."""
+    if os.getuid() != 0:
+        return None
+    st = path.stat()
+    if st.st_uid == 0:
+        return None
+    try:
+        import pwd
+
+        home = pwd.getpwuid(st.st_uid).pw_dir
+    except KeyError:
+        home = "/nonexistent"
+    return st.st_uid, st.st_gid, home
+
+
+def _op(
+    top: Path, *args: str | Path, stdin: bytes | None = None, check: bool = True
+) -> subprocess.CompletedProcess[bytes]:
+    """Git in the operator's repository (never the agent's checkout), as its owner."""
+    return _git("-C", top, *args, stdin=stdin, check=check, owner=_owner(top))
 
 
 def _out(*args: str | Path, isolated: bool = False) -> str:
@@ -101,8 +137,11 @@ class Project:
 def project(workspace: Path) -> Project:
     """The operator's repository a worktree bottle starts from; one-line errors before any work."""
     ws = workspace.resolve()
-    probe = _git("-C", ws, "rev-parse", "--show-toplevel", "--git-common-dir", "--show-object-format", check=False)
+    probe = _op(ws, "rev-parse", "--show-toplevel", "--git-common-dir", "--show-object-format", check=False)
     if probe.returncode != 0:
+        said = probe.stderr.decode(errors="replace")
+        if "dubious ownership" in said:
+            raise WorktreeError(f"git refuses {ws}: it is owned by another user (run claude-bottle as its owner)")
         raise WorktreeError(
             f"workspace {ws} is not a git repository: worktree mode needs one (`git init` and commit, "
             'or workspace_mode = "mount")'
@@ -113,10 +152,10 @@ def project(workspace: Path) -> Project:
             f"workspace {ws} is inside the repository {top}: worktree mode works on a whole repository, "
             "so make its top level the workspace"
         )
-    head = _git("-C", ws, "rev-parse", "--verify", "-q", "HEAD^{commit}", check=False)
+    head = _op(ws, "rev-parse", "--verify", "-q", "HEAD^{commit}", check=False)
     if head.returncode != 0:
         raise WorktreeError(f"{ws} has no commit yet: commit once, then start (the bottle starts from HEAD)")
-    branch = _git("-C", ws, "symbolic-ref", "-q", "--short", "HEAD", check=False).stdout.decode().strip()
+    branch = _op(ws, "symbolic-ref", "-q", "--short", "HEAD", check=False).stdout.decode().strip()
     objects = (ws / common).resolve() / "objects"
     if not objects.is_dir():
         raise WorktreeError(f"{ws}: its object store {objects} is not a directory")
@@ -265,8 +304,10 @@ class Work:
         start = _out("--git-dir", self.view, "rev-parse", f"{self.tip or self.base}^{{tree}}", isolated=True)
         return self.tree != start
 
-    def git(self, *args: str | Path, check: bool = True) -> subprocess.CompletedProcess[bytes]:
-        return _git("--git-dir", self.view, *args, isolated=True, check=check)
+    def git(
+        self, *args: str | Path, check: bool = True, stdin: bytes | None = None
+    ) -> subprocess.CompletedProcess[bytes]:
+        return _git("--git-dir", self.view, *args, isolated=True, check=check, stdin=stdin)
 
 
 def info_of(state: StateDir) -> dict[str, Any]:
@@ -326,9 +367,9 @@ def log(state: StateDir) -> str:
 def _clean(top: Path) -> None:
     if not top.is_dir():
         raise WorktreeError(f"{top} no longer exists: nothing to merge into")
-    if _git("-C", top, "rev-parse", "-q", "--verify", "MERGE_HEAD", check=False).returncode == 0:
+    if _op(top, "rev-parse", "-q", "--verify", "MERGE_HEAD", check=False).returncode == 0:
         raise WorktreeError(f"{top} is in the middle of a merge: finish or abort it first (nothing was changed)")
-    dirty = _git("-C", top, "status", "--porcelain", "--untracked-files=no").stdout.decode(errors="replace")
+    dirty = _op(top, "status", "--porcelain", "--untracked-files=no").stdout.decode(errors="replace")
     if dirty.strip():
         raise WorktreeError(
             f"{top} has uncommitted changes ({len(dirty.splitlines())} files): commit or stash them, then merge "
@@ -343,12 +384,10 @@ def merge(state: StateDir, *, squash: bool) -> str:
     if w.tip is None or not w.commits:
         more = f" (its uncommitted changes: `claude-bottle apply {state.slug}`)" if w.uncommitted else ""
         raise WorktreeError(f"{state.slug} made no commits: nothing to merge{more}")
-    w.git("update-ref", "refs/heads/bottle", w.tip)
-    fetch = _git(
-        "-C", w.project, "-c", "fetch.fsckObjects=true", "-c", "transfer.fsckObjects=true",
-        "fetch", "-q", "--no-tags", "--no-recurse-submodules", f"file://{w.view}", "refs/heads/bottle",
-        check=False,
-    )  # fmt: skip
+    # The bottle's new objects, packed from the view, indexed into the operator's repository with every
+    # object checked (its owner's git reads nothing of the state dir).
+    pack = w.git("pack-objects", "--revs", "--stdout", "-q", stdin=f"{w.tip}\n^{w.base}\n".encode()).stdout
+    fetch = _op(w.project, "index-pack", "--stdin", "--strict", stdin=pack, check=False)
     if fetch.returncode != 0:
         said = fetch.stderr.decode(errors="replace").strip().splitlines() or ["?"]
         why = next((ln for ln in said if ln.startswith("error:")), said[-1])
@@ -357,11 +396,11 @@ def merge(state: StateDir, *, squash: bool) -> str:
     subject = f"claude-bottle: {w.branch} ({n} commit{'s' if n != 1 else ''})"
     body = "\n".join(f"- {s}" for _, s in reversed(w.commits))
     if squash:
-        steps = [("merge", "--squash", "--no-commit", "FETCH_HEAD"), ("commit", "-q", "-m", subject, "-m", body)]
+        steps = [("merge", "--squash", "--no-commit", w.tip), ("commit", "-q", "-m", subject, "-m", body)]
     else:
-        steps = [("merge", "--no-ff", "--no-edit", "-m", subject, "-m", body, "FETCH_HEAD")]
+        steps = [("merge", "--no-ff", "--no-edit", "-m", subject, "-m", body, w.tip)]
     for step in steps:
-        result = _git("-C", w.project, *step, check=False)
+        result = _op(w.project, *step, check=False)
         if result.returncode != 0:
             msg = (result.stdout + result.stderr).decode(errors="replace")
             if "CONFLICT" in msg:
@@ -381,7 +420,7 @@ def apply(state: StateDir) -> str:
     patch = w.git("diff", "--binary", "--full-index", "--no-ext-diff", "--no-textconv", w.base, w.tree).stdout
     if not patch.strip():
         raise WorktreeError(f"{state.slug} changed nothing: nothing to apply")
-    result = _git("-C", w.project, "apply", "--whitespace=nowarn", "-", stdin=patch, check=False)
+    result = _op(w.project, "apply", "--whitespace=nowarn", "-", stdin=patch, check=False)
     if result.returncode != 0:
         why = (result.stderr.decode(errors="replace").strip().splitlines() or ["?"])[0]
         raise WorktreeError(
@@ -401,7 +440,7 @@ def pending(state: StateDir) -> str | None:
         w = read(state)
         keep: Sequence[str] = ()
         if w.project.is_dir():
-            refs = _git("-C", w.project, "for-each-ref", "--format=%(objectname)", "refs/heads", check=False)
+            refs = _op(w.project, "for-each-ref", "--format=%(objectname)", "refs/heads", check=False)
             keep = [r for r in refs.stdout.decode().split() if _OID.fullmatch(r)]
         unmerged = 0
         if w.tip is not None:

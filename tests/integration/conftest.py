@@ -395,3 +395,46 @@ def users_bottle(internet: Internet, tmp_path_factory: pytest.TempPathFactory) -
         assert user.ls()[slug]["status"] == "running"
     finally:
         user.run("stop", slug, "--rm")
+
+
+def host_git(ws: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """git as the workspace's owner (uid 1000, a normal user), as the operator would run it."""
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(ws.parent / "userhome"),
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_AUTHOR_NAME": "u",
+        "GIT_AUTHOR_EMAIL": "u@u",
+        "GIT_COMMITTER_NAME": "u",
+        "GIT_COMMITTER_EMAIL": "u@u",
+    }
+    return subprocess.run(
+        ["setpriv", "--reuid=1000", "--regid=1000", "--clear-groups", "git", *args],
+        cwd=ws,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture
+def git_project(tmp_path: Path, internet: Internet) -> Iterator[Cli]:
+    """A project a normal user (uid 1000) owns, where that user can run git: outside pytest's root-only
+    temporary root. Removed afterwards."""
+    base = Path(tempfile.mkdtemp(prefix="cbtest-git-"))
+    base.chmod(0o755)
+    ws, home = base / "ws", base / "userhome"
+    for d in (ws, home):
+        d.mkdir()
+        os.chown(d, 1000, 1000)
+    c = Cli(tmp_path / "cb-home", ws)
+    trusted(c, write_manifest(ws, internet))
+    try:
+        yield c
+    finally:
+        for slug in c.ls():
+            c.run("keep", slug, "--release")
+            c.run("stop", slug, "--rm")
+        shutil.rmtree(base, ignore_errors=True)

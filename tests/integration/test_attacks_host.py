@@ -7,18 +7,16 @@ import contextlib
 import os
 import pty
 import select
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .conftest import NS, STATE, Cli, Internet, docker, trusted, write_manifest
+from .conftest import NS, STATE, Cli, Internet, docker, host_git, trusted, write_manifest
 
 
 def containers(slug: str) -> list[str]:
@@ -218,51 +216,8 @@ def test_a_planted_manifest_is_refused_before_anything_starts(cli: Cli, bottle: 
 
 
 # -- 1: git on the host runs nothing the agent wrote -------------------------------------------------
-def host_git(ws: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """git as the workspace's owner (uid 1000, a normal user), as the operator would run it."""
-    env = {
-        "PATH": os.environ["PATH"],
-        "HOME": str(ws.parent / "userhome"),
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_AUTHOR_NAME": "u",
-        "GIT_AUTHOR_EMAIL": "u@u",
-        "GIT_COMMITTER_NAME": "u",
-        "GIT_COMMITTER_EMAIL": "u@u",
-    }
-    return subprocess.run(
-        ["setpriv", "--reuid=1000", "--regid=1000", "--clear-groups", "git", *args],
-        cwd=ws,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
-@pytest.fixture
-def user_project(tmp_path: Path, internet: Internet) -> Iterator[Cli]:
-    """A project a normal user (uid 1000) owns, where that user can run git: outside pytest's root-only
-    temporary root. Removed afterwards."""
-    base = Path(tempfile.mkdtemp(prefix="cbtest-git-"))
-    base.chmod(0o755)
-    ws, home = base / "ws", base / "userhome"
-    for d in (ws, home):
-        d.mkdir()
-        os.chown(d, 1000, 1000)
-    c = Cli(tmp_path / "cb-home", ws)
-    trusted(c, write_manifest(ws, internet))
-    try:
-        yield c
-    finally:
-        for slug in c.ls():
-            c.run("keep", slug, "--release")
-            c.run("stop", slug, "--rm")
-        shutil.rmtree(base, ignore_errors=True)
-
-
-def test_git_on_the_host_runs_nothing_the_agent_wrote(user_project: Cli) -> None:
-    cli = user_project
+def test_git_on_the_host_runs_nothing_the_agent_wrote(git_project: Cli) -> None:
+    cli = git_project
     ws = cli.cwd
     assert host_git(ws, "init", "-q", "-b", "main").returncode == 0
     (ws / "a.txt").write_text("a\n")
