@@ -15,7 +15,16 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["MAX_COMMANDS_BYTES", "RefUpdate", "commands_end", "judge_push", "parse_commands", "repo_of"]
+__all__ = [
+    "MAX_COMMANDS_BYTES",
+    "RefUpdate",
+    "capabilities",
+    "commands_end",
+    "judge_push",
+    "parse_commands",
+    "refusal_report",
+    "repo_of",
+]
 
 MAX_COMMANDS_BYTES = 64 * 1024
 _ZERO = re.compile(r"0{40}(?:0{24})?")
@@ -108,3 +117,33 @@ def judge_push(
         else:
             out.append((u, False, f"only {own} may be pushed, not {u.ref}"))
     return out
+
+
+def capabilities(section: bytes) -> set[str]:
+    """The capabilities the client sent after the first command (report-status, side-band-64k, ...)."""
+    n = int(section[:4], 16) if len(section) >= 4 and section[:4] != b"0000" else 0
+    _cmd, sep, caps = section[4:n].partition(b"\0")
+    return set(caps.decode("ascii", "replace").split()) if sep else set()
+
+
+def _pkt(data: bytes) -> bytes:
+    return b"%04x" % (len(data) + 4) + data
+
+
+def refusal_report(verdicts: Sequence[tuple[RefUpdate, bool, str]], caps: set[str]) -> bytes | None:
+    """A refused push answered in git's own protocol (a receive-pack status report), so that the agent's
+    git says which ref was rejected and why, as a server with protected branches does; None when the
+    client asked for no report (it then gets a plain 403)."""
+    if not caps & {"report-status", "report-status-v2"}:  # v2's "ng" lines are v1's
+        return None
+    first = next(why for _u, ok, why in verdicts if not ok)
+    lines = [b"unpack ok\n"] + [
+        f"ng {u.ref} {why if not ok else 'not pushed: another ref in this push was refused'}\n".encode()
+        for u, ok, why in verdicts
+    ]
+    status = b"".join(_pkt(line) for line in lines) + b"0000"
+    band = 65515 if "side-band-64k" in caps else 995 if "side-band" in caps else 0
+    if not band:
+        return status
+    note = _pkt(b"\x02" + f"claude-bottle guard: push refused: {first}\n".encode())
+    return note + b"".join(_pkt(b"\x01" + status[i : i + band]) for i in range(0, len(status), band)) + b"0000"

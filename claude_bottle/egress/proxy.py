@@ -32,7 +32,7 @@ from .capability import MAX_BODY as CAPABILITY_MAX_BODY
 from .config import Route, Secrets
 from .dlp import Scanner
 from .gitpush import MAX_COMMANDS_BYTES as GIT_COMMANDS_MAX
-from .gitpush import BadPush, commands_end, judge_push, parse_commands, repo_of
+from .gitpush import BadPush, capabilities, commands_end, judge_push, parse_commands, refusal_report, repo_of
 from .policy import Decision, PolicyFile, is_ip, is_public_address, normalise_host
 from .tls import NEED_MORE, client_hello_sni
 
@@ -88,6 +88,14 @@ class Refused(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+
+
+class PushRefused(Refused):
+    """A push refused with a receive-pack status report (git shows each ref's reason to the agent)."""
+
+    def __init__(self, reason: str, report: bytes) -> None:
+        super().__init__(200, reason)
+        self.report = report
 
 
 @dataclass
@@ -394,7 +402,9 @@ class Guard:
             await self._dispatch(req, reader, writer, conn)
         except Refused as exc:
             self._deny(conn, exc.reason)
-            if not entry.get("tunnel"):
+            if isinstance(exc, PushRefused):
+                await self._respond(writer, 200, exc.report, "application/x-git-receive-pack-result", exc.reason)
+            elif not entry.get("tunnel"):
                 await self._respond(
                     writer,
                     exc.status,
@@ -803,7 +813,13 @@ class Guard:
             )  # fmt: skip
         refused = [why for _u, ok, why in verdicts if not ok]
         if refused:
-            raise Refused(403, f"push refused: {refused[0]}")
+            report = refusal_report(verdicts, capabilities(buf[:end]))
+            if report is None:
+                raise Refused(403, f"push refused: {refused[0]}")
+            async with asyncio.timeout(BODY_TIMEOUT):  # the pack is read (and dropped) before git hears back
+                async for _piece in body:
+                    pass
+            raise PushRefused(f"push refused: {refused[0]}", report)
 
         async def rest_of_body() -> AsyncIterator[bytes]:
             yield buf

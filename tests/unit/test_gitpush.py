@@ -134,7 +134,13 @@ def test_a_push_to_the_bottles_branch_goes_through_whole_and_one_to_main_leaves_
     assert ok.startswith(b"HTTP/1.1 200")
     (forwarded,) = seen  # only the allowed push reached the upstream, and whole
     assert forwarded.endswith(own) and f"Basic {TOKEN}".encode() in forwarded
-    assert refused.startswith(b"HTTP/1.1 403") and b"push refused: only refs/heads/claude-bottle" in refused
+    # Refused in git's protocol: a status report git shows the agent, ref by ref, with the reason.
+    assert refused.startswith(b"HTTP/1.1 200") and b"application/x-git-receive-pack-result" in refused
+    assert (
+        f"ng refs/heads/main only refs/heads/claude-bottle/{SLUG} may be pushed, not refs/heads/main".encode()
+        in refused
+    )
+    assert f"ng refs/heads/claude-bottle/{SLUG} not pushed: another ref in this push was refused".encode() in refused
     pushes = [ln for ln in audit(tmp_path) if ln.get("kind") == "git-push"]
     assert [(p["ref"], p["decision"]) for p in pushes] == [
         (f"refs/heads/claude-bottle/{SLUG}", "allow"),
@@ -153,6 +159,43 @@ def test_listed_refs_and_repositories_come_from_the_policy(tmp_path: Path) -> No
             return await send(port, push(tag)), await send(port, push(tag, repo="acme/other"))
 
     allowed, other_repo = asyncio.run(go())
-    assert allowed.startswith(b"HTTP/1.1 200") and other_repo.startswith(b"HTTP/1.1 403")
-    assert b"repository acme/other is not in the bottle's list" in other_repo
+    assert allowed.startswith(b"HTTP/1.1 200") and b"ng refs/tags/v1" in other_repo
+    assert b"X-Claude-Bottle-Reason: push refused: repository acme/other is not in the bottle's list" in other_repo
     assert len(seen) == 1
+
+
+def test_a_refusal_is_a_status_report_git_understands() -> None:
+    from claude_bottle.egress.gitpush import capabilities, refusal_report
+
+    main, own = RefUpdate(OLD, NEW, "refs/heads/main"), RefUpdate(OLD, NEW, f"refs/heads/claude-bottle/{SLUG}")
+    verdicts = [(own, True, "the bottle's own branch"), (main, False, "only X may be pushed, not refs/heads/main")]
+    plain = (
+        b"000eunpack ok\n"
+        + pkt(f"ng refs/heads/claude-bottle/{SLUG} not pushed: another ref in this push was refused\n")
+        + pkt("ng refs/heads/main only X may be pushed, not refs/heads/main\n")
+        + b"0000"
+    )
+    assert refusal_report(verdicts, {"report-status"}) == plain
+    assert refusal_report(verdicts, {"report-status-v2"}) == plain  # what git 2.29+ asks for
+    banded = refusal_report(verdicts, {"report-status", "side-band-64k"})
+    note = pkt("\x02claude-bottle guard: push refused: only X may be pushed, not refs/heads/main\n")
+    assert banded == note + pkt("\x01" + plain.decode()) + b"0000"
+    small = refusal_report(verdicts, {"report-status", "side-band"})
+    assert small is not None and small.startswith(note) and small.endswith(b"0000")
+    assert refusal_report(verdicts, set()) is None  # no report asked for: a plain 403
+    assert capabilities(commands((OLD, NEW, "refs/heads/x"))) == {"report-status", "side-band-64k"}
+    assert capabilities(pkt(f"{OLD} {NEW} refs/heads/x\n") + b"0000") == set()
+    assert capabilities(b"0000") == set()
+
+
+def test_without_a_report_asked_for_a_refusal_is_a_plain_403(tmp_path: Path) -> None:
+    seen: list[bytes] = []
+    bare = pkt(f"{OLD} {NEW} refs/heads/main\n") + b"0000PACK"
+
+    async def go() -> bytes:
+        async with github(tmp_path, seen) as port:
+            return await send(port, push(bare))
+
+    refused = asyncio.run(go())
+    assert refused.startswith(b"HTTP/1.1 403") and b"push refused: only refs/heads/claude-bottle" in refused
+    assert seen == []
