@@ -37,6 +37,7 @@ class FakeBackend(BottleBackend):
     logs_follow: ClassVar[list[bool]] = []
     # Class-level so the test can see what instances created by the registry did.
     calls: ClassVar[list[str]] = []
+    started: ClassVar[list[Bottle]] = []  # the bottle of each start, as the backend was given it
     live: ClassVar[dict[str, str]] = {}
     fail_at: ClassVar[str | None] = None
     interrupt_at: ClassVar[str | None] = None
@@ -48,6 +49,7 @@ class FakeBackend(BottleBackend):
     @classmethod
     def reset(cls) -> None:
         cls.calls, cls.live, cls.fail_at, cls.interrupt_at, cls.exec_rc = [], {}, None, None, 0
+        cls.started = []
         cls.signal_at = None
         cls.leftovers, cls.unremovable = set(), set()
         cls.logs_output = b""
@@ -73,6 +75,7 @@ class FakeBackend(BottleBackend):
 
     def start(self, *, plan: BottlePlan, images: dict[str, str], guard: GuardInputs, progress: Progress) -> None:
         self._step("start")
+        self.started.append(plan.bottle)
         self.live[plan.slug] = "running"
 
     def wait_ready(self, *, state: StateDir, timeout: float = 30.0) -> None:

@@ -307,3 +307,76 @@ def test_cleanup_and_report_name_the_work_a_state_dir_holds(repo: Path, capsys: 
     assert data["diffstat"] == "2 files changed, 3 insertions(+), 1 deletion(-)" and data["uncommitted"] is True
     assert main(["report", state.slug]) == 0
     assert "branch claude-bottle/a-wtrep: 1 commits; 2 files changed" in capsys.readouterr().out
+
+
+MANIFEST = """
+[bottles.default]
+backend = "fake"
+[bottles.default.egress]
+allow = []
+[agents.claude]
+bottle = "default"
+"""
+
+
+@pytest.fixture
+def fake_project(repo: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    from claude_bottle.backend import _BACKENDS
+    from claude_bottle.state import bottle_home
+    from claude_bottle.trust import trust_file
+
+    from .fakes import FakeBackend
+
+    monkeypatch.setitem(_BACKENDS, "fake", "tests.unit.fakes:FakeBackend")
+    FakeBackend.reset()
+    (repo / "claude-bottle.toml").write_text(MANIFEST)
+    trust_file(repo / "claude-bottle.toml", home=bottle_home())
+    monkeypatch.chdir(repo)
+    return repo
+
+
+def test_start_worktree_gives_the_backend_the_checkout_and_the_objects_read_only(
+    fake_project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from claude_bottle.state import list_state_dirs
+
+    from .fakes import FakeBackend
+
+    assert main(["start", "claude", "--worktree", "--detach"]) == 0
+    (state,) = list_state_dirs()
+    for generation in (1, 2):
+        b = FakeBackend.started[-1]
+        assert b.agent_workspace == state.path / "worktree" and b.workspace == fake_project.resolve()
+        objects = (fake_project / ".git" / "objects").resolve()
+        assert (objects, str(objects), True) in b.mounts  # read-only, where the checkout's alternates look
+        assert {".git/config", ".git/hooks"} <= set(b.protected)
+        assert state.read().worktree["branch"] == f"claude-bottle/{state.slug}"  # type: ignore[index]
+        assert state.read().git_protected == list(b.protected)
+        if generation == 1:
+            assert main(["stop", state.slug]) == 0
+            assert main(["resume", state.slug, "--detach"]) == 0
+    assert "a checkout of its own on claude-bottle/" in capsys.readouterr().err
+
+
+def test_start_worktree_outside_a_repository_fails_before_any_work(
+    fake_project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from claude_bottle.state import list_state_dirs
+
+    from .fakes import FakeBackend
+
+    shutil.rmtree(fake_project / ".git")
+    assert main(["start", "claude", "--worktree", "--detach"]) == 1
+    assert "is not a git repository: worktree mode needs one" in capsys.readouterr().err
+    assert FakeBackend.calls == [] and list_state_dirs() == []
+    (fake_project / "claude-bottle.toml").write_text(
+        MANIFEST.replace('bottle = "default"\n', 'bottle = "default"\nworkspace_mode = "worktree"\n')
+    )
+    from claude_bottle.state import bottle_home
+    from claude_bottle.trust import trust_file
+
+    trust_file(fake_project / "claude-bottle.toml", home=bottle_home())
+    assert main(["start", "claude", "--detach"]) == 1  # the manifest's mode, the same refusal
+    assert "is not a git repository" in capsys.readouterr().err
