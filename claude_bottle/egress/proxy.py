@@ -531,13 +531,17 @@ class Guard:
         self._scan_request(req, path)
         framing = body_framing(req)
         decision = await self._decide_or_ask(host, port, conn)
+        pieces = None
+        if req.method == "POST" and (url.path or "/").endswith("/git-receive-pack"):
+            # A push to a git server the policy allows over plain HTTP is judged as on a credential route.
+            pieces = await self._judge_push(req, framing, path, reader, conn)
         up_r, up_w = await self._open(host, port, decision, entry)
         try:
             self._allow(conn, decision.reason)
             authority = (f"[{host}]" if ":" in host else host) + ("" if port == 80 else f":{port}")
             # The Host header is always the checked host: another one could reach another vhost.
             head = [f"{req.method} {path} HTTP/1.1", f"Host: {authority}", *req.forwarded_headers()]
-            await self._send_request(req, framing, head, reader, writer, up_w, conn)
+            await self._send_request(req, framing, head, reader, writer, up_w, conn, pieces=pieces)
             await self._relay(reader, writer, up_r, up_w, conn, client_done=True)
         finally:
             up_w.close()

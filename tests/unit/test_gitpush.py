@@ -199,3 +199,47 @@ def test_without_a_report_asked_for_a_refusal_is_a_plain_403(tmp_path: Path) -> 
     refused = asyncio.run(go())
     assert refused.startswith(b"HTTP/1.1 403") and b"push refused: only refs/heads/claude-bottle" in refused
     assert seen == []
+
+
+def test_a_push_to_a_plain_http_git_server_the_policy_allows_is_judged_too(tmp_path: Path) -> None:
+    seen: list[bytes] = []
+    own = commands((OLD, NEW, f"refs/heads/claude-bottle/{SLUG}")) + b"PACK-own"
+    main = commands((OLD, NEW, "refs/heads/main")) + b"PACK-main"
+
+    async def go() -> tuple[bytes, bytes]:
+        async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            data = await reader.read(1 << 20)
+            seen.append(data)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+            await writer.drain()
+            writer.close()
+
+        up = await asyncio.start_server(upstream, "127.0.0.1", 0)
+        up_port = up.sockets[0].getsockname()[1]
+        rules = [{"host": "127.0.0.1", "ports": [up_port], "private": True}]
+        (tmp_path / "policy.json").write_text(json.dumps({"bottle": SLUG, "allow": rules}))
+        log = AuditLog(tmp_path / "egress.jsonl", bottle=SLUG)
+        guard = Guard(PolicyFile(tmp_path / "policy.json"), log, Secrets({}, (), Scanner()))
+        server = await guard.serve("127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+
+        def plain(body: bytes) -> bytes:
+            return (
+                f"POST http://127.0.0.1:{up_port}/acme/app.git/git-receive-pack HTTP/1.1\r\n"
+                f"Host: 127.0.0.1:{up_port}\r\nContent-Length: {len(body)}\r\n\r\n"
+            ).encode() + body
+
+        try:
+            return await send(port, plain(own)), await send(port, plain(main))
+        finally:
+            server.close()
+            await server.wait_closed()
+            up.close()
+            await up.wait_closed()
+            log.close()
+
+    ok, refused = asyncio.run(go())
+    assert ok.startswith(b"HTTP/1.1 200") and len(seen) == 1 and seen[0].endswith(b"PACK-own")
+    assert refused.startswith(b"HTTP/1.1 200") and b"ng refs/heads/main only refs/heads/claude-bottle" in refused
+    pushes = [(p["ref"], p["decision"]) for p in audit(tmp_path) if p.get("kind") == "git-push"]
+    assert pushes == [(f"refs/heads/claude-bottle/{SLUG}", "allow"), ("refs/heads/main", "deny")]
