@@ -43,6 +43,7 @@ ENV_VAR = "CLAUDE_BOTTLE_BACKEND"
 _BACKENDS: dict[str, str] = {
     "docker": "claude_bottle.backend.docker.backend:DockerBottleBackend",
     "smolmachines": "claude_bottle.backend.smolmachines.backend:SmolmachinesBottleBackend",
+    "kubernetes": "claude_bottle.backend.kubernetes.backend:KubernetesBottleBackend",
 }
 
 Progress = Callable[[str], None]  # a line of progress (builds, waits)

@@ -76,7 +76,7 @@ class GuardInputs:
     def guard_url(self) -> str:
         return f"http://egress:{self.port}"
 
-    def argv(self, *, listen: str, clients: str, guard_ip: str | None = None) -> list[str]:
+    def argv(self, *, listen: str, clients: str, guard_ip: str | None = None, dns_port: int = 53) -> list[str]:
         """The guard's command line in its container, on every backend: its files where the backend mounts
         them (`dir` at /etc/claude-bottle, `audit` and `requests` under /var/log/claude-bottle, the run dir
         at /bottle-run), listening on `listen` for `clients` only; with `guard_ip`, also the bottle's DNS."""
@@ -87,7 +87,7 @@ class GuardInputs:
             "--listen", listen,
         ]  # fmt: skip
         if guard_ip:
-            argv += ["--dns", f"{guard_ip}:53", "--guard-ip", guard_ip]
+            argv += ["--dns", f"{guard_ip}:{dns_port}", "--guard-ip", guard_ip]
         argv += [
             "--clients", clients,
             "--ready-file", "/bottle-run/guard-ready",

@@ -56,18 +56,19 @@ def test_egress_imports_only_stdlib_and_itself() -> None:
 
 def test_only_backends_import_a_backend() -> None:
     """The core names backends by string. A backend may build on another's engine client (the smolmachines
-    backend runs its sidecars and builds its images with Docker's); Docker's knows no other."""
+    backend runs its sidecars and builds its images with Docker's, the Kubernetes backend builds its images
+    with Docker's); Docker's knows no other."""
+    others = ("claude_bottle.backend.smolmachines", "claude_bottle.backend.kubernetes")
     for path in files():
         rel = str(path.relative_to(PKG))
         for mod in imports(path):
-            if rel.startswith("backend/smolmachines"):
+            if rel.startswith(("backend/smolmachines", "backend/kubernetes")):
+                assert not mod.startswith(tuple(o for o in others if not o.endswith(rel.split("/")[1]))), rel
                 continue
             if rel.startswith("backend/docker"):
-                assert not mod.startswith("claude_bottle.backend.smolmachines"), f"{rel} imports {mod}"
+                assert not mod.startswith(others), f"{rel} imports {mod}"
                 continue
-            assert not mod.startswith(("claude_bottle.backend.docker", "claude_bottle.backend.smolmachines")), (
-                f"{rel} imports {mod}"
-            )
+            assert not mod.startswith(("claude_bottle.backend.docker", *others)), f"{rel} imports {mod}"
 
 
 def test_backends_know_no_screen() -> None:

@@ -1,0 +1,311 @@
+"""KubernetesBottleBackend (`--backend kubernetes`): one Pod per bottle through `kubectl`, against the
+current kubeconfig context (or CLAUDE_BOTTLE_KUBE_CONTEXT). The objects are rendered in render.py; this
+applies, waits, copies and removes them. See docs/design/beyond-one-machine.md for what the cluster must
+provide (a CNI that enforces NetworkPolicy, a storage class, a registry it pulls from, a namespace that
+admits an init container with NET_ADMIN) and for the limits.
+
+Images are built by the Docker backend on this machine and pushed to CLAUDE_BOTTLE_REGISTRY, which the
+cluster must be able to pull from. The workspace and `~/.claude` travel into the bottle's claim through
+`kubectl exec` (a tar stream) while the Pod waits in its `seed` init container; the audit log, the
+capability requests and the transcripts come back into the local state dir at every stop.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ... import process
+from ...errors import BackendError, BottleError
+from ...runtime import NAMESPACE_LABEL, Identity, namespace
+from ...state import StateDir, now_iso, process_started
+from .. import BottleBackend, BottleCleanupPlan, BottlePlan, BottleStatus, Check, Progress, Report
+from .render import Names, as_list, render_objects
+
+if TYPE_CHECKING:
+    from ...bottle import Bottle
+    from ...guard.inputs import GuardInputs
+
+__all__ = ["KubernetesBottleBackend", "kubectl_argv"]
+
+KINDS = "pod,networkpolicy,secret,configmap"  # what a stop removes (the claim holds the state: kept)
+
+
+def kubectl_argv(*args: str) -> list[str]:
+    ctx = os.environ.get("CLAUDE_BOTTLE_KUBE_CONTEXT")
+    return ["kubectl", *(["--context", ctx] if ctx else []), *args]
+
+
+def kubectl(*args: str, input: str | None = None, timeout: float = 120) -> process.Result:
+    return process.run(kubectl_argv(*args), input=input, timeout=timeout)
+
+
+def _names(slug: str) -> Names:
+    return Names(f"{namespace()}-{slug}")
+
+
+def _selector(slug: str | None = None) -> str:
+    sel = f"{NAMESPACE_LABEL}={namespace()},claude-bottle.backend=kubernetes"
+    return sel + (f",claude-bottle.slug={slug}" if slug else "")
+
+
+def _tar(root: Path, arcname: str) -> bytes:
+    """A folder as a tar stream (links kept as links, never followed)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(root, arcname=arcname, recursive=True)
+    return buf.getvalue()
+
+
+class KubernetesPlan(BottleCleanupPlan):
+    def __init__(self, objects: list[tuple[str, str, str]], kept: list[str]) -> None:
+        self.objects = objects  # (kind, name, slug)
+        self.kept = kept
+
+    def lines(self) -> list[str]:
+        out = [f"--- kubernetes ({os.environ.get('CLAUDE_BOTTLE_KUBE_CONTEXT') or 'current context'})"]
+        out += [f"{kind} {name} (bottle {slug}) -> removed" for kind, name, slug in self.objects]
+        out += [f"kept: bottle {slug} (running)" for slug in self.kept]
+        return out if len(out) > 1 else []
+
+    def empty(self) -> bool:
+        return not self.objects
+
+
+class KubernetesBottleBackend(BottleBackend):
+    name = "kubernetes"
+
+    def plan(self, *, bottle: Bottle) -> BottlePlan:
+        if shutil.which("kubectl") is None:
+            raise BottleError("the kubernetes backend needs kubectl on PATH (and a kubeconfig context)")
+        if not os.environ.get("CLAUDE_BOTTLE_REGISTRY"):
+            raise BottleError(
+                "the kubernetes backend needs a registry the cluster pulls from: set CLAUDE_BOTTLE_REGISTRY "
+                "(the bottle's images are pushed there)"
+            )
+        if bottle.worktree or bottle.spec.egress.engine == "pipelock" or bottle.spec.egress.networks:
+            raise BottleError(
+                "the kubernetes backend runs the guard's own engine, without egress.networks or worktree mode"
+            )
+        return BottlePlan(bottle, [f"pod {_names(bottle.slug).pod}: agent sealed behind its guard sidecar"])
+
+    def prepare_images(self, *, plan: BottlePlan, progress: Progress) -> dict[str, str]:
+        from ..docker.backend import DockerBottleBackend
+
+        local = DockerBottleBackend().prepare_images(plan=plan, progress=progress)
+        registry = os.environ["CLAUDE_BOTTLE_REGISTRY"].rstrip("/")
+        pushed = {}
+        for role, image in local.items():
+            remote = f"{registry}/{image.rsplit('/', 1)[-1]}"
+            progress(f"pushing {remote}")
+            for args in (("tag", image, remote), ("push", "-q", remote)):
+                process.check(process.run(["docker", *args], timeout=1800), f"docker {args[0]} {remote}")
+            pushed[role] = remote
+        return pushed
+
+    def start(self, *, plan: BottlePlan, images: dict[str, str], guard: GuardInputs, progress: Progress) -> None:
+        from ...guard.files import GuardFiles
+
+        b, state = plan.bottle, plan.state
+        identity = Identity(b.slug, self.name, os.getpid(), process_started(os.getpid()) or 0.0, now_iso(), namespace())
+        files = GuardFiles(state)
+        honey = {rel: src.read_text(encoding="utf-8") for rel, src in guard.honey.items()}
+        objects = render_objects(
+            identity=identity,
+            spec=b.spec,
+            ids=b.ids,
+            guard=guard,
+            agent_image=images["agent"],
+            guard_image=images["guard"],
+            policy=files.policy.read_text(encoding="utf-8"),
+            secrets=files.secrets.read_text(encoding="utf-8"),
+            honey=honey,
+            storage_class=os.environ.get("CLAUDE_BOTTLE_STORAGE_CLASS"),
+        )
+        progress("applying the bottle's objects")
+        process.check(kubectl("apply", "-f", "-", input=as_list(objects), timeout=120), "kubectl apply")
+        names = _names(b.slug)
+        progress("copying the workspace in")
+        self._wait_for(f"pod/{names.pod}", "seed")
+        seed = _tar(b.agent_workspace, "workspace") + b""
+        self._untar(names.pod, "seed", "/state", seed)
+        self._untar(names.pod, "seed", "/state", _tar(state.claude_home, "claude-home"))
+        process.check(kubectl("exec", names.pod, "-c", "seed", "--", "touch", "/state/.seeded"), "seeding the bottle")
+
+    def _wait_for(self, pod: str, container: str, timeout: float = 300) -> None:
+        """Until `container` of the Pod runs (an init container waiting for its seed)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            got = kubectl("get", pod, "-o", "json", timeout=30)
+            if got.ok:
+                status = json.loads(got.stdout).get("status", {})
+                for c in status.get("initContainerStatuses", []) + status.get("containerStatuses", []):
+                    if c.get("name") == container and "running" in c.get("state", {}):
+                        return
+            if time.monotonic() > deadline:
+                raise BackendError(f"{pod}: its {container} container did not start within {timeout:.0f}s")
+            time.sleep(0.5)
+
+    def _untar(self, pod: str, container: str, dest: str, data: bytes) -> None:
+        proc = subprocess.run(
+            kubectl_argv("exec", "-i", pod, "-c", container, "--", "tar", "-xf", "-", "-C", dest),
+            input=data,
+            capture_output=True,
+            timeout=1800,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise BackendError(f"copying into {pod} failed: {proc.stderr.decode(errors='replace').strip()[-300:]}")
+
+    def wait_ready(self, *, state: StateDir, timeout: float = 30.0) -> None:
+        names = _names(state.slug)
+        # The engine tells when the Pod is ready (the guard's probe passed): no polling from here.
+        result = kubectl("wait", "--for=condition=Ready", f"pod/{names.pod}", f"--timeout={int(timeout * 10)}s",
+                         timeout=timeout * 10 + 30)  # fmt: skip
+        process.check(result, f"waiting for pod {names.pod}")
+
+    def _pull(self, state: StateDir) -> None:
+        """The audit log, the requests and the transcripts back into the local state dir."""
+        names = _names(state.slug)
+        for container, src, dest in (
+            ("guard", "/var/log/claude-bottle", state.path),
+            ("agent", "/home/claude/.claude", state.claude_home),
+        ):
+            proc = subprocess.run(
+                kubectl_argv("exec", names.pod, "-c", container, "--", "tar", "-cf", "-", "-C", src, "."),
+                capture_output=True,
+                timeout=600,
+                check=False,
+            )
+            if proc.returncode != 0:
+                continue  # the Pod is gone: what was pulled before stays
+            with tarfile.open(fileobj=io.BytesIO(proc.stdout)) as tar:
+                members = [m for m in tar.getmembers() if m.isfile() or m.isdir()]
+                tar.extractall(dest, members=members, filter="data")
+
+    def stop(self, *, state: StateDir) -> None:
+        self._pull(state)
+        result = kubectl("delete", KINDS, "-l", _selector(state.slug), "--ignore-not-found", "--wait=true")
+        process.check(result, f"removing bottle {state.slug}")
+
+    def _exec_argv(self, state: StateDir, argv: Sequence[str], *, tty: bool, interactive: bool,
+                   workdir: str | None, env: dict[str, str] | None) -> list[str]:  # fmt: skip
+        flags = [*(["-i"] if interactive else []), *(["-t"] if tty else [])]
+        inner = list(argv)
+        if env:
+            inner = ["env", *(f"{k}={v}" for k, v in env.items()), *inner]
+        if workdir:
+            inner = ["sh", "-c", 'cd "$0" && exec "$@"', workdir, *inner]
+        return kubectl_argv("exec", *flags, _names(state.slug).pod, "-c", "agent", "--", *inner)
+
+    def exec(
+        self,
+        *,
+        state: StateDir,
+        argv: Sequence[str],
+        tty: bool,
+        interactive: bool,
+        workdir: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> int:
+        return process.run_interactive(
+            self._exec_argv(state, argv, tty=tty, interactive=interactive, workdir=workdir, env=env)
+        )
+
+    def exec_output(self, *, state: StateDir, argv: Sequence[str]) -> tuple[int, str]:
+        result = process.run(self._exec_argv(state, argv, tty=False, interactive=False, workdir=None, env=None))
+        return result.returncode, result.stdout
+
+    def logs(self, *, state: StateDir, follow: bool, sink: Callable[[bytes], None]) -> int:
+        argv = kubectl_argv("logs", *(["-f"] if follow else []), _names(state.slug).pod, "-c", "agent")
+        return process.run_to(argv, sink)
+
+    @staticmethod
+    def _quiet() -> bool:
+        """Nothing to ask a cluster about: no kubectl, and no bottle of this backend recorded here."""
+        from ...state import list_state_dirs
+
+        if shutil.which("kubectl") is not None:
+            return False
+        return not any(d.read().backend == "kubernetes" for d in list_state_dirs())
+
+    def _pods(self) -> list[dict[str, Any]]:
+        if self._quiet():
+            return []
+        got = kubectl("get", "pods", "-l", _selector(), "-o", "json", timeout=30)
+        process.check(got, "kubectl get pods")
+        items: list[dict[str, Any]] = json.loads(got.stdout).get("items", [])
+        return items
+
+    def statuses(self) -> dict[str, BottleStatus]:
+        out = {}
+        for pod in self._pods():
+            meta = pod.get("metadata", {})
+            slug = meta.get("labels", {}).get("claude-bottle.slug", "")
+            phase = str(pod.get("status", {}).get("phase", "Unknown")).lower()
+            status = "running" if phase == "running" else phase
+            pid = meta.get("annotations", {}).get("claude-bottle.owner-pid", "")
+            out[slug] = BottleStatus(slug, self.name, status, int(pid) if pid.isdigit() else None)
+        return out
+
+    def doctor(self, base_images: Sequence[str] = ()) -> list[Check]:
+        binary = shutil.which("kubectl")
+        checks = [Check("kubectl", bool(binary), binary or "not on PATH", "install kubectl, or use another backend")]
+        if not binary:
+            return checks
+        ctx = os.environ.get("CLAUDE_BOTTLE_KUBE_CONTEXT") or kubectl("config", "current-context").stdout.strip()
+        checks.append(Check("context", bool(ctx), ctx or "none", "kubectl config use-context NAME"))
+        if ctx:
+            answer = kubectl("version", "-o", "json", "--request-timeout=5s", timeout=15)
+            server = json.loads(answer.stdout).get("serverVersion", {}) if answer.ok else {}
+            ok = bool(server)
+            checks.append(Check("cluster", ok, server.get("gitVersion", "") if ok else "does not answer",
+                                "check the context's server and credentials"))  # fmt: skip
+            if ok:
+                netpol = kubectl("api-resources", "--api-group=networking.k8s.io", "-o", "name", timeout=15)
+                has = "networkpolicies" in netpol.stdout
+                checks.append(Check("NetworkPolicy API", has, "present" if has else "missing",
+                                    "a CNI that enforces NetworkPolicy is required"))  # fmt: skip
+        registry = os.environ.get("CLAUDE_BOTTLE_REGISTRY", "")
+        checks.append(Check("registry", bool(registry), registry or "unset",
+                            "set CLAUDE_BOTTLE_REGISTRY to a registry the cluster pulls from"))  # fmt: skip
+        return checks
+
+    def prepare_cleanup(self) -> KubernetesPlan:
+        if self._quiet():
+            return KubernetesPlan([], [])
+        if shutil.which("kubectl") is None:
+            raise BottleError("kubectl not on PATH: bottles of this backend are recorded here")
+        got = kubectl("get", f"{KINDS},persistentvolumeclaim", "-l", _selector(), "-o", "json", timeout=60)
+        if not got.ok:
+            raise BottleError(f"the cluster does not answer ({(got.stderr.strip().splitlines() or ['?'])[-1]})")
+        running = {s for s, st in self.statuses().items() if st.status == "running"}
+        objects, kept = [], set()
+        for item in json.loads(got.stdout).get("items", []):
+            slug = item["metadata"].get("labels", {}).get("claude-bottle.slug", "")
+            if slug in running:
+                kept.add(slug)
+                continue
+            objects.append((item["kind"].lower(), item["metadata"]["name"], slug))
+        return KubernetesPlan(objects, sorted(kept))
+
+    def cleanup(self, plan: BottleCleanupPlan, *, report: Report) -> list[str]:
+        assert isinstance(plan, KubernetesPlan)  # noqa: S101 - plans go back to their backend
+        failures = []
+        for kind, name, _slug in plan.objects:
+            result = kubectl("delete", kind, name, "--ignore-not-found", "--wait=false")
+            if result.ok:
+                report(f"removed {kind} {name}")
+            else:
+                why = (result.stderr.strip().splitlines() or ["?"])[-1]
+                failures.append(f"{kind} {name}: {why}")
+                report(f"failed {kind} {name}: {why}")
+        return failures
