@@ -113,3 +113,39 @@ def test_compose_missing_for_this_user_is_one_line_naming_the_fix(fake_exe: Call
     )
     with pytest.raises(BackendError, match=r"^Docker Compose v2 is missing for this user .*scripts/setup as root"):
         engine.compose_ls()
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "local"),
+    [
+        ("unix:///var/run/docker.sock", None),  # local when the socket exists here
+        ("unix:///nonexistent/docker.sock", False),
+        ("tcp://127.0.0.1:2375", True),
+        ("tcp://localhost:2375", True),
+        ("tcp://[::1]:2375", True),
+        ("tcp://10.1.2.3:2375", False),
+        ("ssh://builder@build-server", False),
+    ],
+)
+def test_an_engine_is_local_only_when_it_sees_this_machines_files(endpoint: str, local: bool | None) -> None:
+    from claude_bottle.backend.docker.engine import Context
+
+    expected = Path("/var/run/docker.sock").exists() if local is None else local
+    assert Context("x", endpoint).local is expected
+
+
+def test_a_remote_engine_is_named_and_refused_before_any_work(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from claude_bottle.backend.docker.engine import context
+
+    monkeypatch.setenv("DOCKER_HOST", "tcp://10.1.2.3:2375")
+    assert (context().name, context().endpoint, context().local) == ("DOCKER_HOST", "tcp://10.1.2.3:2375", False)
+    monkeypatch.delenv("DOCKER_HOST")
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    (tmp_path / "config.json").write_text('{"currentContext": "default"}')
+    assert context().name == "default"
+    from claude_bottle.backend.docker.backend import DockerBottleBackend
+    from claude_bottle.errors import BottleError
+
+    monkeypatch.setenv("DOCKER_HOST", "ssh://builder@build-server")
+    with pytest.raises(BottleError, match=r"does not see this machine's files.*remote engines are not supported yet"):
+        DockerBottleBackend().plan(bottle=None)  # type: ignore[arg-type]  # refused before the bottle is read

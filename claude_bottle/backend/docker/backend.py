@@ -80,6 +80,13 @@ class DockerBottleBackend(BottleBackend):
     def plan(self, *, bottle: Bottle) -> BottlePlan:
         """The project it will be, after checking what the manifest names in the engine (its networks):
         before any image is built."""
+        ctx = engine.context()
+        if not ctx.local:
+            raise BottleError(
+                f"the Docker engine of {ctx.name} ({ctx.endpoint}) does not see this machine's files, which a "
+                "bottle binds (workspace, state): use a local engine (unset DOCKER_HOST, `docker context use "
+                "default`); remote engines are not supported yet"
+            )
         for net in bottle.spec.egress.networks:
             if not engine.docker("network", "inspect", "--format", "{{.Name}}", net).ok:
                 raise BottleError(
@@ -344,6 +351,15 @@ class DockerBottleBackend(BottleBackend):
             engine_ok = ver.ok and ver.stdout.strip() != ""
         except BackendError:
             engine_ok, ver = False, None
+        ctx = engine.context()
+        checks.append(
+            Check(
+                "context",
+                ctx.local,
+                f"{ctx.name} ({ctx.endpoint}){'' if ctx.local else ': a remote engine'}",
+                "bottles bind this machine's files: use a local engine (unset DOCKER_HOST, docker context use default)",
+            )
+        )
         checks.append(
             Check(
                 "engine",

@@ -20,12 +20,14 @@ from ...errors import BackendError
 
 __all__ = [
     "ComposeProject",
+    "Context",
     "DockerError",
     "NetworkRow",
     "PsRow",
     "check",
     "compose_argv",
     "compose_ls",
+    "context",
     "docker",
     "engine_hint",
     "exec_argv",
@@ -81,6 +83,43 @@ def docker(*args: str, timeout: float | None = 120, env: dict[str, str] | None =
     result = process.run(["docker", *args], timeout=timeout, env=env)
     _raise_known(args, result)
     return result
+
+
+@dataclass(frozen=True)
+class Context:
+    """The engine the docker CLI talks to: DOCKER_HOST, else the current context (DOCKER_CONTEXT, then
+    the CLI's config), and its endpoint."""
+
+    name: str
+    endpoint: str
+
+    @property
+    def local(self) -> bool:
+        """Does the engine see this machine's files (a local socket, or TCP to this machine's loopback)?"""
+        scheme, _, rest = self.endpoint.partition("://")
+        if scheme == "unix":
+            return Path(rest).exists()
+        if scheme == "tcp":
+            host = rest.rsplit(":", 1)[0].strip("[]")
+            return host in ("localhost", "::1") or host.startswith("127.")
+        return False
+
+
+def context() -> Context:
+    """Without a subprocess when nothing names another context (start's own path stays fast)."""
+    if os.environ.get("DOCKER_HOST"):
+        return Context("DOCKER_HOST", os.environ["DOCKER_HOST"])
+    name = os.environ.get("DOCKER_CONTEXT", "")
+    if not name:
+        config = Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker") / "config.json"
+        try:
+            name = str(json.loads(config.read_text(encoding="utf-8")).get("currentContext") or "")
+        except (OSError, ValueError, AttributeError):
+            name = ""
+    if name in ("", "default"):
+        return Context("default", "unix:///var/run/docker.sock")
+    got = client("context", "inspect", name, "--format", "{{.Endpoints.docker.Host}}")
+    return Context(name, got.stdout.strip() if got.ok else "unknown (docker context inspect failed)")
 
 
 def client(*args: str) -> process.Result:

@@ -230,17 +230,20 @@ class KubernetesBottleBackend(BottleBackend):
 
     @staticmethod
     def _quiet() -> bool:
-        """Nothing to ask a cluster about: no kubectl, and no bottle of this backend recorded here."""
+        """Nothing to ask a cluster about: no bottle of this backend recorded here, and no cluster to ask
+        (no kubectl, or no context): then `ls` and `cleanup` never wait on one."""
         from ...state import list_state_dirs
 
-        if shutil.which("kubectl") is not None:
+        if any(d.read().backend == "kubernetes" for d in list_state_dirs()):
             return False
-        return not any(d.read().backend == "kubernetes" for d in list_state_dirs())
+        if shutil.which("kubectl") is None:
+            return True
+        return not (os.environ.get("CLAUDE_BOTTLE_KUBE_CONTEXT") or kubectl("config", "current-context").ok)
 
     def _pods(self) -> list[dict[str, Any]]:
         if self._quiet():
             return []
-        got = kubectl("get", "pods", "-l", _selector(), "-o", "json", timeout=30)
+        got = kubectl("get", "pods", "-l", _selector(), "-o", "json", "--request-timeout=10s", timeout=30)
         process.check(got, "kubectl get pods")
         items: list[dict[str, Any]] = json.loads(got.stdout).get("items", [])
         return items
@@ -284,7 +287,8 @@ class KubernetesBottleBackend(BottleBackend):
             return KubernetesPlan([], [])
         if shutil.which("kubectl") is None:
             raise BottleError("kubectl not on PATH: bottles of this backend are recorded here")
-        got = kubectl("get", f"{KINDS},persistentvolumeclaim", "-l", _selector(), "-o", "json", timeout=60)
+        got = kubectl("get", f"{KINDS},persistentvolumeclaim", "-l", _selector(), "-o", "json", "--request-timeout=10s",
+                      timeout=60)  # fmt: skip
         if not got.ok:
             raise BottleError(f"the cluster does not answer ({(got.stderr.strip().splitlines() or ['?'])[-1]})")
         running = {s for s, st in self.statuses().items() if st.status == "running"}
