@@ -199,7 +199,7 @@ def _bring_up(
             state.update(images=images, ran_with=_ran_with(bottle, guard))
             engine_touched = True
             # From here the agent may write the workspace: what git would read is settled when the run ends.
-            state.update(run_started=time.time(), git_protected=list(bottle.protected))
+            state.update(run_started=time.time(), git_protected=backend.read_only_paths(bottle))
             backend.start(plan=plan, images=images, guard=guard, progress=progress)
             progress("waiting for the guard")
             backend.wait_ready(state=state)

@@ -18,11 +18,14 @@ run. Merging into the operator's branch fetches from the view with object checks
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import stat
 import subprocess
-from collections.abc import Iterator, Sequence
+import tempfile
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,14 +33,16 @@ from typing import Any
 from .errors import BottleError
 from .runtime import RuntimeIds
 from .state import StateDir
-from .walk import Walk
+from .walk import Walk, remove_tree
 
-__all__ = ["BRANCH_PREFIX", "Project", "Work", "apply", "create", "merge", "pending", "project", "read"]
+__all__ = ["BRANCH_PREFIX", "Project", "Work", "apply", "create", "merge", "pending", "project", "reading"]
 
 BRANCH_PREFIX = "claude-bottle/"
 CHECKOUT = "worktree"
 VIEW = "worktree-view.git"
-MAX_COPY = 8 << 30  # the agent's own objects copied to the view, at most
+MAX_COPY = 8 << 30  # bytes one verb reads out of the checkout (objects and files), at most
+CHUNK = 1 << 20
+GIT_TIMEOUT = 300
 _OID = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # On every git the host runs here: no fsmonitor daemon, no hooks, whatever a config says.
@@ -76,11 +81,13 @@ def _git(
             capture_output=True,
             env=env,
             check=False,
-            timeout=600,
+            timeout=GIT_TIMEOUT,
             **as_owner,
         )
     except FileNotFoundError:
         raise WorktreeError("git is not installed: worktree mode needs it on the host (apt install git)") from None
+    except subprocess.TimeoutExpired:
+        raise WorktreeError(f"git {_verb(args)} took over {GIT_TIMEOUT} s: stopped") from None
     if check and result.returncode != 0:
         last = (result.stderr.decode(errors="replace").strip().splitlines() or ["no message"])[-1]
         raise WorktreeError(f"git {_verb(args)} failed: {last}")
@@ -243,52 +250,126 @@ def _branch_tip(checkout: Path, branch: str) -> str | None:
     return None
 
 
-def _copy_objects(checkout: Path, view: Path) -> None:
-    """The checkout's own objects (loose and packs; never `info/`) into the view, as plain files."""
-    copied = 0
-    with _opened(checkout, ".git", "objects") as objects:
-        for sub in os.listdir(objects):  # noqa: PTH208 - by descriptor: no link on the way is followed
+class _Budget:
+    """Bytes read out of the checkout by one verb, at most MAX_COPY (an agent can fill a disk: not ours)."""
+
+    def __init__(self) -> None:
+        self.left = MAX_COPY
+
+    def take(self, n: int) -> None:
+        self.left -= n
+        if self.left < 0:
+            raise WorktreeError(f"the bottle's work is over {MAX_COPY >> 30} GiB: not read")
+
+
+def _open_regular(dir_fd: int, name: str) -> int | None:
+    """A regular file under a directory descriptor, never through a link, never blocking (a FIFO)."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return fd
+
+
+def _chunks(fd: int, size: int, budget: _Budget) -> Iterator[bytes]:
+    """Exactly `size` bytes of fd, in pieces; a file that shrank while read is an error (read again)."""
+    left = size
+    while left:
+        piece = os.read(fd, min(CHUNK, left))
+        if not piece:
+            raise WorktreeError("a file changed while it was read: run the verb again (or stop the bottle)")
+        budget.take(len(piece))
+        left -= len(piece)
+        yield piece
+
+
+class _Objects:
+    """Objects written into the view by the host, each named by the hash of what was actually read."""
+
+    def __init__(self, view: Path, fmt: str) -> None:
+        self.dir = view / "objects"
+        self.fmt = fmt
+
+    def _store(self, oid: str, compressed: Path) -> str:
+        target = self.dir / oid[:2] / oid[2:]
+        target.parent.mkdir(exist_ok=True)
+        if target.exists():
+            compressed.unlink()
+        else:
+            compressed.replace(target)
+        return oid
+
+    def blob(self, pieces: Iterable[bytes], size: int) -> str:
+        h = hashlib.new("sha256" if self.fmt == "sha256" else "sha1")
+        z = zlib.compressobj(1)
+        tmp = self.dir / f"tmp-blob-{os.getpid()}"
+        with tmp.open("wb") as out:
+            header = b"blob %d\0" % size
+            h.update(header)
+            out.write(z.compress(header))
+            for piece in pieces:
+                h.update(piece)
+                out.write(z.compress(piece))
+            out.write(z.flush())
+        return self._store(h.hexdigest(), tmp)
+
+    def loose(self, fd: int, size: int, name: str, budget: _Budget) -> None:
+        """One of the agent's loose objects, kept only if its content hashes to its name."""
+        h = hashlib.new("sha256" if self.fmt == "sha256" else "sha1")
+        z = zlib.decompressobj()
+        tmp = self.dir / f"tmp-loose-{os.getpid()}"
+        with tmp.open("wb") as out:
+            for piece in _chunks(fd, size, budget):
+                out.write(piece)
+                data = z.decompress(piece, CHUNK)
+                while data:
+                    budget.take(len(data))
+                    h.update(data)
+                    data = z.decompress(z.unconsumed_tail, CHUNK) if z.unconsumed_tail else b""
+        if h.hexdigest() != name or not z.eof:
+            tmp.unlink()
+            raise WorktreeError(f"the bottle's object {name[:12]} does not hold what its name says: not read")
+        self._store(name, tmp)
+
+
+def _copy_objects(checkout: Path, view: Path, objects: _Objects, budget: _Budget) -> None:
+    """The checkout's own objects into the view, each checked: a loose object must hash to its name, a
+    pack is indexed anew with every object checked (the agent's `.idx` is never read). `info/` never."""
+    with _opened(checkout, ".git", "objects") as objects_fd:
+        for sub in os.listdir(objects_fd):  # noqa: PTH208 - by descriptor: no link on the way is followed
             if not (re.fullmatch(r"[0-9a-f]{2}", sub) or sub == "pack"):
                 continue
             try:
-                src_dir = os.open(sub, _DIR, dir_fd=objects)
+                src_dir = os.open(sub, _DIR, dir_fd=objects_fd)
             except OSError:
                 continue
             try:
-                target = view / "objects" / sub
-                target.mkdir(exist_ok=True)
                 for name in os.listdir(src_dir):  # noqa: PTH208 - by descriptor
-                    if not re.fullmatch(r"[0-9a-f]{38,62}|pack-[0-9a-f]{40,64}\.(?:pack|idx|rev)", name):
+                    loose = sub != "pack" and re.fullmatch(r"[0-9a-f]{38}|[0-9a-f]{62}", name)
+                    if not (loose or re.fullmatch(r"pack-[0-9a-f]{40,64}\.pack", name)):
                         continue
-                    if (target / name).exists():
-                        continue  # named by its content: already copied
-                    data = _read_file(src_dir, name, MAX_COPY - copied + 1)
-                    if data is None:
+                    fd = _open_regular(src_dir, name)
+                    if fd is None:
                         continue
-                    copied += len(data)
-                    if copied > MAX_COPY:
-                        raise WorktreeError(f"the bottle's git objects are over {MAX_COPY >> 30} GiB: not read")
-                    tmp = target / f".{name}.tmp"
-                    tmp.write_bytes(data)
-                    tmp.replace(target / name)
+                    try:
+                        size = os.fstat(fd).st_size
+                        if loose:
+                            objects.loose(fd, size, sub + name, budget)
+                        else:
+                            data = b"".join(_chunks(fd, size, budget))
+                            _git("--git-dir", view, "index-pack", "--stdin", "--strict", stdin=data, isolated=True)
+                    finally:
+                        os.close(fd)
             finally:
                 os.close(src_dir)
 
 
-def _view(state: StateDir, info: dict[str, Any]) -> Path:
-    view = state.path / VIEW
-    if not (view / "objects").is_dir():
-        fmt = str(info.get("object_format") or "sha1")
-        _git("init", "-q", "--bare", "--template=", f"--object-format={fmt}", view, isolated=True)
-    (view / "objects" / "info").mkdir(parents=True, exist_ok=True)
-    (view / "objects" / "info" / "alternates").write_text(f"{info['objects']}\n", encoding="utf-8")
-    _copy_objects(checkout_path(state), view)
-    return view
-
-
 @dataclass(frozen=True)
 class Work:
-    """A worktree bottle's work as the host sees it now."""
+    """A worktree bottle's work as the host sees it now (its view exists while the verb runs)."""
 
     view: Path
     project: Path
@@ -298,11 +379,7 @@ class Work:
     tip: str | None  # the branch's commit (None: the agent deleted its branch)
     tree: str  # the checkout's files as a tree, committed or not
     commits: tuple[tuple[str, str], ...]  # (id, subject) from base to tip, newest first
-
-    @property
-    def uncommitted(self) -> bool:
-        start = _out("--git-dir", self.view, "rev-parse", f"{self.tip or self.base}^{{tree}}", isolated=True)
-        return self.tree != start
+    uncommitted: bool  # its files differ from its last commit
 
     def git(
         self, *args: str | Path, check: bool = True, stdin: bytes | None = None
@@ -317,51 +394,126 @@ def info_of(state: StateDir) -> dict[str, Any]:
     return info
 
 
-def read(state: StateDir) -> Work:
-    """The bottle's commits and files, read through the view (works on running, stopped, preserved)."""
+@contextlib.contextmanager
+def reading(state: StateDir) -> Iterator[Work]:
+    """The bottle's commits and files, read into a view of the host's own (made for this verb and removed
+    after it), without git ever walking or reading the agent's checkout itself."""
     info = info_of(state)
     checkout = checkout_path(state)
     if not checkout.is_dir() or checkout.is_symlink():
         raise WorktreeError(f"{state.slug}: its checkout {checkout} is gone")
-    view = _view(state, info)
-    base, branch = str(info["base"]), str(info["branch"])
-    tip = _branch_tip(checkout, branch)
-    known = _git("--git-dir", view, "cat-file", "-e", f"{tip}^{{commit}}", isolated=True, check=False) if tip else None
-    if known is not None and known.returncode != 0:
-        tip = None  # a ref naming no commit the view can read: as good as none
-    # The files: the checkout's working tree hashed into a scratch index of the view's.
-    env_index = state.path / "worktree-view.index"
-    env_index.unlink(missing_ok=True)
-    tree = _snapshot(view, checkout, tip or base, env_index)
-    log = _git("--git-dir", view, "log", "--format=%H %s", f"{base}..{tip}", isolated=True).stdout if tip else b""
-    lines = log.decode(errors="replace").splitlines()
-    commits = tuple((oid, subject) for oid, _, subject in (line.partition(" ") for line in lines))
-    return Work(view, Path(info["project"]), branch, str(info.get("onto") or ""), base, tip, tree, commits)
-
-
-def _snapshot(view: Path, checkout: Path, start: str, index: Path) -> str:
-    """The checkout's files as a tree of the view's (a scratch index: the checkout's own is the agent's)."""
-    common = ("--git-dir", view, "--work-tree", checkout)
+    view = Path(tempfile.mkdtemp(prefix="worktree-view-", dir=state.path))
     try:
-        _git(*common, "read-tree", start, isolated=True, index=index)
-        _git(*common, "add", "-A", "--ignore-errors", ".", isolated=True, check=False, index=index)
-        return _git(*common, "write-tree", isolated=True, index=index).stdout.decode().strip()
+        fmt = str(info.get("object_format") or "sha1")
+        _git("init", "-q", "--bare", "--template=", f"--object-format={fmt}", view, isolated=True)
+        (view / "objects" / "info" / "alternates").write_text(f"{info['objects']}\n", encoding="utf-8")
+        budget, objects = _Budget(), _Objects(view, fmt)
+        _copy_objects(checkout, view, objects, budget)
+        base, branch = str(info["base"]), str(info["branch"])
+        tip = _branch_tip(checkout, branch)
+        if tip is not None:
+            known = _git("--git-dir", view, "cat-file", "-e", f"{tip}^{{commit}}", isolated=True, check=False)
+            tip = tip if known.returncode == 0 else None  # naming no commit the view can read: none
+        tree = _snapshot(view, checkout, tip or base, objects, budget)
+        log = _git("--git-dir", view, "log", "--format=%H %s", f"{base}..{tip}", isolated=True).stdout if tip else b""
+        lines = log.decode(errors="replace").splitlines()
+        commits = tuple((oid, subject) for oid, _, subject in (line.partition(" ") for line in lines))
+        last = _out("--git-dir", view, "rev-parse", f"{tip or base}^{{tree}}", isolated=True)
+        onto = str(info.get("onto") or "")
+        yield Work(view, Path(info["project"]), branch, onto, base, tip, tree, commits, tree != last)
     finally:
-        index.unlink(missing_ok=True)
+        remove_tree(view)
+
+
+def _snapshot(view: Path, checkout: Path, start: str, objects: _Objects, budget: _Budget) -> str:
+    """The checkout's files as a tree of the view's: walked by descriptor (no link followed, nothing but
+    regular files and links read, no `.git` at any depth), ignored files left out as git would (their
+    rules copied out of the checkout first), each file hashed as read."""
+    index = view / "snapshot.index"
+    shadow = view / "ignore-rules"
+    shadow.mkdir()
+    found: list[tuple[str, str]] = []  # (relative path, "file" | "exec" | "link")
+    for d in Walk(checkout):
+        d.prune.add(".git")
+        if d.rel:
+            (shadow / d.rel).mkdir(parents=True, exist_ok=True)
+        for e in d.entries:
+            rel = d.path(e.name)
+            if e.name == ".git":
+                continue
+            if e.is_symlink():
+                found.append((rel, "link"))
+            elif e.is_file(follow_symlinks=False):
+                found.append((rel, "file"))
+                if e.name == ".gitignore":
+                    fd = _open_regular(d.fd, e.name)
+                    if fd is not None:
+                        try:
+                            rules = os.read(fd, 1 << 20)
+                        finally:
+                            os.close(fd)
+                        (shadow / rel).write_bytes(rules)
+    _git("--git-dir", view, "read-tree", start, isolated=True, index=index)  # tracked files are never ignored
+    paths = b"".join(os.fsencode(rel) + b"\0" for rel, _ in found)
+    ignored_out = _git(
+        "--git-dir", view, "--work-tree", shadow, "check-ignore", "--stdin", "-z",
+        stdin=paths, isolated=True, index=index, check=False,
+    ).stdout  # fmt: skip
+    ignored = {os.fsdecode(p) for p in ignored_out.split(b"\0") if p}
+    keep = {rel: kind for rel, kind in found if rel not in ignored}
+    entries = []
+    for d in Walk(checkout):
+        d.prune.add(".git")
+        for e in d.entries:
+            rel = d.path(e.name)
+            if rel not in keep:
+                continue
+            if keep[rel] == "link":
+                try:
+                    target = os.fsencode(os.readlink(e.name, dir_fd=d.fd))
+                except OSError:
+                    continue
+                budget.take(len(target))
+                entries.append(f"120000 {objects.blob([target], len(target))}".encode() + b"\t" + os.fsencode(rel))
+                continue
+            fd = _open_regular(d.fd, e.name)
+            if fd is None:
+                continue
+            try:
+                st = os.fstat(fd)
+                oid = objects.blob(_chunks(fd, st.st_size, budget), st.st_size)
+            finally:
+                os.close(fd)
+            mode = "100755" if st.st_mode & stat.S_IXUSR else "100644"
+            entries.append(f"{mode} {oid}".encode() + b"\t" + os.fsencode(rel))
+    index.unlink(missing_ok=True)
+    _git("--git-dir", view, "update-index", "-z", "--index-info", stdin=b"".join(e + b"\0" for e in entries),
+         isolated=True, index=index)  # fmt: skip
+    return _git("--git-dir", view, "write-tree", isolated=True, index=index).stdout.decode().strip()
 
 
 # -- the verbs ----------------------------------------------------------------------------------------------
 def diff(state: StateDir, *, stat_only: bool = False) -> str:
-    w = read(state)
-    args = ["diff", "--no-ext-diff", "--no-textconv", "--stat" if stat_only else "--patch-with-stat", w.base, w.tree]
-    return w.git(*args).stdout.decode(errors="replace")
+    with reading(state) as w:
+        how = "--stat" if stat_only else "--patch-with-stat"
+        return w.git("diff", "--no-ext-diff", "--no-textconv", how, w.base, w.tree).stdout.decode(errors="replace")
 
 
 def log(state: StateDir) -> str:
-    w = read(state)
-    if w.tip is None:
-        return ""
-    return w.git("log", "--no-decorate", "--stat", f"{w.base}..{w.tip}").stdout.decode(errors="replace")
+    with reading(state) as w:
+        if w.tip is None:
+            return ""
+        return w.git("log", "--no-decorate", "--stat", f"{w.base}..{w.tip}").stdout.decode(errors="replace")
+
+
+def _not_running(state: StateDir, verb: str) -> None:
+    """What is merged or applied must be what the operator reviewed: not a tree the agent still changes."""
+    record = state.read()
+    if record.status == "running" or (record.status == "creating" and not state.abandoned(record)):
+        raise WorktreeError(
+            f"{state.slug} is running: its work can change between your review and the {verb}; "
+            f"`claude-bottle stop {state.slug}` first (diff and log work while it runs)"
+        )
 
 
 def _clean(top: Path) -> None:
@@ -379,8 +531,13 @@ def _clean(top: Path) -> None:
 
 def merge(state: StateDir, *, squash: bool) -> str:
     """The bottle's commits into the operator's current branch. Refuses on a dirty tree."""
-    w = read(state)
-    _clean(w.project)
+    _not_running(state, "merge")
+    with reading(state) as w:
+        _clean(w.project)
+        return _merge(state, w, squash=squash)
+
+
+def _merge(state: StateDir, w: Work, *, squash: bool) -> str:
     if w.tip is None or not w.commits:
         more = f" (its uncommitted changes: `claude-bottle apply {state.slug}`)" if w.uncommitted else ""
         raise WorktreeError(f"{state.slug} made no commits: nothing to merge{more}")
@@ -416,7 +573,12 @@ def merge(state: StateDir, *, squash: bool) -> str:
 
 def apply(state: StateDir) -> str:
     """The bottle's changes (committed and not) as uncommitted changes in the operator's working tree."""
-    w = read(state)
+    _not_running(state, "apply")
+    with reading(state) as w:
+        return _apply(state, w)
+
+
+def _apply(state: StateDir, w: Work) -> str:
     patch = w.git("diff", "--binary", "--full-index", "--no-ext-diff", "--no-textconv", w.base, w.tree).stdout
     if not patch.strip():
         raise WorktreeError(f"{state.slug} changed nothing: nothing to apply")
@@ -437,15 +599,15 @@ def pending(state: StateDir) -> str | None:
     if not record.worktree:
         return None
     try:
-        w = read(state)
-        keep: Sequence[str] = ()
-        if w.project.is_dir():
-            refs = _op(w.project, "for-each-ref", "--format=%(objectname)", "refs/heads", check=False)
-            keep = [r for r in refs.stdout.decode().split() if _OID.fullmatch(r)]
-        unmerged = 0
-        if w.tip is not None:
-            count = w.git("rev-list", "--count", w.tip, "--not", w.base, *keep, check=False)
-            unmerged = int(count.stdout.decode().strip() or 0) if count.returncode == 0 else len(w.commits)
+        with reading(state) as w:
+            keep: Sequence[str] = ()
+            if w.project.is_dir():
+                refs = _op(w.project, "for-each-ref", "--format=%(objectname)", "refs/heads", check=False)
+                keep = [r for r in refs.stdout.decode().split() if _OID.fullmatch(r)]
+            unmerged = 0
+            if w.tip is not None:
+                count = w.git("rev-list", "--count", w.tip, "--not", w.base, *keep, check=False)
+                unmerged = int(count.stdout.decode().strip() or 0) if count.returncode == 0 else len(w.commits)
     except (WorktreeError, OSError, ValueError) as exc:
         return f"its worktree could not be read ({exc})"
     parts = [f"{unmerged} unmerged commit{'s' if unmerged != 1 else ''}"] if unmerged else []

@@ -166,6 +166,11 @@ class BottleBackend(ABC):
     def cleanup(self, plan: BottleCleanupPlan, *, report: Report) -> list[str]:
         """Remove what the plan lists, best effort, reporting each step; returns one line per failure."""
 
+    def read_only_paths(self, bottle: Bottle) -> list[str]:
+        """The workspace repository's control paths this backend really mounts read-only in the bottle
+        (gitguard's settle trusts those unchanged, and judges every other one)."""
+        return list(bottle.protected)
+
     def enumerate_active(self) -> set[str]:
         """Slugs of bottles that are live (anything still present in the engine)."""
         return set(self.statuses())

@@ -114,11 +114,11 @@ def _work(state: Any, info: dict[str, Any] | None) -> dict[str, Any]:
     """Worktree mode: the bottle's commits and a diffstat of all it changed (committed or not)."""
     if not info:
         return {"commits": None}
-    from ..worktree import WorktreeError, read
+    from ..worktree import WorktreeError, reading
 
     try:
-        w = read(state)
-        stat = w.git("diff", "--shortstat", w.base, w.tree).stdout.decode(errors="replace").strip()
+        with reading(state) as w:
+            stat = w.git("diff", "--shortstat", w.base, w.tree).stdout.decode(errors="replace").strip()
     except WorktreeError as exc:
         return {"commits": [], "branch": info.get("branch"), "diffstat": f"unreadable: {exc}"}
     return {

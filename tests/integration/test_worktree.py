@@ -61,7 +61,12 @@ def test_two_worktree_bottles_on_one_repository(git_project: Cli) -> None:
     cli.sh(one, "cd /workspace && echo changed > app.py")  # uncommitted, in the bottle
     diff = cli.run("diff", one, check=True).stdout
     assert "+one" in diff and "+changed" in diff and "-print('v1')" in diff
-    # merge: refused while the operator's tree is dirty, then squashed once it is clean.
+    # merge: refused while the bottle runs (its work could still change), then while the operator's tree
+    # is dirty, then squashed once it is clean.
+    r = cli.run("merge", one, "--squash")
+    assert r.returncode == 1 and f"{one} is running: its work can change" in r.stderr, r.stderr
+    cli.run("stop", one, check=True)
+    cli.run("stop", two, check=True)
     r = cli.run("merge", one, "--squash")
     assert r.returncode == 1 and "has uncommitted changes" in r.stderr, r.stderr
     assert fingerprint(ws) == before
@@ -78,8 +83,7 @@ def test_two_worktree_bottles_on_one_repository(git_project: Cli) -> None:
     assert (ws / "two.txt").read_text() == "two\n"
     assert host_git(ws, "rev-parse", "HEAD").stdout.strip() != head
     assert "?? two.txt" in host_git(ws, "status", "--porcelain").stdout
-    # What removing the state would lose is said, for a stopped bottle too.
-    cli.run("stop", two, check=True)
+    # What removing the state would lose is said, for a stopped bottle.
     plan = cli.run("cleanup", "--dry-run").stdout
     assert f"claude-bottle/{two}: 1 unmerged commit" in plan, plan
     report = json.loads(cli.run("report", two, "--json", check=True).stdout)

@@ -318,3 +318,18 @@ def test_a_capability_block_is_granted_rebuilt_and_resumed_through_the_vm_backen
     assert machine["config"]["image"] != first_image  # the rebuilt image, handed over as its own archive
     (tmux,) = [c[2] for c in smol_db(world)["calls"][-3:] if c[0] == "exec" and c[2][:1] == ["tmux"]]
     assert "--resume" in tmux and "granted apt:jq" in tmux[-1]  # detached as it was run, same session
+
+
+def test_only_directories_count_as_protected_on_a_vm(tmp_path: Path) -> None:
+    """A file cannot be a VM mount: `.git/config` stays writable in the VM, so gitguard must judge it when
+    the run ends, not trust it unchanged (the Docker backend mounts it read-only, and says so)."""
+    from types import SimpleNamespace
+
+    from claude_bottle.backend import BottleBackend
+    from claude_bottle.backend.smolmachines.backend import SmolmachinesBottleBackend
+
+    (tmp_path / ".git" / "hooks").mkdir(parents=True)
+    (tmp_path / ".git" / "config").write_text("[core]\n")
+    bottle = SimpleNamespace(agent_workspace=tmp_path, protected=(".git/config", ".git/hooks"))
+    assert SmolmachinesBottleBackend().read_only_paths(bottle) == [".git/hooks"]  # type: ignore[arg-type]
+    assert BottleBackend.read_only_paths(SmolmachinesBottleBackend(), bottle) == [".git/config", ".git/hooks"]  # type: ignore[arg-type]

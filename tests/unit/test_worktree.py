@@ -4,6 +4,7 @@ agent could have planted configuration, hooks or attributes (issue 15, items 1 a
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 from pathlib import Path
@@ -74,7 +75,8 @@ def _files(repo: Path) -> list[str]:
 def new_bottle(repo: Path, slug: str) -> StateDir:
     state = StateDir(slug)
     state.create()
-    state.write(BottleRecord(slug=slug, agent="a", bottle="default", backend="docker", workspace=str(repo)))
+    record = BottleRecord(slug=slug, agent="a", bottle="default", backend="docker", workspace=str(repo))
+    state.write(dataclasses.replace(record, status="stopped"))
     info = worktree.create(state, worktree.project(repo), RuntimeIds.for_host(repo))
     state.update(worktree=info)
     return state
@@ -124,10 +126,11 @@ def test_two_bottles_commit_on_their_own_branches_and_the_operator_sees_nothing_
         # The agent tries the operator's repository through what it can see of it: the objects are read-only
         # in the bottle; here, it can only write its own .git.
     assert fingerprint(repo) == before
-    w1, w2 = worktree.read(one), worktree.read(two)
-    assert [s for _, s in w1.commits] == ["add one"] and [s for _, s in w2.commits] == ["add two"]
-    assert w1.branch == "claude-bottle/a-wtaaa" and w2.branch == "claude-bottle/a-wtbbb"
-    assert not w1.uncommitted
+    with worktree.reading(one) as w1, worktree.reading(two) as w2:
+        assert [s for _, s in w1.commits] == ["add one"] and [s for _, s in w2.commits] == ["add two"]
+        assert w1.branch == "claude-bottle/a-wtaaa" and w2.branch == "claude-bottle/a-wtbbb"
+        assert not w1.uncommitted
+    assert not w1.view.exists()  # each verb's view is its own, removed after it
 
 
 def test_diff_and_log_show_committed_and_uncommitted_work(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -215,14 +218,15 @@ def test_the_host_runs_nothing_the_agent_wrote_in_its_checkout(tmp_path: Path, r
     other.mkdir()
     git(other, "init", "-q")
     (co / ".git" / "objects" / "info" / "alternates").write_text(f"{other / '.git' / 'objects'}\n")
-    w = worktree.read(state)
-    assert [s for _, s in w.commits] == ["v2"]
+    with worktree.reading(state) as w:
+        assert [s for _, s in w.commits] == ["v2"]
+        alternates = (w.view / "objects" / "info" / "alternates").read_text()
+        assert alternates == f"{(repo / '.git' / 'objects').resolve()}\n"  # the operator's store, not the agent's pick
     worktree.diff(state)
     worktree.log(state)
     assert worktree.pending(state) is not None
     worktree.merge(state, squash=True)
     assert not marker.exists()  # no fsmonitor, filter, textconv, pager or hook of the agent's ran
-    assert (w.view / "objects" / "info" / "alternates").read_text() == f"{(repo / '.git' / 'objects').resolve()}\n"
 
 
 def test_links_in_the_checkout_are_not_followed(tmp_path: Path, repo: Path) -> None:
@@ -232,13 +236,16 @@ def test_links_in_the_checkout_are_not_followed(tmp_path: Path, repo: Path) -> N
     secret.mkdir()
     (secret / "key").write_text("s3cret\n")
     (co / "leak").symlink_to(secret / "key")  # a link is recorded as a link, never read through
-    w = worktree.read(state)
     patch = worktree.diff(state)
     assert "s3cret" not in patch and "+" + str(secret / "key") in patch
+    (co / "dirlink").symlink_to(secret)  # a link to a host folder: recorded as a link, its files never read
+    assert "s3cret" not in worktree.diff(state)
+    with worktree.reading(state) as w:
+        assert w.tip is not None
     (co / ".git" / "refs" / "heads" / "claude-bottle").rename(co / ".git" / "refs" / "heads" / "moved")
     (co / ".git" / "refs" / "heads" / "claude-bottle").symlink_to(secret)
-    assert worktree.read(state).tip is None  # the ref through a link is not read
-    assert w.tip is not None
+    with worktree.reading(state) as w:
+        assert w.tip is None  # the ref through a link is not read
 
 
 def test_a_tree_entry_named_dot_git_never_reaches_the_operator(tmp_path: Path, repo: Path) -> None:
@@ -259,6 +266,7 @@ def test_a_tree_entry_named_dot_git_never_reaches_the_operator(tmp_path: Path, r
     for verb in (lambda: worktree.merge(state, squash=False), lambda: worktree.diff(state)):
         with pytest.raises(worktree.WorktreeError, match=r"^git read-tree failed: error: invalid path '\.GIT/hooks"):
             verb()
+    assert not list(state.path.glob("worktree-view-*"))  # a failed read leaves no view behind
     assert fingerprint(repo) == before
     assert not (repo / ".GIT").exists()
 
@@ -380,3 +388,96 @@ def test_start_worktree_outside_a_repository_fails_before_any_work(
     trust_file(fake_project / "claude-bottle.toml", home=bottle_home())
     assert main(["start", "claude", "--detach"]) == 1  # the manifest's mode, the same refusal
     assert "is not a git repository" in capsys.readouterr().err
+
+
+def test_git_never_walks_or_reads_the_agents_checkout(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The host reads the checkout itself, by descriptor; git gets only what was read (a walk by git
+    could be raced into following a link the agent swaps in, and reads config from nested repositories)."""
+    state = new_bottle(repo, "a-wtwlk")
+    co = state.path / "worktree"
+    (co / "new.txt").write_text("x\n")
+    agent_git(co, "add", ".")
+    agent_git(co, "commit", "-qm", "new")
+    seen: list[tuple[str, ...]] = []
+    real = worktree._git
+
+    def spy(*args: object, **kw: object) -> object:
+        seen.append(tuple(map(str, args)))
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(worktree, "_git", spy)
+    worktree.diff(state)
+    worktree.log(state)
+    inside = [a for a in seen if any(x == str(co) or x.startswith(f"{co}/") for x in a)]
+    assert len(seen) > 5 and not inside, inside
+
+
+def test_an_object_that_is_not_what_its_name_says_is_refused(repo: Path) -> None:
+    """Shadowing: the agent plants, under the id of an object the operator has, other content; the view
+    would show the fake while a merge brings in the real one. Every object is hashed as it is read."""
+    import zlib
+
+    (repo / "auth.py").write_text("CHECK_PASSWORD = True\n")
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "auth")
+    state = new_bottle(repo, "a-wtshd")
+    co = state.path / "worktree"
+    real = git(repo, "rev-parse", "HEAD:auth.py")
+    fake = b"CHECK_PASSWORD = True  # reviewed\n"
+    obj = co / ".git" / "objects" / real[:2] / real[2:]
+    obj.parent.mkdir(parents=True, exist_ok=True)
+    obj.write_bytes(zlib.compress(b"blob %d\0" % len(fake) + fake))
+    with pytest.raises(
+        worktree.WorktreeError, match=f"the bottle's object {real[:12]} does not hold what its name says"
+    ):
+        worktree.diff(state)
+    obj.unlink()
+    assert worktree.diff(state) == ""  # the same bottle, the object gone: nothing changed
+
+
+def test_fifos_and_odd_files_neither_hang_nor_enter(repo: Path) -> None:
+    state = new_bottle(repo, "a-wtfif")
+    co = state.path / "worktree"
+    os.mkfifo(co / ".gitignore")
+    os.mkfifo(co / "pipe")
+    (co / "sub").mkdir()
+    (co / "sub" / ".git").write_text(f"gitdir: {repo / '.git'}\n")  # a nested repository's pointer: not followed
+    (co / "sub" / "f.txt").write_text("in sub\n")
+    stat = worktree.diff(state, stat_only=True)
+    assert "sub/f.txt" in stat and "pipe" not in stat and ".gitignore" not in stat and "sub/.git" not in stat
+
+
+def test_ignored_files_are_left_out_as_git_would(repo: Path) -> None:
+    (repo / ".gitignore").write_text("build/\n*.log\n")
+    (repo / "keep.log").write_text("tracked though ignored\n")
+    git(repo, "add", "-f", ".gitignore", "keep.log")
+    git(repo, "commit", "-qm", "ignores")
+    state = new_bottle(repo, "a-wtign")
+    co = state.path / "worktree"
+    (co / "build").mkdir()
+    (co / "build" / "out.o").write_text("object\n")
+    (co / "debug.log").write_text("noise\n")
+    (co / "keep.log").write_text("changed\n")
+    (co / "sub").mkdir()
+    (co / "sub" / ".gitignore").write_text("secret.txt\n")
+    (co / "sub" / "secret.txt").write_text("x\n")
+    stat = worktree.diff(state, stat_only=True)
+    assert "keep.log" in stat and "sub/.gitignore" in stat
+    assert "build/out.o" not in stat and "debug.log" not in stat and "sub/secret.txt" not in stat
+
+
+def test_merge_and_apply_wait_until_the_bottle_stops(repo: Path) -> None:
+    state = new_bottle(repo, "a-wtrun")
+    state.update(status="running")
+    for verb in (lambda: worktree.merge(state, squash=True), lambda: worktree.apply(state)):
+        with pytest.raises(worktree.WorktreeError, match="is running: its work can change between your review"):
+            verb()
+    worktree.diff(state)  # reading is fine while it runs
+
+
+def test_a_git_that_hangs_is_stopped_with_one_line(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    state = new_bottle(repo, "a-wthng")
+    monkeypatch.setattr(worktree, "GIT_TIMEOUT", 0.001)
+    with pytest.raises(worktree.WorktreeError, match=r"^git \S+ took over 0.001 s: stopped$"):
+        worktree.diff(state)
+    assert not list(state.path.glob("worktree-view-*"))

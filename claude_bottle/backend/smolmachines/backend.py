@@ -195,6 +195,11 @@ class SmolmachinesBottleBackend(BottleBackend):
             "CLAUDE_CONFIG_DIR": f"{AGENT_HOME}/.claude",
         }
 
+    def read_only_paths(self, bottle: Bottle) -> list[str]:
+        """Directories only: a file cannot be a VM mount, so `.git/config` is judged when the run ends."""
+        ws = bottle.agent_workspace
+        return [rel for rel in bottle.protected if (ws / rel).is_dir() and not (ws / rel).is_symlink()]
+
     @staticmethod
     def _mounts(b: Bottle) -> list[sdk.Mount]:
         """Workspace and ~/.claude as on Docker; the repository's control directories read-only (a file
