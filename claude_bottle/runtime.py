@@ -14,6 +14,7 @@ from .errors import BottleError
 __all__ = ["DEFAULT_NAMESPACE", "LABEL", "NAMESPACE_ENV", "Identity", "RuntimeIds", "namespace", "owned_by"]
 
 LABEL = "claude-bottle"
+AGENT_HOME = "/home/claude"  # the agent user's home in every bottle image
 DEFAULT_NAMESPACE = "claude-bottle"
 NAMESPACE_ENV = "CLAUDE_BOTTLE_NAMESPACE"
 NAMESPACE_LABEL = f"{LABEL}.namespace"

@@ -15,7 +15,7 @@ from typing import Any
 from ..capabilities import guard_decisions
 from ..manifest import BottleSpec
 from ..paths import Roots, read_host_file
-from ..runtime import RuntimeIds
+from ..runtime import AGENT_HOME, RuntimeIds
 from ..state import StateDir, write_private
 from .credentials import Credential, agent_credential_env, resolve_credentials
 from .files import GuardFiles, load_grants, policy_document
@@ -96,6 +96,30 @@ class GuardInputs:
         if self.cafile:
             argv += ["--cafile", "/etc/claude-bottle/ca.crt"]
         return argv
+
+    def agent_environment(
+        self, spec_env: Mapping[str, str], *, slug: str, url: str | None = None, direct: str = "egress"
+    ) -> dict[str, str]:
+        """The agent's environment on every backend: the manifest's variables, the credential placeholders
+        and route URLs, the guard (at `url`) as every proxy with `direct` (its own address) never sent
+        through itself, the bottle's slug and the agent's home."""
+        url = url or self.guard_url
+        no_proxy = f"localhost,127.0.0.1,::1,{direct}"
+        return {
+            **spec_env,
+            **self.agent_env_for(url),
+            "HTTP_PROXY": url,
+            "HTTPS_PROXY": url,
+            "http_proxy": url,
+            "https_proxy": url,
+            "NO_PROXY": no_proxy,
+            "no_proxy": no_proxy,
+            "CLAUDE_BOTTLE_SLUG": slug,
+            "BOTTLE_GUARD_URL": url,  # bottle-capability asks here
+            "HOME": AGENT_HOME,
+            # Claude Code keeps its settings (.claude.json) and transcripts here: the state dir on the host.
+            "CLAUDE_CONFIG_DIR": f"{AGENT_HOME}/.claude",
+        }
 
     def agent_env_for(self, guard_url: str) -> dict[str, str]:
         """The agent's environment for a bottle that reaches its guard at another URL (a microVM reaches it

@@ -351,9 +351,14 @@ def user_project(
     try:
         yield c
     finally:
-        for slug in c.ls():
-            c.run("keep", slug, "--release")
-            c.run("stop", slug, "--rm")
+        release_all(c)
+
+
+def release_all(c: Cli) -> None:
+    """Every bottle a test's CLI made, released if kept and removed (the test's own, nothing else)."""
+    for slug in c.ls():
+        c.run("keep", slug, "--release")
+        c.run("stop", slug, "--rm")
 
 
 @pytest.fixture(scope="module")
@@ -434,7 +439,5 @@ def git_project(tmp_path: Path, internet: Internet) -> Iterator[Cli]:
     try:
         yield c
     finally:
-        for slug in c.ls():
-            c.run("keep", slug, "--release")
-            c.run("stop", slug, "--rm")
+        release_all(c)
         shutil.rmtree(base, ignore_errors=True)

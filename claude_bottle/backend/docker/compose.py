@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...egress import HEALTH_PATH
+from ...runtime import AGENT_HOME
 
 if TYPE_CHECKING:
     from ...guard.inputs import GuardInputs
@@ -19,7 +20,6 @@ __all__ = ["NetPlan", "container_name", "project_name", "render_compose", "verif
 
 GUARD_CPUS = 1.0
 LOG_MAX_SIZE = "10m"
-AGENT_HOME = "/home/claude"
 
 
 def project_name(slug: str) -> str:
@@ -108,24 +108,7 @@ def render_compose(
     res = bottle.resources
     pipelock = guard.engine == "pipelock"
     guard_url = guard.guard_url
-    proxy_env = {
-        "HTTP_PROXY": guard_url,
-        "HTTPS_PROXY": guard_url,
-        "http_proxy": guard_url,
-        "https_proxy": guard_url,
-        "NO_PROXY": "localhost,127.0.0.1,::1,egress",
-        "no_proxy": "localhost,127.0.0.1,::1,egress",
-    }
-    agent_env = {
-        **bottle.env,
-        **guard.agent_env,
-        **proxy_env,
-        "CLAUDE_BOTTLE_SLUG": slug,
-        "BOTTLE_GUARD_URL": guard_url,  # bottle-capability asks here
-        "HOME": AGENT_HOME,
-        # Claude Code keeps its settings (.claude.json) and transcripts here: the state dir on the host.
-        "CLAUDE_CONFIG_DIR": f"{AGENT_HOME}/.claude",
-    }
+    agent_env = guard.agent_environment(bottle.env, slug=slug)
     if pipelock:
         agent_env["BOTTLE_GUARD_HEALTH"] = f"{guard_url}/health"
     hardening: dict[str, Any] = {

@@ -22,11 +22,10 @@ from typing import Any
 from ...egress import HEALTH_PATH
 from ...guard.inputs import GuardInputs
 from ...manifest import BottleSpec
-from ...runtime import LABEL, NAMESPACE_LABEL, Identity, RuntimeIds
+from ...runtime import AGENT_HOME, LABEL, NAMESPACE_LABEL, Identity, RuntimeIds
 
 __all__ = ["DNS_PORT", "GUARD_LISTEN", "Names", "firewall_script", "render_objects"]
 
-AGENT_HOME = "/home/claude"
 GUARD_LISTEN = "127.0.0.1"
 DNS_PORT = 5353  # the guard's DNS inside the Pod (other uids' port 53 is redirected to it)
 PRIVATE_V4 = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "100.64.0.0/10", "127.0.0.0/8")
@@ -170,24 +169,8 @@ def render_objects(
 ) -> list[dict[str, Any]]:
     """The bottle's objects, in the order they are applied: claim, secret, config maps, policy, Pod."""
     names = Names(f"{identity.namespace}-{identity.slug}")
-    guard_url = f"http://egress:{guard.port}"  # `egress` is the Pod's own loopback (hostAliases)
-    proxy_env = {
-        "HTTP_PROXY": guard_url,
-        "HTTPS_PROXY": guard_url,
-        "http_proxy": guard_url,
-        "https_proxy": guard_url,
-        "NO_PROXY": "localhost,127.0.0.1,::1,egress",
-        "no_proxy": "localhost,127.0.0.1,::1,egress",
-    }
-    agent_env = {
-        **spec.env,
-        **guard.agent_env,
-        **proxy_env,
-        "CLAUDE_BOTTLE_SLUG": identity.slug,
-        "BOTTLE_GUARD_URL": guard_url,
-        "HOME": AGENT_HOME,
-        "CLAUDE_CONFIG_DIR": f"{AGENT_HOME}/.claude",
-    }
+    # `egress` is the Pod's own loopback (hostAliases): the guard's usual URL holds.
+    agent_env = guard.agent_environment(spec.env, slug=identity.slug)
     honey_keys = {rel: f"h{i}" for i, rel in enumerate(sorted(honey))}
     health = f"http://{GUARD_LISTEN}:{guard.port}{HEALTH_PATH}"
     probe = f"import urllib.request as u; u.urlopen('{health}', timeout=2)"

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from ...egress import HEALTH_PATH
 from ...errors import BackendError, BottleError
-from ...runtime import LABEL, NAMESPACE_LABEL, Identity, namespace
+from ...runtime import AGENT_HOME, LABEL, NAMESPACE_LABEL, Identity, namespace
 from ...state import StateDir, bottle_home, now_iso, process_started, write_private
 from ...walk import remove_tree
 from .. import BottleBackend, BottleCleanupPlan, BottlePlan, BottleStatus, Check, Progress, Report
@@ -39,7 +39,6 @@ __all__ = ["SmolmachinesBottleBackend"]
 
 NAME = "smolmachines"
 VM_FILE = "vm.json"  # the bundle's address and the agent's environment (no secrets), for exec and resume
-AGENT_HOME = "/home/claude"
 BOOT_TIMEOUT = 90.0
 ARCHIVES_KEPT = 3
 STDIN_LIMIT = 16 * 2**20
@@ -177,23 +176,9 @@ class SmolmachinesBottleBackend(BottleBackend):
 
     @staticmethod
     def _agent_env(b: Bottle, guard: GuardInputs, bundle: Bundle) -> dict[str, str]:
-        url = bundle.url
-        return {
-            **b.spec.env,
-            **guard.agent_env_for(url),
-            "HTTP_PROXY": url,
-            "HTTPS_PROXY": url,
-            "http_proxy": url,
-            "https_proxy": url,
-            # The guard's own address is reached directly (its routes and health), never through itself.
-            "NO_PROXY": f"localhost,127.0.0.1,::1,{bundle.address}",
-            "no_proxy": f"localhost,127.0.0.1,::1,{bundle.address}",
-            "BOTTLE_GUARD_HEALTH": f"{url}{HEALTH_PATH}",
-            "CLAUDE_BOTTLE_SLUG": b.slug,
-            "BOTTLE_GUARD_URL": url,
-            "HOME": AGENT_HOME,
-            "CLAUDE_CONFIG_DIR": f"{AGENT_HOME}/.claude",
-        }
+        # The guard's own address is reached directly (its routes and health), never through itself.
+        env = guard.agent_environment(b.spec.env, slug=b.slug, url=bundle.url, direct=bundle.address)
+        return {**env, "BOTTLE_GUARD_HEALTH": f"{bundle.url}{HEALTH_PATH}"}
 
     def read_only_paths(self, bottle: Bottle) -> list[str]:
         """Directories only: a file cannot be a VM mount, so `.git/config` is judged when the run ends."""
