@@ -478,6 +478,7 @@ def grant_egress(state: StateDir, rules: Sequence[Rule], *, revoke: bool = False
                 grants = [g for g in grants if g not in same] + [rule]
         save_grants(state, grants)
         rewrite_policy(state, bottle.spec)
+        get_bottle_backend(bottle.backend).policy_changed(state)
         _record_operator_action(state, "revoke" if revoke else "grant", [r.label() for r in rules])
     return grants
 
@@ -582,7 +583,9 @@ def answer_requests(
             # the operator lets it go (`keep --release`).
             state.preserve("rebuilt")
         decide(state, list(chosen), "grant" if grant else "deny", reason)
-        rewrite_policy(state, Bottle.recorded(state).spec)
+        bottle = Bottle.recorded(state)
+        rewrite_policy(state, bottle.spec)
+        get_bottle_backend(bottle.backend).policy_changed(state)
         if state.read().status == "blocked":
             state.update(wants=[r.label for r in pending(state) if r.package])
         _record_operator_action(state, "grant-request" if grant else "deny-request", [r.label for r in chosen])

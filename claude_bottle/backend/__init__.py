@@ -166,6 +166,11 @@ class BottleBackend(ABC):
     def cleanup(self, plan: BottleCleanupPlan, *, report: Report) -> list[str]:
         """Remove what the plan lists, best effort, reporting each step; returns one line per failure."""
 
+    def policy_changed(self, state: StateDir) -> None:
+        """The bottle's policy file was rewritten (a grant, an answer): make the running guard see it. The
+        guard re-reads a file it mounts, so only a backend whose guard reads a copy has work here."""
+        del state  # nothing to do: the guard mounts the file itself
+
     def read_only_paths(self, bottle: Bottle) -> list[str]:
         """The workspace repository's control paths this backend really mounts read-only in the bottle
         (gitguard's settle trusts those unchanged, and judges every other one)."""

@@ -137,6 +137,11 @@ def test_a_bottle_on_a_cluster_from_start_to_stop(cluster: Path, capsys: pytest.
     assert main(["exec", state.slug, "--", "echo", "hi"]) == 0
     exec_argv = calls(cluster)[-1]
     assert exec_argv[:2] == ["exec", "-i"] and exec_argv[-5:] == [pod, "-c", "agent", "--", "echo", "hi"][-5:]
+    # A live grant reaches the guard: the policy ConfigMap is patched with the rewritten policy.
+    assert main(["grant", state.slug, "--egress", "pypi.org"]) == 0
+    patch = calls(cluster)[-1]
+    assert patch[:3] == ["patch", "configmap", f"{pod}-policy"]
+    assert "pypi.org" in json.loads(json.loads(patch[-1])["data"]["policy.json"])["allow"][-1]["host"]
     # stop: the audit log comes home, the objects go (the claim, holding the bottle's files, stays).
     assert main(["stop", state.slug]) == 0
     assert (state.path / "egress.jsonl").read_text().endswith('{"kind":"from-the-cluster"}\n')

@@ -165,6 +165,15 @@ class KubernetesBottleBackend(BottleBackend):
         if proc.returncode != 0:
             raise BackendError(f"copying into {pod} failed: {proc.stderr.decode(errors='replace').strip()[-300:]}")
 
+    def policy_changed(self, state: StateDir) -> None:
+        """The policy ConfigMap rewritten from the local policy file; the kubelet refreshes the guard's
+        copy (within its sync period, about a minute), which the guard then re-reads."""
+        from ...guard.files import GuardFiles
+
+        patch = json.dumps({"data": {"policy.json": GuardFiles(state).policy.read_text(encoding="utf-8")}})
+        result = kubectl("patch", "configmap", _names(state.slug).policy, "--type", "merge", "-p", patch)
+        process.check(result, f"updating the policy of {state.slug}")
+
     def wait_ready(self, *, state: StateDir, timeout: float = 30.0) -> None:
         names = _names(state.slug)
         # The engine tells when the Pod is ready (the guard's probe passed): no polling from here.
