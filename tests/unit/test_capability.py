@@ -336,3 +336,124 @@ def test_without_ask_mode_a_refusal_is_immediate_and_asks_nobody(tmp_path: Path)
             assert resp.startswith(b"HTTP/1.1 403") and lines(requests) == []
 
     asyncio.run(go())
+
+
+# -- the endpoint's answers, exactly ------------------------------------------------------------------
+def head_of(resp: bytes) -> tuple[str, dict[str, str], bytes]:
+    head, _, body = resp.partition(b"\r\n\r\n")
+    status, *fields = head.decode("latin-1").split("\r\n")
+    return status, {k.lower(): v.strip() for k, _, v in (f.partition(":") for f in fields)}, body
+
+
+def raw_post(body: bytes, *, length: int | None = None, chunked: bool = False) -> bytes:
+    framing = (
+        "Transfer-Encoding: chunked\r\n"
+        if chunked
+        else f"Content-Length: {len(body) if length is None else length}\r\n"
+    )
+    data = f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n" if chunked else body
+    return f"POST /__bottle/capability HTTP/1.1\r\nHost: egress\r\n{framing}\r\n".encode() + data
+
+
+FORM_ONLY = "capability request: a form body with Content-Length, at most 4 KiB"
+UNKNOWN = f"capability request refused: unknown kind {'k' * 20!r}: use one of apt, pip, npm, egress"
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "reason"),
+    [
+        (raw_post(b"kind=apt&name=jq", chunked=True), "400", FORM_ONLY),
+        (raw_post(b"k" * 4097), "400", FORM_ONLY),
+        (raw_post(b"kind=" + b"k" * 4091), "400", UNKNOWN),  # 4 KiB exactly: read and judged
+    ],
+)
+def test_a_malformed_request_gets_its_status_and_reason(tmp_path: Path, raw: bytes, status: str, reason: str) -> None:
+    async def go() -> None:
+        async with desk(tmp_path) as (port, _policy, _requests, audit):
+            got_status, fields, body = head_of(await send(port, raw))
+            assert got_status.split(" ")[1] == status and fields["x-claude-bottle-reason"] == reason
+            assert body == f"claude-bottle egress guard: {reason}\n".encode()
+            (line,) = [ln for ln in lines(audit) if ln.get("decision") == "deny"]
+            assert (line["kind"], line["path"], line["reason"]) == ("capability", "/__bottle/capability", reason)
+
+    asyncio.run(go())
+
+
+def test_a_body_cut_short_is_408(tmp_path: Path) -> None:
+    async def go() -> None:
+        async with desk(tmp_path) as (port, _policy, _requests, _audit):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(raw_post(b"kind=apt", length=100))
+            writer.write_eof()  # the client stops sending: the body can never be whole
+            resp = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+            status, fields, _ = head_of(resp)
+            assert status.startswith("HTTP/1.1 408") and fields["x-claude-bottle-reason"] == (
+                "capability request body too slow or cut"
+            )
+
+    asyncio.run(go())
+
+
+def test_a_request_the_log_cannot_record_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(AuditLog, "write", lambda self, **fields: False)
+
+    async def go() -> None:
+        async with desk(tmp_path) as (port, _policy, _requests, _audit):
+            status, fields, _ = head_of(await send(port, ask(port, kind="apt", name="jq")))
+            assert (
+                status.startswith("HTTP/1.1 503")
+                and fields["x-claude-bottle-reason"] == "audit log cannot record: refusing"
+            )
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize(
+    ("answer", "why", "status", "text"),
+    [
+        ("grant", "", "200", "granted egress:api.new.test:443: reachable now\n"),
+        ("deny", "not for this task", "403", "denied egress:api.new.test:443: not for this task\n"),
+        ("deny", "", "403", "denied egress:api.new.test:443\n"),
+        (None, "", "408", "no answer to egress:api.new.test:443 within 1s: the operator may still grant it\n"),
+    ],
+)
+def test_each_answer_is_said_exactly(tmp_path: Path, answer: str | None, why: str, status: str, text: str) -> None:
+    async def go() -> None:
+        async with desk(tmp_path) as (port, policy, requests, audit):
+            waiting = asyncio.create_task(send(port, ask(port, kind="egress", name="api.new.test:443", wait="1",
+                                                         reason="docs")))  # fmt: skip
+            for _ in range(200):
+                if lines(requests):
+                    break
+                await asyncio.sleep(0.02)
+            (req,) = lines(requests)
+            if answer:
+                doc = json.loads(policy.read_text())
+                doc["decisions"] = {req["id"]: [answer, why]}
+                policy.write_text(json.dumps(doc))
+            got, fields, body = head_of(await asyncio.wait_for(waiting, 10))
+            assert got.split(" ")[1] == status and fields["content-type"] == "text/plain" and body == text.encode()
+            asked, final = [ln for ln in lines(audit) if ln.get("kind") == "capability"]
+            assert (asked["decision"], asked["path"], asked["reason"]) == ("request", "/__bottle/capability", "docs")
+            assert final["decision"] == (answer or "timeout") and final["answer"] == (answer or "timeout")
+            assert final.get("answer_reason") == (why or None)
+
+    asyncio.run(go())
+
+
+def test_a_package_request_is_answered_202_in_plain_text(tmp_path: Path) -> None:
+    async def go() -> None:
+        async with desk(tmp_path) as (port, _policy, requests, _audit):
+            status, fields, body = head_of(await send(port, ask(port, kind="apt", name="jq")))
+            (req,) = lines(requests)
+            assert status.startswith("HTTP/1.1 202") and fields["content-type"] == "text/plain"
+            assert (
+                body
+                == (
+                    f"requested apt:jq ({req['id']}). The operator is asked; a package request stops this bottle now, "
+                    "and this session resumes once it is granted (installed) or refused.\n"
+                ).encode()
+            )
+
+    asyncio.run(go())

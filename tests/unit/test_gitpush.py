@@ -81,6 +81,74 @@ def test_what_cannot_be_judged_is_refused() -> None:
     assert repo_of("/a/b/c/git-receive-pack") is None
 
 
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("push-cert\0push-cert\n", "push certificates are not accepted"),
+        (f"{OLD} {NEW}\n", "not a ref-update command"),  # too few fields
+        (f"{OLD} {NEW} refs/heads/a b\n", "not a ref-update command"),  # too many
+        (f"{OLD}  {NEW} refs/heads/a\n", "not a ref-update command"),  # two spaces are not one
+        (f"{OLD} {NEW} refs/heads/a \n", "not a ref-update command"),  # a trailing space is not stripped
+        (f"xyz {NEW} refs/heads/a\n", "not a ref-update command"),  # a bad old id alone
+        (f"{OLD} xyz refs/heads/a\n", "not a ref-update command"),  # a bad new id alone
+        (f"{OLD} {NEW[:39]} refs/heads/a\n", "not a ref-update command"),
+    ],
+)
+def test_each_unjudgeable_command_is_named(line: str, message: str) -> None:
+    with pytest.raises(BadPush, match=f"^{message}$"):
+        parse_commands(pkt(line) + b"0000")
+
+
+def test_command_lines_are_read_exactly() -> None:
+    (u,) = parse_commands(pkt(f"{OLD} {NEW} refs/heads/x\0report-status\0odd\n") + b"0000")
+    assert u.ref == "refs/heads/x"  # only the first NUL starts the capabilities
+    (u,) = parse_commands(pkt(f"{OLD} {NEW} refs/heads/endsX\n") + b"0000")
+    assert u.ref == "refs/heads/endsX"  # only the newline is stripped
+    raw = f"{OLD} {NEW} refs/".encode() + b"\xff\xfe!"
+    (u,) = parse_commands(b"%04x" % (len(raw) + 4) + raw + b"0000")
+    assert u.ref == "refs/\ufffd\ufffd!"  # bytes that are not UTF-8 are judged, replaced, never dropped
+    with pytest.raises(BadPush, match=r"^no ref updates$"):
+        parse_commands(b"0000")
+
+
+def test_pkt_line_framing_is_read_exactly() -> None:
+    assert commands_end(b"") is None and commands_end(b"00") is None and commands_end(b"000") is None
+    assert commands_end(b"0000") == 4
+    assert commands_end(b"00040000PACK") == 8  # an empty pkt-line (length 4) is a line
+    with pytest.raises(BadPush, match=r"^bad pkt-line length$"):
+        commands_end(b"00030000")
+    with pytest.raises(BadPush, match=r"^not a pkt-line$"):
+        commands_end(b"zz00")
+
+
+def test_reasons_name_what_was_refused() -> None:
+    tag = RefUpdate(OLD, NEW, "refs/tags/v1")
+    ((_, ok, why),) = judge_push([tag], slug=SLUG, patterns=(), repo=None, repos=())
+    assert (ok, why) == (False, f"tag refs/tags/v1 is not allowed (only refs/heads/claude-bottle/{SLUG} unless listed)")
+    ((_, ok, why),) = judge_push([tag], slug=SLUG, patterns=(), repo=None, repos=("acme/app",))
+    assert (ok, why) == (False, "repository ? is not in the bottle's list")
+    gone = RefUpdate(OLD, ZERO, "refs/heads/tmp/x")
+    ((_, ok, why),) = judge_push([gone], slug=SLUG, patterns=("delete:refs/heads/tmp/*",), repo=None, repos=())
+    assert (ok, why) == (True, "deletion listed")
+
+
+def test_every_update_gets_a_verdict_and_patterns_match_only_what_they_say() -> None:
+    ups = [RefUpdate(OLD, ZERO, "refs/heads/keep"), RefUpdate(OLD, NEW, "refs/heads/main"),
+           RefUpdate(OLD, NEW, "refs/tags/v2")]  # fmt: skip
+    verdicts = judge_push(ups, slug=SLUG, patterns=(), repo="acme/app", repos=("acme/other",))
+    assert len(verdicts) == 3 and not any(ok for _u, ok, _w in verdicts)  # none skipped after a refusal
+    verdicts = judge_push(ups, slug=SLUG, patterns=("delete:refs/heads/tmp/*",), repo=None, repos=())
+    assert len(verdicts) == 3 and not any(ok for _u, ok, _w in verdicts)
+    # A deletion pattern allows deleting what it names only; a push pattern never allows another ref.
+    verdicts = judge_push(ups, slug=SLUG, patterns=("delete:refs/heads/tmp/*", "refs/heads/feature/*"), repo=None,
+                          repos=())  # fmt: skip
+    assert [ok for _u, ok, _w in verdicts] == [False, False, False]
+
+
+def test_the_repository_is_read_from_the_path_alone() -> None:
+    assert repo_of("/acme/app.git/git-receive-pack?service=x?y") == "acme/app"
+
+
 # -- through the guard, on the GitHub credential route ------------------------------------------------
 @contextlib.asynccontextmanager
 async def github(tmp: Path, seen: list[bytes], **policy: Any):  # type: ignore[no-untyped-def]
