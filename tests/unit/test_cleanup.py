@@ -381,3 +381,61 @@ def test_cleanup_zeroes_the_secrets_of_what_it_stops_and_removes(fake_docker: Pa
     assert not StateDir("old-aaaaa").path.exists()  # an orphan: removed
     for w in witnesses:
         assert w.read_bytes() == b"\0" * w.stat().st_size and w.stat().st_size > 0
+
+
+def test_the_plan_says_exactly_what_it_will_do() -> None:
+    """Every line of the plan the operator approves, exactly: what each thing is, what is done to it, why a
+    kept state dir is kept."""
+    from claude_bottle.backend.docker.cleanup import DockerBottleCleanupPlan, Stray
+
+    make_state("gone-aaaaa", session=True)
+    make_state("live-bbbbb", status="running")
+    make_state("crash-ccccc", preserve="crash")
+    plan = plan_from_engine(
+        projects=[],
+        containers=[PsRow("c1", "claude-bottle-stray-eeeee", "exited", {"claude-bottle.namespace": "claude-bottle"})],
+        networks=[NetworkRow("n1", "claude-bottle-stray-net", {"claude-bottle.namespace": "claude-bottle"})],
+        live={"live-bbbbb"},
+        namespace="claude-bottle",
+    )
+    plan.projects = [
+        ComposeProject("claude-bottle-live-bbbbb", "running(3)", "/x"),
+        ComposeProject("claude-bottle-dead-ddddd", "exited(2)", "/y"),
+    ]
+    plan.abandoned = ["dead-ddddd"]
+    plan.warnings = ["smolmachines backend: no live bottles listed (no SDK)"]
+    text = plan.lines()
+    assert text[:6] == [
+        "--- docker backend ---",
+        "note: smolmachines backend: no live bottles listed (no SDK)",
+        "compose project: claude-bottle-live-bbbbb (running(3)) -> compose down --volumes",
+        "compose project: claude-bottle-dead-ddddd (exited(2)) (owner died mid-start) -> compose down --volumes",
+        "stray container: claude-bottle-stray-eeeee -> docker rm -f",
+        "stray network: claude-bottle-stray-net -> docker network rm",
+    ]
+    assert [t for t in text if t.startswith("orphan state dir: gone-aaaaa [stopped] ")] == [text[6]]
+    assert text[6].endswith(" -> removed")
+    kept = [t for t in text if t.startswith("kept state dir:")]
+    assert next(t for t in kept if "crash-ccccc" in t).endswith(": .preserve (crash)")
+    assert next(t for t in kept if "live-bbbbb" in t).endswith(" (live bottle)")
+    assert not plan.empty()
+    empty = DockerBottleCleanupPlan()
+    assert empty.empty() and empty.lines() == ["--- docker backend ---", "nothing to clean up"]
+    only_kept = DockerBottleCleanupPlan(kept=plan.kept)
+    assert only_kept.empty() and "nothing to clean up" not in only_kept.lines()
+    assert DockerBottleCleanupPlan(containers=[Stray("c", "n")]).empty() is False
+    assert DockerBottleCleanupPlan(networks=[Stray("n", "n")]).empty() is False
+    assert DockerBottleCleanupPlan(state_dirs=plan.state_dirs).empty() is False
+
+
+def test_why_a_state_dir_is_kept() -> None:
+    from claude_bottle.backend.docker.cleanup import _why_kept
+    from claude_bottle.state import StateSummary
+
+    def summary(status: str, preserved: str | None = None) -> StateSummary:
+        return StateSummary("s-aaaaa", Path("/x"), status, False, False, False, preserved, 0)
+
+    assert _why_kept(summary("stopped", "crash")) == ""
+    assert _why_kept(summary("unreadable")) == " (could not be read: look at it by hand)"
+    assert _why_kept(summary("incomplete")) == " (made moments ago: may be a start in progress)"
+    assert _why_kept(summary("running")) == " (live bottle)"
