@@ -400,3 +400,77 @@ def test_the_terminal_env_is_checked_before_it_reaches_the_bottle() -> None:
     assert terminal_env({"TERM": "dumb"}) == {"TERM": "xterm-256color"}
     assert terminal_env({"TERM": "x;rm -rf /", "COLORTERM": "$(id)"}) == {"TERM": "xterm-256color"}
     assert terminal_env({"TERM": "xterm", "COLORTERM": "24bit"}) == {"TERM": "xterm", "COLORTERM": "24bit"}
+
+
+# -- resume, exactly ----------------------------------------------------------------------------------
+def test_resume_refuses_a_bottle_that_runs(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["start", "plain", "--detach"]) == 0
+    (sd,) = list_state_dirs()
+    capsys.readouterr()
+    assert main(["resume", sd.slug, "--detach"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == f"error: {sd.slug} is running: `claude-bottle attach {sd.slug}`, or stop it first"
+    sd.update(status="creating", owner_pid=os.getpid(), owner_started=None)  # a start this process owns
+    assert main(["resume", sd.slug, "--detach"]) == 1
+    FakeBackend.live.pop(sd.slug)  # the engine says it is gone: a record that says running is stale
+    sd.update(status="running")
+    assert main(["resume", sd.slug, "--detach"]) == 0
+    assert sd.read().generation == 2
+
+
+def test_resume_takes_ownership_clears_a_crash_and_keeps_a_keep(project: Path) -> None:
+    assert main(["start", "plain", "--detach"]) == 0
+    (sd,) = list_state_dirs()
+    assert main(["stop", sd.slug]) == 0
+    sd.update(owner_pid=1, owner_started=1.0, error="resume failed: earlier")
+    for mark, stays in (("crash", False), ("capability-block", False), ("keep", True)):
+        sd.preserve(mark)
+        assert main(["resume", sd.slug, "--detach"]) == 0
+        record = sd.read()
+        assert (record.status, record.owner_pid, record.error) == ("running", os.getpid(), None)
+        assert record.owner_started is not None and record.owner_started > 1.0
+        assert (sd.preserved() == mark) is stays, mark
+        assert main(["stop", sd.slug]) == 0
+        sd.preserve_path.unlink(missing_ok=True)
+    assert "stop" in FakeBackend.calls
+
+
+def test_resume_checks_the_paths_again(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["start", "plain", "--detach"]) == 0
+    (sd,) = list_state_dirs()
+    assert main(["stop", sd.slug]) == 0
+    moved = project.with_name("moved")
+    project.rename(moved)
+    capsys.readouterr()
+    assert main(["resume", sd.slug, "--detach"]) == 1
+    assert f"workspace {project} of {sd.slug} no longer exists: restore it to resume" in capsys.readouterr().err
+    moved.rename(project)
+    (project / "link").symlink_to("/etc")  # a link planted in the workspace is refused as a mount source later
+    assert main(["resume", sd.slug, "--detach"]) == 0
+
+
+def test_operator_lines_are_chained_and_exact(project: Path) -> None:
+    from datetime import datetime
+
+    assert main(["start", "plain", "--detach"]) == 0
+    (sd,) = list_state_dirs()
+    assert main(["grant", sd.slug, "--egress", "a.example"]) == 0
+    line = json.loads(sd.audit_path.read_text().splitlines()[-1])
+    assert {k: v for k, v in line.items() if k not in ("time", "prev")} == {
+        "bottle": sd.slug, "kind": "operator", "action": "grant", "egress": ["a.example"], "decision": "grant",
+        "reason": f"claude-bottle grant by uid {os.getuid()}",
+    }  # fmt: skip
+    assert datetime.fromisoformat(line["time"]).utcoffset().total_seconds() == 0  # type: ignore[union-attr]
+    assert len(line["time"].split(".")[1]) == len("000+00:00")  # milliseconds
+
+
+def test_ran_with_hashes_what_the_run_started_with(project: Path) -> None:
+    import hashlib
+
+    assert main(["start", "plain", "--detach"]) == 0
+    (sd,) = list_state_dirs()
+    record = sd.read()
+    spec = json.dumps(record.manifest["bottle"], sort_keys=True).encode()
+    assert record.ran_with["bottle spec"] == hashlib.sha256(spec).hexdigest()
+    assert record.ran_with["manifest"] == hashlib.sha256((project / "claude-bottle.toml").read_bytes()).hexdigest()
+    assert record.ran_with["policy"] == hashlib.sha256((sd.path / "guard" / "policy.json").read_bytes()).hexdigest()
