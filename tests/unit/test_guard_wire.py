@@ -13,6 +13,7 @@ import pytest
 
 from claude_bottle.egress import proxy
 
+from .guardkit import send as exchange
 from .guardkit import serving_guard
 
 
@@ -34,15 +35,6 @@ async def upstream_seeing(seen: list[bytes], *, answer: bytes | None = b"ok") ->
 
 def lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in path.read_text().splitlines()]
-
-
-async def exchange(port: int, raw: bytes) -> bytes:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(raw)
-    await writer.drain()
-    data = await asyncio.wait_for(reader.read(), 10)
-    writer.close()
-    return data
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "PATCH"])
