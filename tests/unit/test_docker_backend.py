@@ -118,8 +118,8 @@ def test_compose_missing_for_this_user_is_one_line_naming_the_fix(fake_exe: Call
 @pytest.mark.parametrize(
     ("endpoint", "local"),
     [
-        ("unix:///var/run/docker.sock", None),  # local when the socket exists here
-        ("unix:///nonexistent/docker.sock", False),
+        ("unix:///var/run/docker.sock", True),
+        ("unix:///nonexistent/docker.sock", True),  # on this machine: unreachable is the engine check's to say
         ("tcp://127.0.0.1:2375", True),
         ("tcp://localhost:2375", True),
         ("tcp://[::1]:2375", True),
@@ -127,11 +127,10 @@ def test_compose_missing_for_this_user_is_one_line_naming_the_fix(fake_exe: Call
         ("ssh://builder@build-server", False),
     ],
 )
-def test_an_engine_is_local_only_when_it_sees_this_machines_files(endpoint: str, local: bool | None) -> None:
+def test_an_engine_is_local_only_when_it_sees_this_machines_files(endpoint: str, local: bool) -> None:
     from claude_bottle.backend.docker.engine import Context
 
-    expected = Path("/var/run/docker.sock").exists() if local is None else local
-    assert Context("x", endpoint).local is expected
+    assert Context("x", endpoint).local is local
 
 
 def test_a_remote_engine_is_named_and_refused_before_any_work(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

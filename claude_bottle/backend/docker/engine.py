@@ -95,10 +95,11 @@ class Context:
 
     @property
     def local(self) -> bool:
-        """Does the engine see this machine's files (a local socket, or TCP to this machine's loopback)?"""
+        """Does the engine see this machine's files (a Unix socket, which is on this machine whether or not
+        an engine answers there, or TCP to this machine's loopback)?"""
         scheme, _, rest = self.endpoint.partition("://")
         if scheme == "unix":
-            return Path(rest).exists()
+            return True
         if scheme == "tcp":
             host = rest.rsplit(":", 1)[0].strip("[]")
             return host in ("localhost", "::1") or host.startswith("127.")
