@@ -50,11 +50,13 @@ def fake_smol(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> object:
 
 @pytest.fixture(autouse=True)
 def default_signals() -> Iterator[None]:
-    """Every test starts with SIGTERM and SIGHUP as a terminal leaves them, whatever the runner inherited
-    (`nohup` ignores SIGHUP, and the CLI rightly keeps an ignored signal ignored)."""
+    """Every test starts with SIGTERM, SIGHUP and SIGINT as a terminal leaves them, whatever the runner
+    inherited (`nohup` ignores SIGHUP; a shell ignores SIGINT in a command it starts in the background with
+    `&`), and the CLI the tests start rightly keeps an ignored signal ignored."""
     import signal
 
     before = {sig: signal.signal(sig, signal.SIG_DFL) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    before[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)  # children: SIG_DFL
     yield
     for sig, handler in before.items():
         signal.signal(sig, handler)
