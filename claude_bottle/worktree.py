@@ -39,7 +39,6 @@ __all__ = ["BRANCH_PREFIX", "Project", "Work", "apply", "create", "merge", "pend
 
 BRANCH_PREFIX = "claude-bottle/"
 CHECKOUT = "worktree"
-VIEW = "worktree-view.git"
 MAX_COPY = 8 << 30  # bytes one verb reads out of the checkout (objects and files), at most
 CHUNK = 1 << 20
 GIT_TIMEOUT = 300
