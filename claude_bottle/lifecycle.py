@@ -456,6 +456,28 @@ def logs_of(state: StateDir, *, follow: bool, sink: Callable[[bytes], None]) -> 
     return get_bottle_backend(state.read_whole().backend).logs(state=state, follow=follow, sink=sink)
 
 
+def elsewhere(state: StateDir) -> bool:
+    """Does the bottle keep its log and workspace away from this machine while it runs?"""
+    try:
+        return get_bottle_backend(state.read_whole().backend).elsewhere(state)
+    except BottleError:
+        return False
+
+
+def bring_home(state: StateDir) -> str | None:
+    """A running bottle's log, requests, transcripts and workspace, brought into its state dir now where
+    its backend keeps them elsewhere (a remote engine, a cluster). Returns why it could not (the engine does
+    not answer): what the last trip brought stays, and the caller says so."""
+    record = state.read_whole()
+    if record.status != "running":
+        return None  # a stop brought everything home
+    try:
+        get_bottle_backend(record.backend).sync(state)
+    except BottleError as exc:
+        return str(exc)
+    return None
+
+
 # -- grants -------------------------------------------------------------------------------------------------
 def grant_egress(state: StateDir, rules: Sequence[Rule], *, revoke: bool = False) -> list[Rule]:
     """Add (or remove) live egress grants. The guard re-reads its policy file within half a second, so a

@@ -215,6 +215,8 @@ class BottleSpec(_Strict):
     egress: EgressSpec = Field(default_factory=EgressSpec)
     credentials: Credentials = Field(default_factory=Credentials)
     backend: str | None = None
+    # The Docker context a new bottle runs on (`docker context ls`; else DOCKER_HOST, then the current one).
+    context: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
     @field_validator("packages", "pip", "npm")
     @classmethod

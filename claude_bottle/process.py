@@ -45,10 +45,14 @@ def redact_argv(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def _env(env: Mapping[str, str] | None) -> dict[str, str]:
+def _env(env: Mapping[str, str | None] | None) -> dict[str, str]:
+    """This process's environment with `env` over it (a None value removes that variable)."""
     merged = dict(os.environ)
-    if env:
-        merged.update(env)
+    for key, value in (env or {}).items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = value
     return merged
 
 
@@ -61,7 +65,7 @@ def _missing(argv: Sequence[str]) -> BackendError:
 def run(
     argv: Sequence[str],
     *,
-    env: Mapping[str, str] | None = None,
+    env: Mapping[str, str | None] | None = None,
     input: str | None = None,
     timeout: float | None = None,
     cwd: str | os.PathLike[str] | None = None,
@@ -101,7 +105,7 @@ def run_streaming(
     argv: Sequence[str],
     on_line: Callable[[str], None],
     *,
-    env: Mapping[str, str] | None = None,
+    env: Mapping[str, str | None] | None = None,
     cwd: str | os.PathLike[str] | None = None,
 ) -> Result:
     """Run argv, handing each output line (stdout and stderr merged) to on_line as it arrives."""
@@ -136,7 +140,7 @@ def run_streaming(
     return Result(tuple(argv), rc, "", tail)
 
 
-def run_to(argv: Sequence[str], sink: Callable[[bytes], None], *, env: Mapping[str, str] | None = None) -> int:
+def run_to(argv: Sequence[str], sink: Callable[[bytes], None], *, env: Mapping[str, str | None] | None = None) -> int:
     """Run argv, handing its output (stdout and stderr merged, raw bytes) to sink as it arrives."""
     argv = [str(a) for a in argv]
     log.debug("run (to sink): %s", " ".join(redact_argv(argv)))
@@ -157,7 +161,7 @@ def run_to(argv: Sequence[str], sink: Callable[[bytes], None], *, env: Mapping[s
         return proc.wait()
 
 
-def run_interactive(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> int:
+def run_interactive(argv: Sequence[str], *, env: Mapping[str, str | None] | None = None) -> int:
     """Run argv with this terminal's input, and return its exit code. Its output is a bottle's, so on a
     terminal it goes through the screen filter (terminal.py): the agent never writes to it directly."""
     from .terminal import run_on_terminal

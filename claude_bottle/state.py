@@ -438,6 +438,9 @@ class StateDir:
 
     def _work(self, record: BottleRecord) -> str | None:
         if not record.worktree:
+            home = self.path / "workspace"  # a bottle on a remote engine: its workspace came home here
+            if home.is_dir() and not home.is_symlink():
+                return f"the workspace a remote engine sent home (`claude-bottle pull {self.slug} --to DIR` keeps it)"
             return None
         from .worktree import pending  # only worktree bottles pay for git
 

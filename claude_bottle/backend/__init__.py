@@ -171,6 +171,17 @@ class BottleBackend(ABC):
         guard re-reads a file it mounts, so only a backend whose guard reads a copy has work here."""
         del state  # nothing to do: the guard mounts the file itself
 
+    def sync(self, state: StateDir) -> None:
+        """Bring home now what a running bottle writes where this machine cannot see it (the audit log, the
+        requests, the transcripts and the workspace of a bottle on a remote engine or a cluster). A backend
+        whose bottles write into the state dir itself has nothing to do."""
+        del state
+
+    def elsewhere(self, state: StateDir) -> bool:
+        """Does this bottle write its log and workspace away from this machine (`sync` brings them)?"""
+        del state
+        return False
+
     def read_only_paths(self, bottle: Bottle) -> list[str]:
         """The workspace repository's control paths this backend really mounts read-only in the bottle
         (gitguard's settle trusts those unchanged, and judges every other one)."""

@@ -24,6 +24,7 @@ from . import (
     keep,
     logs,
     ls,
+    pull,
     requests,
     resume,
     shell,
@@ -54,6 +55,7 @@ VERBS = (
     keep,
     verify,
     work,
+    pull,
     cleanup,
     doctor,
 )

@@ -8,8 +8,10 @@ import sys
 import time
 from typing import Any
 
+from rich.markup import escape
+
 from ..terminal import LineEscaper
-from ._common import out, slug_arg, state_for
+from ._common import err, out, slug_arg, state_for
 
 
 def register(sub: Any) -> None:
@@ -39,18 +41,35 @@ def run(args: argparse.Namespace) -> int:
         if not args.raw:
             stdout.write(escaper.feed(b"", final=True).encode())
         return rc
+    from ..lifecycle import bring_home, elsewhere
+
+    remote = elsewhere(state)
+    why = bring_home(state)  # a bottle on a remote engine keeps its log there until it stops
+    if why:
+        err.print(f"[yellow]showing the log as last brought home[/]: {escape(why)}")
     path = state.audit_path
     if not path.exists():
         return 0
-    with path.open(encoding="utf-8") as f:
+    printed = 0
+    f = path.open(encoding="utf-8")
+    try:
         while True:
             line = f.readline()
             if line:
+                printed += 1
                 try:
                     out.print(json.dumps(json.loads(line)), markup=False, highlight=False)
                 except ValueError:
                     continue
             elif args.follow:
-                time.sleep(0.2)
+                time.sleep(2.0 if remote else 0.2)
+                if remote and not bring_home(state):
+                    # The log came home as a new file: go on from the line after the last one shown.
+                    f.close()
+                    f = path.open(encoding="utf-8")
+                    for _ in range(printed):
+                        f.readline()
             else:
                 return 0
+    finally:
+        f.close()

@@ -21,7 +21,12 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..lifecycle import bring_home, elsewhere
+
     states = [resolve_slug(args.slug)] if args.slug else list_state_dirs()
+    for s in states:
+        if elsewhere(s):  # a remote bottle's requests are written on its engine: fetch them first
+            bring_home(s)
     rows: list[Request] = [r for s in states for r in pending(s)]
     if args.json:
         out.print_json(json.dumps([r.as_json() for r in rows]))

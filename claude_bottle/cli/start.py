@@ -25,6 +25,12 @@ def register(sub: Any) -> None:
         dest="workspace_mode",
         help="work in a checkout of its own on branch claude-bottle/SLUG (the workspace must be a git repository)",
     )
+    p.add_argument(
+        "--context",
+        metavar="NAME",
+        help="the Docker context to run on (docker context ls; default: the manifest's, then DOCKER_HOST, "
+        "then the current one); the bottle keeps it",
+    )
     add_manifest_arg(p)
     p.set_defaults(run=run)
 
@@ -33,6 +39,10 @@ def run(args: argparse.Namespace) -> int:
     from ..inventory import leftovers_hint
     from ..lifecycle import start_bottle
 
+    if args.context:
+        import os
+
+        os.environ["CLAUDE_BOTTLE_DOCKER_CONTEXT"] = args.context  # read by the Docker backend's plan
     manifest = load(args)
     prompt = args.prompt or manifest.agent(args.agent).prompt
     check_terminal(prompt=prompt, detach=args.detach)

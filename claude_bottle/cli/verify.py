@@ -8,6 +8,8 @@ import json
 from collections import Counter
 from typing import Any
 
+from rich.markup import escape
+
 from ..errors import EXIT_USER
 from ..terminal import escape_controls
 from ._common import err, out, slug_arg, state_for
@@ -25,8 +27,12 @@ def register(sub: Any) -> None:
 
 def run_verify(args: argparse.Namespace) -> int:
     from ..egress.audit import verify_chain
+    from ..lifecycle import bring_home
 
     state = state_for(args)
+    why = bring_home(state)
+    if why:
+        err.print(f"[yellow]verifying the log as last brought home[/]: {escape(why)}")
     if not state.audit_path.exists():
         err.print(f"{state.slug} has no audit log")
         return EXIT_USER
@@ -45,8 +51,12 @@ def run_report(args: argparse.Namespace) -> int:
     from ..capabilities import decisions, read_requests
     from ..egress.audit import verify_chain
     from ..guard.files import load_grants
+    from ..lifecycle import bring_home
 
     state = state_for(args)
+    why = bring_home(state)
+    if why:
+        err.print(f"[yellow]reporting what was last brought home[/]: {escape(why)}")
     record = state.read_whole()
     by_host: dict[str, Counter[str]] = {}
     kinds: Counter[str] = Counter()

@@ -63,7 +63,7 @@ def only_docker(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     FakeBackend.reset()
 
 
-INVENTORY = 5  # engine calls of a whole cleanup plan: compose ls, ps, network ls; ps, network ls (sidecars)
+INVENTORY = 6  # engine calls of a whole cleanup plan: compose ls, ps, network ls, volume ls; ps, network ls (sidecars)
 
 
 def calls(log: Path) -> list[list[str]]:
@@ -150,10 +150,10 @@ def test_cleanup_yes_runs_in_order_and_removes_exactly_the_plan(
     make_state("kept-bbbbb", preserve="kept by the operator")
     assert main(["cleanup", "--yes"]) == 0
     argvs = calls(fake_docker)
-    # A fixed number of inventory calls, whatever the number of objects: Docker's three, then the
+    # A fixed number of inventory calls, whatever the number of objects: Docker's four, then the
     # smolmachines backend's sidecar bundles (its machines come from the SDK, not installed here).
     assert [a[:2] for a in argvs[:INVENTORY]] == [
-        ["compose", "ls"], ["ps", "-a"], ["network", "ls"], ["ps", "-a"], ["network", "ls"],
+        ["compose", "ls"], ["ps", "-a"], ["network", "ls"], ["volume", "ls"], ["ps", "-a"], ["network", "ls"],
     ]  # fmt: skip
     removals = argvs[INVENTORY:]
     downs = [a for a in removals if a[0] == "compose"]
@@ -275,9 +275,9 @@ def test_keep_and_release(fake_docker: Path, capsys: pytest.CaptureFixture[str])
     assert list_state_dirs() == []
 
 
-def test_docker_prepare_cleanup_uses_three_engine_calls(fake_docker: Path) -> None:
+def test_docker_prepare_cleanup_uses_four_engine_calls(fake_docker: Path) -> None:
     plan = DockerBottleBackend().prepare_cleanup()
-    assert len(calls(fake_docker)) == 3
+    assert len(calls(fake_docker)) == 4  # compose ls, ps, network ls, volume ls
     assert {p.name.removeprefix("claude-bottle-") for p in plan.projects} == LIVE_PROJECTS
 
 

@@ -133,8 +133,11 @@ def test_an_engine_is_local_only_when_it_sees_this_machines_files(endpoint: str,
     assert Context("x", endpoint).local is local
 
 
-def test_a_remote_engine_is_named_and_refused_before_any_work(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from claude_bottle.backend.docker.engine import context
+def test_the_engine_comes_from_the_environment_or_a_named_context(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fake_exe: Callable[[str, str], Path]
+) -> None:
+    from claude_bottle.backend.docker.engine import Context, context
+    from claude_bottle.errors import BottleError
 
     monkeypatch.setenv("DOCKER_HOST", "tcp://10.1.2.3:2375")
     assert (context().name, context().endpoint, context().local) == ("DOCKER_HOST", "tcp://10.1.2.3:2375", False)
@@ -142,9 +145,52 @@ def test_a_remote_engine_is_named_and_refused_before_any_work(monkeypatch: pytes
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
     (tmp_path / "config.json").write_text('{"currentContext": "default"}')
     assert context().name == "default"
-    from claude_bottle.backend.docker.backend import DockerBottleBackend
-    from claude_bottle.errors import BottleError
+    # A named context (`start --context`, the manifest's `context`) is asked of the CLI, once.
+    fake_exe(
+        "docker",
+        "sys.stdout.write('ssh://me@build\\n') if sys.argv[1:4] == ['context', 'inspect', 'build'] else sys.exit(1)",
+    )
+    assert context("build") == Context("build", "ssh://me@build")
+    with pytest.raises(BottleError, match=r"Docker context 'nope' does not exist .*docker context create nope"):
+        context("nope")
+    # Each is reached as itself: a context by name (its TLS stays the CLI's), DOCKER_HOST by endpoint.
+    assert Context("build", "ssh://me@build").env() == {"DOCKER_CONTEXT": "build", "DOCKER_HOST": None}
+    assert Context("DOCKER_HOST", "tcp://h:2375").env() == {"DOCKER_HOST": "tcp://h:2375", "DOCKER_CONTEXT": None}
+    assert Context.from_dict(Context("b", "tcp://h").to_dict()) == Context("b", "tcp://h")
+    with pytest.raises(BackendError, match="unreadable"):
+        Context.from_dict({"name": "", "endpoint": 3})
 
-    monkeypatch.setenv("DOCKER_HOST", "ssh://builder@build-server")
-    with pytest.raises(BottleError, match=r"does not see this machine's files.*remote engines are not supported yet"):
-        DockerBottleBackend().plan(bottle=None)  # type: ignore[arg-type]  # refused before the bottle is read
+
+def test_every_engine_call_goes_to_the_bottles_engine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from claude_bottle import process
+    from claude_bottle.backend.docker import engine
+
+    seen: list[dict[str, str]] = []
+
+    def run(argv: list[str], **kw: object) -> process.Result:
+        env = kw.get("env") or {}
+        assert isinstance(env, dict)
+        seen.append(process._env(env))
+        return process.Result(tuple(argv), 0, "", "")
+
+    monkeypatch.setattr(process, "run", run)
+    monkeypatch.setenv("DOCKER_HOST", "unix:///var/run/docker.sock")
+    engine.docker("ps")
+    with engine.on(engine.Context("DOCKER_HOST", "tcp://10.9.9.9:2375")):
+        engine.docker("ps")
+        with engine.on(engine.Context("far", "ssh://far")):
+            engine.client("version")
+        engine.docker("ps")
+    engine.docker("ps")
+    hosts = [(e.get("DOCKER_HOST"), e.get("DOCKER_CONTEXT")) for e in seen]
+    local = ("unix:///var/run/docker.sock", None)
+    assert hosts == [local, ("tcp://10.9.9.9:2375", None), (None, "far"), ("tcp://10.9.9.9:2375", None), local]
+
+
+def test_an_unreachable_engine_names_itself(fake_exe: Callable[[str, str], Path]) -> None:
+    from claude_bottle.backend.docker import engine
+
+    fake_exe("docker", UNREACHABLE)
+    with engine.on(engine.Context("build", "ssh://me@build")), pytest.raises(BackendError) as exc:
+        engine.docker("ps")
+    assert str(exc.value).startswith("Docker engine not reachable at ssh://me@build (context build)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import ipaddress
 import json
 import os
@@ -15,11 +16,11 @@ from typing import TYPE_CHECKING
 
 from ...errors import BackendError, BottleError
 from ...paths import file_identity, verify_mounts
-from ...runtime import Identity, namespace, owned_by
-from ...state import StateDir, bottle_home, now_iso, process_started, write_private
+from ...runtime import LABEL, NAMESPACE_LABEL, Identity, namespace, owned_by
+from ...state import StateDir, bottle_home, list_state_dirs, now_iso, process_started, write_private
 from ...walk import remove_tree
 from .. import BottleBackend, BottleCleanupPlan, BottlePlan, BottleStatus, Check, Progress, Report
-from . import engine
+from . import engine, remote
 from .cleanup import DockerBottleCleanupPlan, plan_from_engine, run_cleanup
 from .compose import NetPlan, container_name, project_name, render_compose, verified_binds
 
@@ -46,6 +47,25 @@ def pick_subnet() -> str:
 
 def _compose(state: StateDir, *args: str) -> list[str]:
     return engine.compose_argv(project_name(state.slug), state.path / COMPOSE_FILE, state.path, *args)
+
+
+CONTEXT_ENV = "CLAUDE_BOTTLE_DOCKER_CONTEXT"  # `start --context NAME` sets it for this process
+
+
+def recorded_engine(state: StateDir) -> engine.Context | None:
+    """The engine the bottle was started on (None: started before engines were recorded, or never)."""
+    try:
+        data = json.loads((state.path / remote.ENGINE_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise BackendError(f"bottle {state.slug}: its recorded Docker engine is unreadable ({exc})") from exc
+    return engine.Context.from_dict(data if isinstance(data, dict) else {})
+
+
+def _labels(slug: str) -> dict[str, str]:
+    """What marks a remote bottle's volumes and helpers as its (cleanup selects by these)."""
+    return {NAMESPACE_LABEL: namespace(), f"{LABEL}.slug": slug, f"{LABEL}.backend": "docker"}
 
 
 # What npm, pip, curl, git and apt print when a TLS-inspecting network's certificate is not trusted.
@@ -77,23 +97,39 @@ class DockerBottleBackend(BottleBackend):
     name = "docker"
 
     # -- start -----------------------------------------------------------------------------------
+    _ctx: engine.Context | None = None  # the engine of the bottle being planned and started
+
+    def _engine_for(self, bottle: Bottle) -> engine.Context:
+        """A bottle goes back to the engine it was started on; a new one to `--context`, else the
+        manifest's `context`, else the environment's (DOCKER_HOST, DOCKER_CONTEXT, the CLI's current)."""
+        recorded = recorded_engine(bottle.state)
+        if recorded is not None:
+            return recorded
+        return engine.context(os.environ.get(CONTEXT_ENV) or bottle.spec.context)
+
     def plan(self, *, bottle: Bottle) -> BottlePlan:
         """The project it will be, after checking what the manifest names in the engine (its networks):
         before any image is built."""
-        ctx = engine.context()
+        ctx = self._ctx = self._engine_for(bottle)
+        where = "" if ctx.local else f" on the remote engine {ctx.name} ({ctx.endpoint})"
         if not ctx.local:
-            raise BottleError(
-                f"the Docker engine of {ctx.name} ({ctx.endpoint}) does not see this machine's files, which a "
-                "bottle binds (workspace, state): use a local engine (unset DOCKER_HOST, `docker context use "
-                "default`); remote engines are not supported yet"
-            )
-        for net in bottle.spec.egress.networks:
-            if not engine.docker("network", "inspect", "--format", "{{.Name}}", net).ok:
+            writable = [guest for _src, guest, ro in bottle.mounts if not ro]
+            if writable:
                 raise BottleError(
-                    f"egress.networks: Docker network {net!r} does not exist: create it "
-                    f"(docker network create {net}) or remove it from the manifest"
+                    f"mount {writable[0]}: a read-write mount of this machine's files cannot reach the engine of "
+                    f'{ctx.name} ({ctx.endpoint}): make it read-only (mode = "ro": it is copied in) or use a '
+                    "local engine"
                 )
-        return BottlePlan(bottle, [f"compose project {project_name(bottle.slug)}: agent sealed behind its guard"])
+        with engine.on(ctx):
+            for net in bottle.spec.egress.networks:
+                if not engine.docker("network", "inspect", "--format", "{{.Name}}", net).ok:
+                    raise BottleError(
+                        f"egress.networks: Docker network {net!r} does not exist{where}: create it "
+                        f"(docker network create {net}) or remove it from the manifest"
+                    )
+        return BottlePlan(
+            bottle, [f"compose project {project_name(bottle.slug)}{where}: agent sealed behind its guard"]
+        )
 
     def _specs(self, plan: BottlePlan) -> list[ImageSpec]:
         from .images import agent_image_spec, guard_image_spec
@@ -102,11 +138,17 @@ class DockerBottleBackend(BottleBackend):
         return [guard_image_spec(), agent_image_spec(b.spec, b.ids, ca_certs=b.paths.ca_certs, granted=b.granted)]
 
     def prepare_images(self, *, plan: BottlePlan, progress: Progress) -> dict[str, str]:
-        """The images by role. Warm, this is one engine call: the base images' ids are remembered, so the
-        content-addressed tags can be asked about together with the bases; a base that changed since
-        costs a second call (and a build)."""
+        with engine.on(self._ctx):
+            return self._prepare_images(plan, progress)
+
+    def _prepare_images(self, plan: BottlePlan, progress: Progress) -> dict[str, str]:
+        """The images by role. Warm, this is one engine call: the base images' ids are remembered (per
+        engine), so the content-addressed tags can be asked about together with the bases; a base that
+        changed since costs a second call (and a build)."""
         specs = self._specs(plan)
-        cache = bottle_home() / "cache" / "base-images.json"
+        ctx = self._ctx
+        suffix = "" if ctx is None or ctx.local else "-" + hashlib.sha256(ctx.endpoint.encode()).hexdigest()[:12]
+        cache = bottle_home() / "cache" / f"base-images{suffix}.json"
         try:
             known: dict[str, str] = json.loads(cache.read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -159,15 +201,26 @@ class DockerBottleBackend(BottleBackend):
             raise BackendError(build_failure(spec.role, result.returncode, result.stderr))
 
     def start(self, *, plan: BottlePlan, images: dict[str, str], guard: GuardInputs, progress: Progress) -> None:
+        ctx = self._ctx or self._engine_for(plan.bottle)
+        write_private(plan.state.path / remote.ENGINE_FILE, json.dumps(ctx.to_dict()) + "\n")
+        with engine.on(ctx):
+            self._start(plan, images, guard, progress, remote_engine=not ctx.local)
+
+    def _start(
+        self, plan: BottlePlan, images: dict[str, str], guard: GuardInputs, progress: Progress, *, remote_engine: bool
+    ) -> None:
         b, state = plan.bottle, plan.state
         identity = Identity(b.slug, self.name, os.getpid(), process_started(os.getpid()) or 0.0, now_iso(), namespace())
         run_dir = state.path / "run"
         remove_tree(run_dir)  # a stale "firewall-ready" must never be trusted
-        run_dir.mkdir()
-        run_dir.chmod(0o777)  # root in the net container has no DAC override; the state dir stays 0700
-        (run_dir / "agent").mkdir(mode=0o700)
-        if os.getuid() == 0:
-            os.chown(run_dir / "agent", b.ids.agent_uid, b.ids.agent_gid)
+        if remote_engine:
+            self._fill(b, state, images["guard"], guard, progress)
+        else:
+            run_dir.mkdir()
+            run_dir.chmod(0o777)  # root in the net container has no DAC override; the state dir stays 0700
+            (run_dir / "agent").mkdir(mode=0o700)
+            if os.getuid() == 0:
+                os.chown(run_dir / "agent", b.ids.agent_uid, b.ids.agent_gid)
         progress("starting containers")
         for attempt in range(SUBNET_ATTEMPTS):
             net = NetPlan(pick_subnet())
@@ -184,6 +237,7 @@ class DockerBottleBackend(BottleBackend):
                 guard=guard,
                 manifest_file=b.manifest_path,
                 protected=b.protected,
+                remote=remote_engine,
             )
             write_private(state.path / COMPOSE_FILE, json.dumps(doc, indent=2) + "\n")
             # What the engine must mount, named by device and inode (opened without following a link, so a
@@ -202,7 +256,57 @@ class DockerBottleBackend(BottleBackend):
                 continue
             engine.check(result, "docker compose up")
 
+    @staticmethod
+    def _workspace_source(b: Bottle) -> Path:
+        """What a remote bottle's workspace volume is filled from: the checkout in worktree mode; else the
+        copy its last run brought home, or at first the operator's workspace."""
+        if b.worktree:
+            return b.agent_workspace
+        home = remote.home_workspace(b.state)
+        return home if home.is_dir() else b.workspace
+
+    def _fill(self, b: Bottle, state: StateDir, guard_image: str, guard: GuardInputs, progress: Progress) -> None:
+        from ...claude_code import HOST_EXIT_FILE
+
+        progress("copying the bottle's files to its engine")
+        volumes = remote.volumes_of(
+            guard_dir=guard.dir,
+            claude_home=state.claude_home,
+            workspace=self._workspace_source(b),
+            mounts=b.mounts,
+            ids=b.ids,
+        )
+        remote.fill(
+            slug=b.slug,
+            image=guard_image,
+            labels=_labels(b.slug),
+            volumes=volumes,
+            log_files=[guard.audit, guard.requests],
+        )
+        # The last run's exit code went in with ~/.claude: here it would read as this run's end.
+        (state.claude_home / HOST_EXIT_FILE).unlink(missing_ok=True)
+
     def wait_ready(self, *, state: StateDir, timeout: float = 30.0) -> None:
+        ctx = recorded_engine(state)
+        with engine.on(ctx):
+            if ctx is not None and not ctx.local:
+                self._wait_remote(state, timeout)
+            else:
+                self._wait_local(state, timeout)
+
+    def _wait_remote(self, state: StateDir, timeout: float) -> None:
+        """Ready when the agent's own check passes inside the bottle (the network sealed, the guard
+        answering: 50 ms polls there, no healthcheck interval), asked through the engine once."""
+        argv = engine.exec_argv(
+            container_name(state.slug, "agent"),
+            ["/usr/local/bin/bottle-wait-guard"],
+            env={"BOTTLE_GUARD_WAIT": str(int(timeout))},
+        )
+        result = engine.docker(*argv, timeout=timeout + 30)
+        if not result.ok:
+            self._fail_if_dead(state, timed_out=True, timeout=timeout)
+
+    def _wait_local(self, state: StateDir, timeout: float) -> None:
         """Ready when the net container has sealed the namespace and the guard is listening: both leave a
         mark in the state dir's run/ (and the agent's entrypoint its mount report), so this polls the host
         filesystem (no `docker exec`), and looks at the containers only when it is slow, to fail fast if
@@ -258,6 +362,63 @@ class DockerBottleBackend(BottleBackend):
 
     # -- lifecycle ------------------------------------------------------------------------------
     def stop(self, *, state: StateDir) -> None:
+        ctx = recorded_engine(state)
+        with engine.on(ctx):
+            if ctx is not None and not ctx.local:
+                self.sync(state)  # before the containers go: the last of the log, transcripts, workspace
+                self._stop(state)
+                remote.remove_volumes(state.slug, self._parts(state))
+            else:
+                self._stop(state)
+
+    @staticmethod
+    def _parts(state: StateDir) -> list[str]:
+        try:
+            doc = json.loads((state.path / COMPOSE_FILE).read_text(encoding="utf-8"))
+            names = sorted(doc.get("volumes", {}))
+        except (OSError, ValueError, AttributeError):
+            names = []
+        prefix = remote.volume_name(state.slug, "")
+        parts = [n.removeprefix(prefix) for n in names if n.startswith(prefix)]
+        return parts or ["guard", "log", "run", "home", "workspace"]
+
+    def elsewhere(self, state: StateDir) -> bool:
+        ctx = recorded_engine(state)
+        return ctx is not None and not ctx.local
+
+    def sync(self, state: StateDir) -> None:
+        """A remote bottle's log, requests, transcripts and workspace, brought home now."""
+        ctx = recorded_engine(state)
+        if ctx is None or ctx.local:
+            return
+        record = state.read()
+        image = record.images.get("guard")
+        if not image:
+            return  # never started: nothing there
+        workspace = state.path / "worktree" if record.worktree else remote.home_workspace(state)
+        with engine.on(ctx):
+            remote.bring_home(state=state, image=image, labels=_labels(state.slug), workspace_home=workspace)
+
+    def policy_changed(self, state: StateDir) -> None:
+        """A remote guard reads its files from a volume: rewrite them there (locally it mounts them)."""
+        ctx = recorded_engine(state)
+        if ctx is None or ctx.local:
+            return
+        from ...guard.files import GuardFiles
+        from ...runtime import RuntimeIds
+
+        record = state.read()
+        ids = RuntimeIds.for_host(Path(record.workspace) if record.workspace else None)
+        with engine.on(ctx):
+            remote.push_guard_files(
+                slug=state.slug,
+                image=record.images["guard"],
+                labels=_labels(state.slug),
+                guard_dir=GuardFiles(state).dir,
+                ids=ids,
+            )
+
+    def _stop(self, state: StateDir) -> None:
         if (state.path / COMPOSE_FILE).is_file():
             down = engine.docker(
                 *_compose(state, "down", "--volumes", "--remove-orphans", "--timeout", "1"), timeout=300
@@ -282,22 +443,59 @@ class DockerBottleBackend(BottleBackend):
         cmd = engine.exec_argv(
             container_name(state.slug, "agent"), argv, tty=tty, interactive=interactive, workdir=workdir, env=env
         )
-        return engine.interactive(cmd)
+        with engine.on(recorded_engine(state)):
+            return engine.interactive(cmd)
 
     def exec_output(self, *, state: StateDir, argv: Sequence[str]) -> tuple[int, str]:
-        result = engine.docker(*engine.exec_argv(container_name(state.slug, "agent"), argv), timeout=60)
+        with engine.on(recorded_engine(state)):
+            result = engine.docker(*engine.exec_argv(container_name(state.slug, "agent"), argv), timeout=60)
         return result.returncode, result.stdout
 
     def logs(self, *, state: StateDir, follow: bool, sink: Callable[[bytes], None]) -> int:
-        return engine.to_sink(_compose(state, "logs", "--no-color", *(["--follow"] if follow else [])), sink)
+        with engine.on(recorded_engine(state)):
+            return engine.to_sink(_compose(state, "logs", "--no-color", *(["--follow"] if follow else [])), sink)
 
     # -- inventory ------------------------------------------------------------------------------
+    @staticmethod
+    def _engines() -> list[tuple[engine.Context | None, list[str]]]:
+        """The environment's engine (None), then every other engine a bottle here was started on, with
+        the slugs recorded on it: `ls` and `cleanup` visit each."""
+        here = engine.context()
+        others: dict[tuple[str, str], tuple[engine.Context, list[str]]] = {}
+        for state in list_state_dirs():
+            try:
+                ctx = recorded_engine(state)
+            except BackendError:
+                continue
+            if ctx is not None and ctx.endpoint != here.endpoint:
+                others.setdefault((ctx.name, ctx.endpoint), (ctx, []))[1].append(state.slug)
+        return [(None, []), *(others[k] for k in sorted(others))]
+
+    @staticmethod
+    def _silent(ctx: engine.Context, slugs: Sequence[str]) -> str:
+        names = ", ".join(slugs)
+        return f"engine {ctx.name} ({ctx.endpoint}) does not answer: its bottles ({names}) are left as they are"
+
     def statuses(self) -> dict[str, BottleStatus]:
+        result: dict[str, BottleStatus] = {}
+        for ctx, slugs in self._engines():
+            try:
+                with engine.on(ctx):
+                    result.update(self._statuses_here())
+            except BackendError:
+                if ctx is None:
+                    raise
+                for slug in slugs:
+                    why = f"unknown (engine {ctx.name} at {ctx.endpoint} does not answer)"
+                    result[slug] = BottleStatus(slug, self.name, why, None, self._silent(ctx, slugs))
+        return result
+
+    def _statuses_here(self) -> dict[str, BottleStatus]:
         by_slug: dict[str, dict[str, str]] = {}
         ns = namespace()
         for row in engine.ps_rows(f"label=claude-bottle.backend={self.name}"):
             slug = row.labels.get("claude-bottle.slug")
-            if not slug or not owned_by(row.labels, ns):
+            if not slug or not owned_by(row.labels, ns) or row.labels.get(remote.HELPER_LABEL):
                 continue
             entry = by_slug.setdefault(slug, {"owner": row.labels.get("claude-bottle.owner-pid", "")})
             service = row.labels.get("com.docker.compose.service") or row.name.rsplit("-", 1)[-1]
@@ -314,21 +512,69 @@ class DockerBottleBackend(BottleBackend):
         from .. import enumerate_active_bottles
 
         ns = namespace()
-        projects = engine.compose_ls()
-        # The name filter only narrows what the engine sends; what is ours is decided by the labels.
-        containers = engine.ps_rows(f"name={ns}-")
-        networks = engine.network_rows(f"name={ns}-")
-        live = {slug for r in containers if (slug := r.labels.get("claude-bottle.slug")) and owned_by(r.labels, ns)}
         others, warnings = enumerate_active_bottles(skip=self.name)
-        for slugs in others.values():
-            live |= slugs
-        plan = plan_from_engine(projects=projects, containers=containers, networks=networks, live=live, namespace=ns)
+        live: set[str] = set()
+        for active in others.values():
+            live |= active
+        found: list[tuple[engine.Context | None, DockerBottleCleanupPlan]] = []
+        rows = {}
+        for ctx, slugs in self._engines():
+            try:
+                with engine.on(ctx):
+                    rows[ctx] = (
+                        engine.compose_ls(),
+                        engine.ps_rows(f"name={ns}-"),  # the name filter narrows; the labels decide
+                        engine.network_rows(f"name={ns}-"),
+                        engine.volume_rows(f"name={ns}-"),
+                    )
+            except BackendError:
+                if ctx is None:
+                    raise
+                warnings.append(self._silent(ctx, slugs))
+                live |= set(slugs)  # nothing of theirs can be judged: their state dirs are kept
+                continue
+            live |= {
+                slug
+                for r in rows[ctx][1]
+                if (slug := r.labels.get("claude-bottle.slug"))
+                and owned_by(r.labels, ns)
+                and not r.labels.get(remote.HELPER_LABEL)
+            }
+        for ctx, (projects, containers, networks, volumes) in rows.items():
+            sub = plan_from_engine(
+                projects=projects,
+                containers=containers,
+                networks=networks,
+                volumes=volumes,
+                live=live,
+                namespace=ns,
+                with_state=ctx is None,
+            )
+            found.append((ctx, sub))
+        plan = next(p for c, p in found if c is None)
+        plan.engines = [(c, p) for c, p in found if c is not None]
         plan.warnings = warnings
         return plan
 
     def cleanup(self, plan: BottleCleanupPlan, *, report: Report) -> list[str]:
         assert isinstance(plan, DockerBottleCleanupPlan)  # noqa: S101 - plans go back to their backend
-        return run_cleanup(plan, report)
+        failures = []
+        for ctx, sub in plan.engines:
+            with engine.on(ctx):
+                failures += run_cleanup(sub, report, bring_home=self._bring_home_before_removal)
+        return failures + run_cleanup(plan, report, bring_home=self._bring_home_before_removal)
+
+    def _bring_home_before_removal(self, slug: str, report: Report) -> None:
+        """A remote bottle's volumes are about to go: what the operator keeps (its log, transcripts and
+        workspace) comes home first, into its state dir, if it has one."""
+        try:
+            state = StateDir(slug)
+            if state.exists():
+                self.sync(state)
+                report(f"brought {slug}'s log, transcripts and workspace home")
+        except (BottleError, OSError) as exc:
+            report(f"could not bring {slug}'s files home ({exc}): its volumes are kept")
+            raise
 
     def doctor(self, base_images: Sequence[str] = ()) -> list[Check]:
         from ...manifest import BottleSpec
@@ -355,9 +601,8 @@ class DockerBottleBackend(BottleBackend):
         checks.append(
             Check(
                 "context",
-                ctx.local,
-                f"{ctx.name} ({ctx.endpoint}){'' if ctx.local else ': a remote engine'}",
-                "bottles bind this machine's files: use a local engine (unset DOCKER_HOST, docker context use default)",
+                True,
+                f"{ctx.name} ({ctx.endpoint}){'' if ctx.local else ': a remote engine (files travel as volumes)'}",
             )
         )
         checks.append(

@@ -9,9 +9,11 @@ named `<namespace>-...` and labelled with it (runtime.owned_by); a name alone cl
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ... import process
 from ...claude_code import notice_crash
@@ -22,7 +24,10 @@ from ...runtime import namespace, owned_by
 from ...state import StateDir, StateSummary, list_state_dirs
 from ...walk import remove_tree
 from .. import BottleCleanupPlan, Report
-from .engine import ComposeProject, NetworkRow, PsRow
+from .engine import ComposeProject, NetworkRow, PsRow, VolumeRow
+
+if TYPE_CHECKING:
+    from .engine import Context
 
 __all__ = ["DockerBottleCleanupPlan", "mark_stopped", "plan_from_engine", "run_cleanup"]
 
@@ -34,6 +39,7 @@ PARALLEL = 8
 class Stray:
     id: str
     name: str
+    slug: str = ""
 
 
 def _slug(project: ComposeProject) -> str:
@@ -46,25 +52,36 @@ class DockerBottleCleanupPlan(BottleCleanupPlan):
     projects: list[ComposeProject] = field(default_factory=list)
     containers: list[Stray] = field(default_factory=list)
     networks: list[Stray] = field(default_factory=list)
+    volumes: list[Stray] = field(default_factory=list)  # a remote bottle's (remote.py): brought home first
     state_dirs: list[StateSummary] = field(default_factory=list)  # orphans: removed
     kept: list[StateSummary] = field(default_factory=list)  # preserved or still live: never removed
     abandoned: list[str] = field(default_factory=list)  # slugs whose owner died mid-start
-    warnings: list[str] = field(default_factory=list)  # another backend that could not say what is live
+    warnings: list[str] = field(default_factory=list)  # another backend, or an engine, that could not say
+    engines: list[tuple[Context, DockerBottleCleanupPlan]] = field(default_factory=list)  # other engines used
 
     def empty(self) -> bool:
-        return not (self.projects or self.containers or self.networks or self.state_dirs)
+        mine = not (self.projects or self.containers or self.networks or self.volumes or self.state_dirs)
+        return mine and all(p.empty() for _, p in self.engines)
 
     def lines(self) -> list[str]:
-        out = ["--- docker backend ---", *(f"note: {w}" for w in self.warnings)]
+        out = ["--- docker backend ---", *(f"note: {w}" for w in self.warnings), *self._objects()]
+        for ctx, sub in self.engines:
+            if not sub.empty():
+                out += [f"--- docker engine {ctx.name} ({ctx.endpoint}) ---", *sub._objects()]
+        out += [f"orphan state dir: {s.describe()} -> removed" for s in self.state_dirs]
+        out += [f"kept state dir: {s.describe()}{_why_kept(s)}" for s in self.kept]
+        if self.empty() and not self.kept:
+            out.append("nothing to clean up")
+        return out
+
+    def _objects(self) -> list[str]:
+        out = []
         for p in self.projects:
             note = " (owner died mid-start)" if _slug(p) in self.abandoned else ""
             out.append(f"compose project: {p.name} ({p.status}){note} -> compose down --volumes")
         out += [f"stray container: {c.name} -> docker rm -f" for c in self.containers]
         out += [f"stray network: {n.name} -> docker network rm" for n in self.networks]
-        out += [f"orphan state dir: {s.describe()} -> removed" for s in self.state_dirs]
-        out += [f"kept state dir: {s.describe()}{_why_kept(s)}" for s in self.kept]
-        if self.empty() and not self.kept:
-            out.append("nothing to clean up")
+        out += [f"volume: {v.name} -> its files brought home, then docker volume rm" for v in self.volumes]
         return out
 
 
@@ -87,9 +104,11 @@ def plan_from_engine(
     projects: list[ComposeProject],
     containers: list[PsRow],
     networks: list[NetworkRow],
+    volumes: list[VolumeRow] = (),  # type: ignore[assignment]
     live: set[str],
     state_root: Path | None = None,
     namespace: str,
+    with_state: bool = True,
 ) -> DockerBottleCleanupPlan:
     """Build the plan from the engine's rows (the three calls) and the live slugs of every backend: the
     namespace's own objects only (by label, not by name), and every state dir, each classified."""
@@ -104,6 +123,16 @@ def plan_from_engine(
         (Stray(r.id, r.name) for r in mine_c if COMPOSE_LABEL not in r.labels), key=lambda s: s.name
     )
     plan.networks = sorted((Stray(r.id, r.name) for r in mine_n if COMPOSE_LABEL not in r.labels), key=lambda s: s.name)
+    plan.volumes = sorted(
+        (
+            Stray(r.name, r.name, r.labels.get("claude-bottle.slug", ""))
+            for r in volumes
+            if owned_by(r.labels, namespace) and _docker_backend(r.labels)
+        ),
+        key=lambda s: s.name,
+    )
+    if not with_state:  # another engine's objects: the state dirs are judged once, with the first
+        return plan
     agents = {
         r.labels.get("claude-bottle.slug", ""): r.state
         for r in mine_c
@@ -165,8 +194,12 @@ def _down(p: ComposeProject) -> Outcome:
     return _attempt([*args, "down", "--volumes", "--remove-orphans", "--timeout", "1"])
 
 
-def run_cleanup(plan: DockerBottleCleanupPlan, report: Report) -> list[str]:
-    """Remove what the plan lists: projects (in parallel), then containers, then networks, then state."""
+BringHome = Callable[[str, Report], None]
+
+
+def run_cleanup(plan: DockerBottleCleanupPlan, report: Report, *, bring_home: BringHome | None = None) -> list[str]:
+    """Remove what the plan lists: projects (in parallel), then containers, then networks, then volumes
+    (each bottle's files brought home first, by `bring_home`), then state."""
     failures: list[str] = []
     with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
         for project, outcome in zip(plan.projects, pool.map(_down, plan.projects), strict=True):
@@ -176,6 +209,7 @@ def run_cleanup(plan: DockerBottleCleanupPlan, report: Report) -> list[str]:
     # per object only if the batch failed, so a single bad object is named and does not stop the rest.
     _batch(["rm", "-f"], "container", plan.containers, failures, report)
     _batch(["network", "rm"], "network", plan.networks, failures, report)
+    _volumes(plan.volumes, failures, report, bring_home)
     for s in plan.state_dirs:
         # Its last run is settled first (secrets dropped, workspace checked): what that moves aside keeps it.
         state = StateDir(s.slug, s.path.parent)
@@ -187,6 +221,21 @@ def run_cleanup(plan: DockerBottleCleanupPlan, report: Report) -> list[str]:
             continue
         _report(f"state dir {s.path}", _remove_tree(s.path), failures, report)
     return failures
+
+
+def _volumes(volumes: list[Stray], failures: list[str], report: Report, bring_home: BringHome | None) -> None:
+    """A remote bottle's volumes hold its workspace and transcripts: they go only once those are home."""
+    removable = []
+    for slug in sorted({v.slug for v in volumes}):
+        mine = [v for v in volumes if v.slug == slug]
+        try:
+            if bring_home is not None and slug:
+                bring_home(slug, report)
+        except Exception as exc:  # noqa: BLE001 - kept, named, and the rest goes on
+            failures += [f"volume {v.name}: kept, its files could not be brought home ({exc})" for v in mine]
+            continue
+        removable += mine
+    _batch(["volume", "rm", "-f"], "volume", removable, failures, report)
 
 
 def _remove_tree(path: Path) -> Outcome:

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from ...manifest import BottleSpec
     from ...runtime import Identity, RuntimeIds
 
-__all__ = ["NetPlan", "container_name", "project_name", "render_compose", "verified_binds"]
+__all__ = ["NetPlan", "container_name", "project_name", "render_compose", "verified_binds", "volume_name"]
 
 GUARD_CPUS = 1.0
 LOG_MAX_SIZE = "10m"
@@ -31,6 +31,11 @@ def project_name(slug: str) -> str:
 
 def container_name(slug: str, service: str) -> str:
     return f"{project_name(slug)}-{service}"
+
+
+def volume_name(slug: str, part: str) -> str:
+    """A remote bottle's volume (remote.py): `<project>-<part>`."""
+    return f"{project_name(slug)}-{part}"
 
 
 def _guarded_files(workspace: Path, manifest_file: Path | None, protected: Sequence[str]) -> list[dict[str, Any]]:
@@ -60,7 +65,7 @@ def _mounts(mounts: Sequence[tuple[Path, str, bool]]) -> list[dict[str, Any]]:
 def verified_binds(agent: dict[str, Any], state_path: Path) -> list[dict[str, Any]]:
     """The agent's binds whose source lies outside the state dir: places an agent may reach on the host, so
     what the engine mounted there is compared with what was checked (run/agent/mounts)."""
-    return [v for v in agent["volumes"] if state_path not in Path(v["source"]).parents]
+    return [v for v in agent["volumes"] if v["type"] == "bind" and state_path not in Path(v["source"]).parents]
 
 
 @dataclass(frozen=True)
@@ -101,8 +106,16 @@ def render_compose(
     guard: GuardInputs,
     manifest_file: Path | None = None,
     protected: Sequence[str] = (),
+    remote: bool = False,
 ) -> dict[str, Any]:
+    """The project. `remote`: the engine does not see this machine's files, so every place is one of the
+    bottle's volumes (remote.py fills them) and the honeytokens are copied in by Compose (configs)."""
     slug = identity.slug
+
+    def place(part: str, local: Path, target: str, *, read_only: bool = False) -> dict[str, Any]:
+        kind, source = ("volume", volume_name(slug, part)) if remote else ("bind", str(local))
+        return {"type": kind, "source": source, "target": target, **({"read_only": True} if read_only else {})}
+
     labels = identity.labels()
     internal = f"{project_name(slug)}-internal"
     res = bottle.resources
@@ -126,7 +139,7 @@ def render_compose(
         outbound_nets = {"outbound": {"name": f"{project_name(slug)}-outbound", "labels": labels}}
     # Shared with the net container (which marks the firewall applied) and the guard (which marks
     # itself listening): the CLI sees both marks on the host without a `docker exec`.
-    run_mount = {"type": "bind", "source": str(state_path / "run"), "target": "/bottle-run"}
+    run_mount = place("run", state_path / "run", "/bottle-run")
     guard_nets = {"internal": {"aliases": ["egress"], "ipv4_address": net.guard_ip}, **{n: {} for n in outbound_nets}}
     guard_common = {
         "container_name": container_name(slug, "egress"),
@@ -152,7 +165,7 @@ def render_compose(
                 "/etc/pipelock/pipelock.yaml",
             ],
             **guard_common,
-            "volumes": [{"type": "bind", "source": str(guard.dir), "target": "/etc/pipelock", "read_only": True}],
+            "volumes": [place("guard", guard.dir, "/etc/pipelock", read_only=True)],
         }
     else:
         # The bottle's internal address only, and only for clients on that network: a neighbour on the
@@ -167,9 +180,19 @@ def render_compose(
             # inside its own network namespace only.
             "sysctls": {"net.ipv4.ip_unprivileged_port_start": 0},
             "volumes": [
-                {"type": "bind", "source": str(guard.dir), "target": "/etc/claude-bottle", "read_only": True},
-                {"type": "bind", "source": str(guard.audit), "target": "/var/log/claude-bottle/egress.jsonl"},
-                {"type": "bind", "source": str(guard.requests), "target": "/var/log/claude-bottle/requests.jsonl"},
+                place("guard", guard.dir, "/etc/claude-bottle", read_only=True),
+                *(
+                    [place("log", Path(), "/var/log/claude-bottle")]
+                    if remote
+                    else [
+                        {"type": "bind", "source": str(guard.audit), "target": "/var/log/claude-bottle/egress.jsonl"},
+                        {
+                            "type": "bind",
+                            "source": str(guard.requests),
+                            "target": "/var/log/claude-bottle/requests.jsonl",
+                        },
+                    ]
+                ),
                 run_mount,
             ],
             "healthcheck": {
@@ -217,25 +240,55 @@ def render_compose(
         "pids_limit": res.pids,
         **hardening,
         "volumes": [
-            {"type": "bind", "source": str(workspace), "target": "/workspace"},
-            {"type": "bind", "source": str(state_path / "claude-home"), "target": f"{AGENT_HOME}/.claude"},
+            place("workspace", workspace, "/workspace"),
+            place("home", state_path / "claude-home", f"{AGENT_HOME}/.claude"),
             *(
-                {"type": "bind", "source": str(src), "target": f"{AGENT_HOME}/{name}", "read_only": True}
-                for name, src in guard.honey.items()
+                ()
+                if remote
+                else (
+                    {"type": "bind", "source": str(src), "target": f"{AGENT_HOME}/{name}", "read_only": True}
+                    for name, src in guard.honey.items()
+                )
             ),
-            *_guarded_files(workspace, manifest_file, protected),
-            *_mounts(mounts),
+            # Remote: the agent's copy of the workspace is not the operator's (the control paths and the
+            # manifest there run nothing on this machine); what comes home is checked on the way.
+            *(() if remote else _guarded_files(workspace, manifest_file, protected)),
+            *(
+                [place(f"mount{i}", Path(), guest, read_only=True) for i, (_src, guest, _ro) in enumerate(mounts)]
+                if remote
+                else _mounts(mounts)
+            ),
             {**run_mount, "read_only": True},
             # The one place the agent's entrypoint writes, before anything of the agent runs: what the
-            # engine mounted (device and inode at each mount point), for the CLI to check.
-            {"type": "bind", "source": str(state_path / "run" / "agent"), "target": "/bottle-run/agent"},
+            # engine mounted (device and inode at each mount point), for the CLI to check. A remote bottle
+            # binds nothing of this machine's: nothing to check.
+            *(
+                ()
+                if remote
+                else ({"type": "bind", "source": str(state_path / "run" / "agent"), "target": "/bottle-run/agent"},)
+            ),
         ],
         # Ordering only: the agent's entrypoint itself waits until the firewall is in place and the guard
         # answers (50 ms polls), which is faster than waiting on a healthcheck interval.
         "depends_on": {"egress": {"condition": "service_started"}, "net": {"condition": "service_started"}},
     }
     agent_env["BOTTLE_VERIFY"] = "\n".join(v["target"] for v in verified_binds(agent_svc, state_path))
+    extra: dict[str, Any] = {}
+    if remote:
+        parts = {v["source"] for svc in (guard_svc, net_svc, agent_svc) for v in svc["volumes"]}
+        extra["volumes"] = {name: {"name": name, "external": True} for name in sorted(parts)}
+        # Compose copies these into the container when it creates it (the engine API, no host path); root's
+        # and read-only, as the local binds are.
+        agent_svc["configs"] = [
+            {"source": f"honey{i}", "target": f"{AGENT_HOME}/{name}", "mode": 0o444}
+            for i, name in enumerate(sorted(guard.honey))
+        ]
+        extra["configs"] = {
+            f"honey{i}": {"content": guard.honey[name].read_text(encoding="utf-8")}
+            for i, name in enumerate(sorted(guard.honey))
+        }
     return {
+        **extra,
         "name": project_name(slug),
         "services": {"egress": guard_svc, "net": net_svc, "agent": agent_svc},
         "networks": {

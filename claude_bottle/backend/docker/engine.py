@@ -7,16 +7,18 @@ exit code and stderr, and the caller decides whether it matters (`check`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
-from collections.abc import Callable, Sequence
+import subprocess
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ... import process
-from ...errors import BackendError
+from ...errors import BackendError, BottleError
 
 __all__ = [
     "ComposeProject",
@@ -24,6 +26,7 @@ __all__ = [
     "DockerError",
     "NetworkRow",
     "PsRow",
+    "VolumeRow",
     "check",
     "compose_argv",
     "compose_ls",
@@ -33,8 +36,12 @@ __all__ = [
     "exec_argv",
     "image_ids",
     "network_rows",
+    "on",
     "parse_labels",
+    "pipe_in",
+    "pipe_out",
     "ps_rows",
+    "volume_rows",
 ]
 
 _UNREACHABLE = re.compile(
@@ -74,13 +81,100 @@ def _raise_known(args: Sequence[str], result: process.Result) -> None:
 
 
 def engine_hint() -> str:
+    if _target is not None:
+        return (
+            f"Docker engine not reachable at {_target.endpoint} (context {_target.name}): start it, or check "
+            "the network to it"
+        )
     host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
     return f"Docker engine not reachable at {host}: start it (./scripts/setup does) or set DOCKER_HOST"
 
 
+# The engine every call below goes to: None is whatever the environment names (DOCKER_HOST, the current
+# context); `on(ctx)` sends them to a bottle's recorded engine instead. A module global, not a context
+# variable, so the threads of a parallel cleanup inherit it; engines are visited one after another.
+_target: Context | None = None
+
+
+@contextlib.contextmanager
+def on(ctx: Context | None) -> Iterator[None]:
+    """Every engine call in this block goes to `ctx` (None: the environment's engine)."""
+    global _target  # noqa: PLW0603 - see _target
+    before, _target = _target, ctx
+    try:
+        yield
+    finally:
+        _target = before
+
+
+def _env(env: Mapping[str, str | None] | None = None) -> dict[str, str | None]:
+    out: dict[str, str | None] = dict(_target.env() if _target is not None else {})
+    out.update(env or {})
+    return out
+
+
 def docker(*args: str, timeout: float | None = 120, env: dict[str, str] | None = None) -> process.Result:
     """`docker ARGS`. An unreachable engine raises one clear error; any other outcome is returned."""
-    result = process.run(["docker", *args], timeout=timeout, env=env)
+    result = process.run(["docker", *args], timeout=timeout, env=_env(env))
+    _raise_known(args, result)
+    return result
+
+
+def pipe_in(args: Sequence[str], write: Callable[[IO[bytes]], None], *, timeout: float = 1800) -> process.Result:
+    """`docker ARGS` with `write` producing its standard input as a stream (a tar of files, no copy in
+    memory or on disk)."""
+    argv = ["docker", *args]
+    try:
+        proc = subprocess.Popen(
+            argv,
+            env=process._env(_env()),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+    except FileNotFoundError as exc:
+        raise process._missing(argv) from exc
+    assert proc.stdin is not None and proc.stderr is not None  # noqa: S101 - set by PIPE above
+    try:
+        with contextlib.suppress(BrokenPipeError):  # it failed early: its stderr says why
+            write(proc.stdin)
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.close()
+        err = proc.stderr.read()
+        rc = proc.wait(timeout=timeout)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    result = process.Result(tuple(argv), rc, "", err.decode(errors="replace"))
+    _raise_known(args, result)
+    return result
+
+
+def pipe_out(args: Sequence[str], read: Callable[[IO[bytes]], None], *, timeout: float = 1800) -> process.Result:
+    """`docker ARGS` with `read` consuming its standard output as a stream."""
+    argv = ["docker", *args]
+    try:
+        proc = subprocess.Popen(
+            argv,
+            env=process._env(_env()),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+    except FileNotFoundError as exc:
+        raise process._missing(argv) from exc
+    assert proc.stdout is not None and proc.stderr is not None  # noqa: S101 - set by PIPE above
+    try:
+        read(proc.stdout)
+        proc.stdout.read()  # whatever `read` left (a tar's padding)
+        err = proc.stderr.read()
+        rc = proc.wait(timeout=timeout)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    result = process.Result(tuple(argv), rc, "", err.decode(errors="replace"))
     _raise_known(args, result)
     return result
 
@@ -88,10 +182,28 @@ def docker(*args: str, timeout: float | None = 120, env: dict[str, str] | None =
 @dataclass(frozen=True)
 class Context:
     """The engine the docker CLI talks to: DOCKER_HOST, else the current context (DOCKER_CONTEXT, then
-    the CLI's config), and its endpoint."""
+    the CLI's config), and its endpoint. Recorded per bottle (`to_dict`), so every later verb on that
+    bottle reaches the same engine whatever the environment says then."""
 
     name: str
     endpoint: str
+
+    def env(self) -> dict[str, str | None]:
+        """The environment that sends the docker CLI to this engine: a named context as itself (its TLS
+        material stays the CLI's), DOCKER_HOST as its endpoint."""
+        if self.name == "DOCKER_HOST":
+            return {"DOCKER_HOST": self.endpoint, "DOCKER_CONTEXT": None}
+        return {"DOCKER_CONTEXT": self.name, "DOCKER_HOST": None}
+
+    def to_dict(self) -> dict[str, str]:
+        return {"name": self.name, "endpoint": self.endpoint}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Context:
+        name, endpoint = data.get("name"), data.get("endpoint")
+        if not isinstance(name, str) or not isinstance(endpoint, str) or not name or not endpoint:
+            raise BackendError("the bottle's recorded Docker engine (engine.json) is unreadable")
+        return cls(name, endpoint)
 
     @property
     def local(self) -> bool:
@@ -106,8 +218,19 @@ class Context:
         return False
 
 
-def context() -> Context:
-    """Without a subprocess when nothing names another context (start's own path stays fast)."""
+def context(name: str | None = None) -> Context:
+    """The engine `name` (a docker context) names, else the environment's. Without a subprocess when
+    nothing names another context (start's own path stays fast)."""
+    if name:
+        if name == "default":
+            return Context("default", "unix:///var/run/docker.sock")
+        got = client("context", "inspect", name, "--format", "{{.Endpoints.docker.Host}}")
+        if not got.ok:
+            raise BottleError(
+                f"Docker context {name!r} does not exist (docker context ls lists them): create it with "
+                f"`docker context create {name} --docker host=...` or name another"
+            )
+        return Context(name, got.stdout.strip())
     if os.environ.get("DOCKER_HOST"):
         return Context("DOCKER_HOST", os.environ["DOCKER_HOST"])
     name = os.environ.get("DOCKER_CONTEXT", "")
@@ -125,7 +248,7 @@ def context() -> Context:
 
 def client(*args: str) -> process.Result:
     """`docker ARGS` that does not need the engine (versions of the client and its plugins)."""
-    return process.run(["docker", *args], timeout=20)
+    return process.run(["docker", *args], timeout=20, env=_env())
 
 
 def check(result: process.Result, what: str) -> process.Result:
@@ -135,21 +258,21 @@ def check(result: process.Result, what: str) -> process.Result:
 
 
 def streaming(
-    args: Sequence[str], on_line: Callable[[str], None], *, env: dict[str, str] | None = None
+    args: Sequence[str], on_line: Callable[[str], None], *, env: dict[str, str | None] | None = None
 ) -> process.Result:
-    result = process.run_streaming(["docker", *args], on_line, env=env)
+    result = process.run_streaming(["docker", *args], on_line, env=_env(env))
     _raise_known(args, result)
     return result
 
 
 def interactive(args: Sequence[str]) -> int:
     """`docker ARGS` with this terminal's input; its output through the screen filter (process.py)."""
-    return process.run_interactive(["docker", *args])
+    return process.run_interactive(["docker", *args], env=_env())
 
 
 def to_sink(args: Sequence[str], sink: Callable[[bytes], None]) -> int:
     """`docker ARGS`, its output handed to sink as it arrives."""
-    return process.run_to(["docker", *args], sink)
+    return process.run_to(["docker", *args], sink, env=_env())
 
 
 def compose_argv(project: str, compose_file: Path, project_dir: Path, *args: str) -> list[str]:
@@ -220,6 +343,17 @@ class NetworkRow:
 
 
 @dataclass(frozen=True)
+class VolumeRow:
+    name: str
+    labels: dict[str, str]
+
+    @classmethod
+    def parse(cls, text: str) -> list[VolumeRow]:
+        """`docker volume ls --format '{{json .}}'` output."""
+        return [cls(r.get("Name", ""), parse_labels(r.get("Labels", ""))) for r in _json_lines(text)]
+
+
+@dataclass(frozen=True)
 class ComposeProject:
     name: str
     status: str
@@ -243,6 +377,13 @@ def network_rows(*filters: str) -> list[NetworkRow]:
     for f in filters:
         args += ["--filter", f]
     return NetworkRow.parse(check(docker(*args, "--format", "{{json .}}"), "docker network ls").stdout)
+
+
+def volume_rows(*filters: str) -> list[VolumeRow]:
+    args = ["volume", "ls"]
+    for f in filters:
+        args += ["--filter", f]
+    return VolumeRow.parse(check(docker(*args, "--format", "{{json .}}"), "docker volume ls").stdout)
 
 
 def compose_ls() -> list[ComposeProject]:

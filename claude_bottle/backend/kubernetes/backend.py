@@ -200,6 +200,13 @@ class KubernetesBottleBackend(BottleBackend):
                 members = [m for m in tar.getmembers() if m.isfile() or m.isdir()]
                 tar.extractall(dest, members=members, filter="data")
 
+    def sync(self, state: StateDir) -> None:
+        self._pull(state)
+
+    def elsewhere(self, state: StateDir) -> bool:
+        del state
+        return True
+
     def stop(self, *, state: StateDir) -> None:
         self._pull(state)
         result = kubectl("delete", KINDS, "-l", _selector(state.slug), "--ignore-not-found", "--wait=true")

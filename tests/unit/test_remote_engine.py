@@ -1,0 +1,282 @@
+"""A Docker bottle on a remote engine (backend/docker/remote.py): nothing of this machine's is bound, what
+travels in is owned as it must be, what comes home is judged member by member, and `ls` and `cleanup`
+visit every engine a bottle was started on, naming one that does not answer."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+
+from claude_bottle.backend.docker import engine, remote
+from claude_bottle.backend.docker.backend import DockerBottleBackend
+from claude_bottle.backend.docker.compose import NetPlan, render_compose
+from claude_bottle.bottle import Bottle
+from claude_bottle.errors import BottleError
+from claude_bottle.manifest import parse_manifest
+from claude_bottle.runtime import Identity, RuntimeIds
+from claude_bottle.state import BottleRecord, StateDir
+
+from .test_compose import MANIFEST, checked, guard_inputs, workspace
+
+FAR = '{"name": "far", "endpoint": "tcp://10.9.9.9:2375"}'
+
+
+def render_remote(tmp_path: Path, engine_name: str = "guard", text: str = MANIFEST) -> dict[str, Any]:
+    b, paths = checked(tmp_path, text, workspace(tmp_path))
+    guard = guard_inputs(tmp_path, engine_name)
+    for src in guard.honey.values():
+        src.parent.mkdir(parents=True, exist_ok=True)
+        src.write_text("//registry.npmjs.org/:_authToken=npm_honey\n")
+    return render_compose(
+        identity=Identity("claude-abcde", "docker", 4242, 12.5, "2026-01-01T00:00:00+00:00"),
+        bottle=b,
+        workspace=paths.workspace,
+        mounts=paths.mounts,
+        state_path=tmp_path / "s",
+        agent_image="agent:x",
+        guard_image="guard:y",
+        ids=RuntimeIds(1000, 1000, 10001, 10001),
+        net=NetPlan("10.213.7.16/28"),
+        guard=guard,
+        remote=True,
+    )
+
+
+@pytest.mark.parametrize("guard_engine", ["guard", "pipelock"])
+def test_a_remote_bottle_binds_nothing_of_this_machine(tmp_path: Path, guard_engine: str) -> None:
+    doc = render_remote(tmp_path, guard_engine)
+    mounts = [m for svc in doc["services"].values() for m in svc["volumes"]]
+    assert mounts and {m["type"] for m in mounts} == {"volume"}
+    assert all(m["source"].startswith("claude-bottle-claude-abcde-") for m in mounts)
+    # The volumes are the bottle's own, made and filled before Compose runs (external to it).
+    assert doc["volumes"] == {m["source"]: {"name": m["source"], "external": True} for m in mounts}
+    agent = {m["target"]: m for m in doc["services"]["agent"]["volumes"]}
+    assert agent["/workspace"]["source"].endswith("-workspace") and "read_only" not in agent["/workspace"]
+    assert agent["/bottle-run"]["read_only"] is True
+    assert "/bottle-run/agent" not in agent  # nothing to report: no host path can be swapped
+    assert doc["services"]["agent"]["environment"]["BOTTLE_VERIFY"] == ""
+    guard = {m["target"]: m for m in doc["services"]["egress"]["volumes"]}
+    conf = "/etc/pipelock" if guard_engine == "pipelock" else "/etc/claude-bottle"
+    assert guard[conf]["read_only"] is True and guard[conf]["source"].endswith("-guard")
+    if guard_engine == "guard":
+        assert guard["/var/log/claude-bottle"]["source"].endswith("-log")
+        # Honeytokens travel as Compose configs: copied in through the API, root's and read-only.
+        (cfg,) = doc["services"]["agent"]["configs"]
+        assert cfg == {"source": "honey0", "target": "/home/claude/.npmrc", "mode": 0o444}
+        assert doc["configs"]["honey0"]["content"].startswith("//registry.npmjs.org/")
+
+
+def test_a_read_write_mount_cannot_reach_a_remote_engine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_exe: Callable[[str, str], Path]
+) -> None:
+    calls = fake_exe("docker", "open(os.environ['LOG'], 'a').write(' '.join(sys.argv[1:]) + '\\n')")
+    monkeypatch.setenv("LOG", str(tmp_path / "calls"))
+    data = tmp_path / "data"
+    data.mkdir()
+    ws = workspace(tmp_path)
+    text = MANIFEST.replace(
+        "[bottles.default.resources]",
+        f'mounts = [{{ host = "{data}", guest = "/data", mode = "rw" }}]\n[bottles.default.resources]',
+    )
+    (ws / "claude-bottle.toml").write_text(text + 'workspace = "."\n')
+    m = parse_manifest((ws / "claude-bottle.toml").read_text(), path=ws / "claude-bottle.toml")
+    bottle = Bottle.new(m, "claude", backend="docker")
+    monkeypatch.setenv("DOCKER_HOST", "tcp://10.9.9.9:2375")
+    with pytest.raises(BottleError, match=r'^mount /data: a read-write mount .*mode = "ro"'):
+        DockerBottleBackend().plan(bottle=bottle)
+    assert not (tmp_path / "calls").exists()  # refused before any engine call
+    del calls
+    # Read-only, it is copied in: planned on that engine, and named so.
+    m2 = parse_manifest(
+        text.replace('mode = "rw"', 'mode = "ro"') + 'workspace = "."\n', path=ws / "claude-bottle.toml"
+    )
+    plan = DockerBottleBackend().plan(bottle=Bottle.new(m2, "claude", backend="docker"))
+    assert "on the remote engine DOCKER_HOST (tcp://10.9.9.9:2375)" in plan.line()
+
+
+def _tar(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> io.BytesIO:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for info, data in members:
+            if data is not None:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    buf.seek(0)
+    return buf
+
+
+def _info(name: str, kind: bytes = tarfile.REGTYPE, *, link: str = "", mode: int = 0o644) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.mode = kind, link, mode
+    return info
+
+
+def test_what_comes_home_cannot_land_outside_or_carry_what_it_should_not(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    stream = _tar(
+        [
+            (_info("workspace", tarfile.DIRTYPE, mode=0o755), None),
+            (_info("workspace/ok.txt"), b"fine\n"),
+            (_info("workspace/suid", mode=0o4755), b"#!/bin/sh\n"),
+            (_info("workspace/evil", tarfile.SYMTYPE, link="/etc/passwd"), None),  # kept as a link
+            (_info("workspace/up", tarfile.SYMTYPE, link=str(outside)), None),
+            (_info("workspace/up/planted.txt"), b"through the link\n"),  # refused: it would land outside
+            (_info("../escaped.txt"), b"x"),
+            (_info("/abs.txt"), b"x"),  # lands inside, its leading slash stripped
+            (_info("workspace/pipe", tarfile.FIFOTYPE), None),
+            (_info("workspace/dev", tarfile.CHRTYPE), None),
+            (_info("workspace/hard", tarfile.LNKTYPE, link="/etc/shadow"), None),
+        ]
+    )
+    dest = tmp_path / "in"
+    skipped = remote.unpack(stream, dest)
+    ws = dest / "workspace"
+    assert (ws / "ok.txt").read_text() == "fine\n"
+    assert (ws / "suid").stat().st_mode & 0o7000 == 0
+    assert (ws / "evil").is_symlink() and (ws / "evil").readlink() == Path("/etc/passwd")
+    assert list(outside.iterdir()) == [] and not (tmp_path / "escaped.txt").exists()
+    assert (dest / "abs.txt").read_text() == "x"
+    assert sorted(skipped) == sorted(
+        ["workspace/up/planted.txt", "../escaped.txt", "workspace/pipe", "workspace/dev", "workspace/hard"]
+    )
+    assert not (ws / "pipe").exists() and not (ws / "dev").exists() and not (ws / "hard").exists()
+
+
+def test_what_travels_in_is_owned_as_each_container_needs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    guard_dir, home, ws = tmp_path / "guard", tmp_path / "home", tmp_path / "ws"
+    for d in (guard_dir, home, ws):
+        d.mkdir()
+    (guard_dir / "policy.json").write_text("{}")
+    (home / "settings.json").write_text("{}")
+    (ws / "code.py").write_text("print(1)\n")
+    (ws / "link").symlink_to("code.py")
+    import os
+
+    os.mkfifo(ws / "fifo")
+    audit = tmp_path / "egress.jsonl"
+    audit.write_text('{"kind":"start"}\n')
+    ids = RuntimeIds(1000, 1001, 10001, 10002)
+    volumes = remote.volumes_of(guard_dir=guard_dir, claude_home=home, workspace=ws, mounts=[], ids=ids)
+    made: list[list[str]] = []
+    sent: list[tuple[list[str], bytes]] = []
+
+    def docker(*args: str, **_kw: object) -> Any:
+        made.append(list(args))
+        return engine.process.Result(tuple(args), 0, "", "")
+
+    def pipe_in(args: list[str], write: Callable[[IO[bytes]], None], **_kw: object) -> Any:
+        buf = io.BytesIO()
+        write(buf)
+        sent.append((list(args), buf.getvalue()))
+        return engine.process.Result(tuple(args), 0, "", "")
+
+    monkeypatch.setattr(engine, "docker", docker)
+    monkeypatch.setattr(engine, "pipe_in", pipe_in)
+    remote.fill(slug="claude-abcde", image="guard:y", labels={"k": "v"}, volumes=volumes, log_files=[audit])
+    # Each volume made afresh (a stale one from a crash is never trusted), labelled as the bottle's.
+    names = [v.name("claude-abcde") for v in volumes]
+    assert [a for a in made if a[:2] == ["volume", "rm"]] == [["volume", "rm", "-f", n] for n in names]
+    assert [a[-1] for a in made if a[:2] == ["volume", "create"]] == names
+    ((argv, data),) = sent
+    # The helper: no network, no capability but to set owners, its name the bottle's (cleanup finds it).
+    assert argv[argv.index("--network") + 1] == "none" and "no-new-privileges:true" in argv
+    assert argv[argv.index("--cap-drop") + 1] == "ALL"
+    assert argv[argv.index("--name") + 1].startswith("claude-bottle-claude-abcde-helper-")
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        got = {m.name: m for m in tar.getmembers()}
+    assert (got["guard"].uid, got["guard"].mode) == (10001, 0o700)
+    assert (got["guard/policy.json"].uid, got["guard/policy.json"].gid) == (10001, 10002)
+    assert (got["log/egress.jsonl"].uid, got["log/egress.jsonl"].mode) == (10001, 0o600)
+    assert (got["run"].uid, got["run"].mode) == (0, 0o777)
+    assert (got["workspace/code.py"].uid, got["workspace/code.py"].gid) == (1000, 1001)
+    assert got["workspace/link"].issym() and got["home/settings.json"].uid == 1000
+    assert "workspace/fifo" not in got  # a pipe of this machine never travels
+
+
+def _record(state: StateDir, status: str = "running") -> None:
+    state.create()
+    state.write(BottleRecord(slug=state.slug, agent="claude", bottle="default", backend="docker", status=status))
+
+
+FAKE = """
+if os.environ.get("DOCKER_CONTEXT") == "far":
+    sys.stderr.write("Cannot connect to the Docker daemon at tcp://10.9.9.9:2375. Is the docker daemon running?\\n")
+    sys.exit(1)
+sys.stdout.write("[]" if sys.argv[1:3] == ["compose", "ls"] else "")
+"""
+
+
+def test_an_engine_that_does_not_answer_is_named_and_its_bottles_kept(
+    fake_exe: Callable[[str, str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_exe("docker", FAKE)
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    far = StateDir("claude-far01")
+    _record(far)
+    (far.path / "engine.json").write_text(FAR)
+    here = StateDir("claude-here1")
+    _record(here, status="stopped")
+    st = DockerBottleBackend().statuses()
+    assert st["claude-far01"].status == "unknown (engine far at tcp://10.9.9.9:2375 does not answer)"
+    plan = DockerBottleBackend().prepare_cleanup()
+    assert (
+        "engine far (tcp://10.9.9.9:2375) does not answer: its bottles (claude-far01) are left as they are"
+        in (plan.lines())[1]
+    )
+    assert [s.slug for s in plan.kept] == ["claude-far01"]  # not judged an orphan
+    assert [s.slug for s in plan.state_dirs] == ["claude-here1"]
+
+
+def test_cleanup_brings_a_remote_bottles_work_home_before_its_volumes_go(
+    fake_exe: Callable[[str, str], Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    vol = json.dumps({"Name": "claude-bottle-claude-far01-workspace", "Labels": "claude-bottle.slug=claude-far01"})
+    fake_exe(
+        "docker",
+        f"""
+open(os.environ["LOG"], "a").write(os.environ.get("DOCKER_CONTEXT", "-") + " " + " ".join(sys.argv[1:]) + "\\n")
+if sys.argv[1:3] == ["compose", "ls"]:
+    sys.stdout.write("[]")
+elif sys.argv[1:3] == ["volume", "ls"] and os.environ.get("DOCKER_CONTEXT") == "far":
+    sys.stdout.write({vol!r} + "\\n")
+""",
+    )
+    log = tmp_path / "calls"
+    monkeypatch.setenv("LOG", str(log))
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    far = StateDir("claude-far01")
+    _record(far, status="stopped")
+    (far.path / "engine.json").write_text(FAR)
+    backend = DockerBottleBackend()
+    plan = backend.prepare_cleanup()
+    lines = plan.lines()
+    assert "--- docker engine far (tcp://10.9.9.9:2375) ---" in lines
+    assert "volume: claude-bottle-claude-far01-workspace -> its files brought home, then docker volume rm" in lines
+    order: list[str] = []
+    monkeypatch.setattr(backend, "sync", lambda state: order.append(f"home {state.slug}"))
+    reports: list[str] = []
+    assert backend.cleanup(plan, report=reports.append) == []
+    removed = [ln for ln in log.read_text().splitlines() if " volume rm " in ln]
+    assert removed == ["far volume rm -f claude-bottle-claude-far01-workspace"]
+    assert order == ["home claude-far01"] and "brought claude-far01's log, transcripts and workspace home" in reports
+
+    # When they cannot come home, the volumes stay, and the failure says so.
+    def fail(state: StateDir) -> None:
+        raise BottleError("the engine went away")
+
+    monkeypatch.setattr(backend, "sync", fail)
+    _record(far, status="stopped")  # (the run above removed it: an orphan once its files were home)
+    (far.path / "engine.json").write_text(FAR)
+    log.write_text("")
+    failures = backend.cleanup(backend.prepare_cleanup(), report=reports.append)
+    assert failures == [
+        "volume claude-bottle-claude-far01-workspace: kept, its files could not be brought home (the engine went away)"
+    ]
+    assert " volume rm " not in log.read_text()
