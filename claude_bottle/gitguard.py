@@ -329,8 +329,16 @@ def settle_bottle(state: StateDir, notify: Callable[[str], None]) -> None:
     """After a run (its containers gone): what git on the host would read as configuration or code, written
     in the workspace during the run, is checked and what is not safe is quarantined (gitguard.py)."""
     record = state.read()
-    # What the agent wrote: the workspace, or in worktree mode its own checkout (the operator may cd there).
-    workspace = str(state.path / "worktree") if record.worktree else record.workspace
+    # What the agent wrote: the workspace, or in worktree mode its own checkout (the operator may cd there);
+    # for a bottle on a remote engine, the copy of its workspace that came home (the operator's is untouched).
+    home_copy = state.path / "workspace"
+    workspace: str | None
+    if record.worktree:
+        workspace = str(state.path / "worktree")
+    elif home_copy.is_dir() and not home_copy.is_symlink():
+        workspace = str(home_copy)
+    else:
+        workspace = record.workspace
     if record.run_started is None or not workspace or not Path(workspace).is_dir() or Path(workspace).is_symlink():
         return
     quarantine = state.path / "git-quarantine"

@@ -469,10 +469,11 @@ def bring_home(state: StateDir) -> str | None:
     its backend keeps them elsewhere (a remote engine, a cluster). Returns why it could not (the engine does
     not answer): what the last trip brought stays, and the caller says so."""
     record = state.read_whole()
-    if record.status != "running":
+    backend = get_bottle_backend(record.backend)
+    if record.status != "running" and not backend.elsewhere(state):
         return None  # a stop brought everything home
     try:
-        get_bottle_backend(record.backend).sync(state)
+        backend.sync(state)  # (a stopped one: what its stop could not bring, if anything is left)
     except BottleError as exc:
         return str(exc)
     return None

@@ -44,6 +44,13 @@ def run(args: argparse.Namespace) -> int:
     if skipped.is_file():
         count = len(skipped.read_text(encoding="utf-8", errors="replace").splitlines())
         err.print(f"[yellow]{count} member(s) refused on the way home[/] (links out, devices): see {skipped}")
+    # What git would read as configuration or code there was written by the agent: judged whole before
+    # the operator is pointed at it (what is not safe is moved to git-quarantine, as after a run).
+    from ..gitguard import settle
+
+    findings, _complete = settle(home, 0.0, state.path / "git-quarantine")
+    for f in findings:
+        err.print(escape(f.line()), highlight=False)
     if to is not None:
         shutil.copytree(home, to, symlinks=True)
         home = to

@@ -65,6 +65,13 @@ def _chained(data: bytes, prev: str) -> bytes:
     return b'{"prev":"' + prev.encode() + (b'",' if data[1:2] != b"}" else b'"') + data[1:]
 
 
+def chained_after(log: bytes, record: dict[str, Any]) -> bytes:
+    """One line for `record`, chained after the last line of `log` (a log held in memory)."""
+    body = log.rstrip(b"\n")
+    prev = line_hash(body.rsplit(b"\n", 1)[-1]) if body else GENESIS
+    return _chained((json.dumps(record, separators=(",", ":")) + "\n").encode(), prev)
+
+
 def append_chained(path: Path, record: dict[str, Any]) -> None:
     """Append one line to a chained log from outside the guard (the CLI's operator lines), under the lock."""
     wfd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,7 +23,20 @@ from typing import Any
 import pytest
 
 from ..fakes import dind as dind_mod
-from .conftest import FAKES, NORMAL_UID, TEST_IMAGE, TEST_KEY, Cli, Internet, docker, made_cli, trusted, write_manifest
+from .conftest import (
+    FAKES,
+    NORMAL_UID,
+    TEST_IMAGE,
+    TEST_KEY,
+    Cli,
+    Internet,
+    docker,
+    host_git,
+    made_cli,
+    release_all,
+    trusted,
+    write_manifest,
+)
 
 UPSTREAM_IMAGE = "cbtest-upstream:1"
 ROLES = {"allowed": ["private.test"], "forbidden": [], "anthropic": []}
@@ -245,3 +261,70 @@ def test_cleanup_on_a_remote_engine_brings_the_work_home_first(remote: Remote) -
     (c.states / slug / "bottle.json").write_text(json.dumps(record))
     (c.states / slug / "engine.json").write_text(json.dumps({"name": "DOCKER_HOST", "endpoint": remote.engine.host}))
     c.run("stop", slug, "--rm", check=True)
+
+
+def test_worktree_mode_on_a_remote_engine(remote: Remote) -> None:
+    """The bottle's commits travel home in its checkout: `log`, `diff` and `merge` work as on this machine,
+    and the operator's object store went in read-only."""
+    base = Path(tempfile.mkdtemp(prefix="cbtest-git-"))
+    base.chmod(0o755)
+    ws, home = base / "ws", base / "userhome"
+    for d in (ws, home):
+        d.mkdir()
+        os.chown(d, NORMAL_UID, NORMAL_UID)
+    c = Cli(remote.cli.home.parent / "wt-home", ws, extra_env={"DOCKER_HOST": remote.engine.host})
+    trusted(c, write_manifest(ws, Internet(remote.net, remote.ips)))
+    try:
+        assert host_git(ws, "init", "-q", "-b", "main").returncode == 0
+        host_git(ws, "config", "user.name", "Operator")
+        host_git(ws, "config", "user.email", "op@example.test")
+        (ws / "app.py").write_text("print('v1')\n")
+        host_git(ws, "add", "app.py", "claude-bottle.toml")
+        assert host_git(ws, "commit", "-qm", "init").returncode == 0
+        objects = ws / ".git" / "objects"
+        slug = json.loads(c.run("start", "claude", "--worktree", "--detach", "--json", check=True).stdout)["slug"]
+        rc, out = c.sh(
+            slug,
+            "set -e; cd /workspace; git symbolic-ref HEAD; echo far > far.txt; git add far.txt; "
+            f"git commit -qm 'add far'; ! touch {objects}/planted 2>/dev/null; git log --format=%s",
+        )
+        assert rc == 0 and f"refs/heads/claude-bottle/{slug}" in out and "add far" in out, out
+        c.run("stop", slug, check=True)
+        assert "add far" in c.run("log", slug, check=True).stdout
+        assert "+far" in c.run("diff", slug, check=True).stdout
+        assert not (ws / "far.txt").exists()
+        r = c.run("merge", slug)
+        assert r.returncode == 0, r.stderr
+        assert (ws / "far.txt").read_text() == "far\n"
+    finally:
+        release_all(c)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_start_context_names_the_engine_and_the_bottle_keeps_it(remote: Remote, tmp_path: Path) -> None:
+    """`start --context NAME`: a docker context (made in a config dir of the test's own), recorded with the
+    bottle, which every later verb reaches whatever the environment says."""
+    config = tmp_path / "docker-config"
+    config.mkdir()
+    env = {**os.environ, "DOCKER_CONFIG": str(config)}
+    env.pop("DOCKER_HOST", None)
+    made = subprocess.run(
+        ["docker", "context", "create", "cbtest-far", "--docker", f"host={remote.engine.host}"],
+        env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    c = Cli(remote.cli.home, remote.cli.cwd, extra_env={"DOCKER_CONFIG": str(config)})
+    assert "DOCKER_HOST" not in c.env()
+    out = c.run("start", "claude", "--context", "cbtest-far", "--detach", "--json", check=True).stdout
+    slug = json.loads(out)["slug"]
+    try:
+        assert json.loads((c.states / slug / "engine.json").read_text()) == {
+            "name": "cbtest-far",
+            "endpoint": remote.engine.host,
+        }
+        rc, out = c.sh(slug, "cat /workspace/hello.txt")
+        assert rc == 0 and "from the operator" in out, out
+        assert remote.objects(slug)
+    finally:
+        c.run("stop", slug, "--rm", check=True)
+    assert remote.objects(slug) == []

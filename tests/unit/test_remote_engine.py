@@ -237,7 +237,10 @@ def test_an_engine_that_does_not_answer_is_named_and_its_bottles_kept(
 def test_cleanup_brings_a_remote_bottles_work_home_before_its_volumes_go(
     fake_exe: Callable[[str, str], Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    vol = json.dumps({"Name": "claude-bottle-claude-far01-workspace", "Labels": "claude-bottle.slug=claude-far01"})
+    vol = "\n".join(
+        json.dumps({"Name": f"claude-bottle-claude-far01-{part}", "Labels": "claude-bottle.slug=claude-far01"})
+        for part in ("guard", "workspace")
+    )
     fake_exe(
         "docker",
         f"""
@@ -259,12 +262,13 @@ elif sys.argv[1:3] == ["volume", "ls"] and os.environ.get("DOCKER_CONTEXT") == "
     lines = plan.lines()
     assert "--- docker engine far (tcp://10.9.9.9:2375) ---" in lines
     assert "volume: claude-bottle-claude-far01-workspace -> its files brought home, then docker volume rm" in lines
+    assert "volume: claude-bottle-claude-far01-guard -> its files brought home, then docker volume rm" in lines
     order: list[str] = []
     monkeypatch.setattr(backend, "sync", lambda state: order.append(f"home {state.slug}"))
     reports: list[str] = []
     assert backend.cleanup(plan, report=reports.append) == []
     removed = [ln for ln in log.read_text().splitlines() if " volume rm " in ln]
-    assert removed == ["far volume rm -f claude-bottle-claude-far01-workspace"]
+    assert removed == ["far volume rm -f claude-bottle-claude-far01-guard claude-bottle-claude-far01-workspace"]
     assert order == ["home claude-far01"] and "brought claude-far01's log, transcripts and workspace home" in reports
 
     # When they cannot come home, the volumes stay, and the failure says so.
@@ -279,4 +283,161 @@ elif sys.argv[1:3] == ["volume", "ls"] and os.environ.get("DOCKER_CONTEXT") == "
     assert failures == [
         "volume claude-bottle-claude-far01-workspace: kept, its files could not be brought home (the engine went away)"
     ]
-    assert " volume rm " not in log.read_text()
+    # The work stays; the guard's volume (its secrets) goes in any case.
+    assert [ln for ln in log.read_text().splitlines() if " volume rm " in ln] == [
+        "far volume rm -f claude-bottle-claude-far01-guard"
+    ]
+
+
+def test_the_engine_is_chosen_by_flag_then_manifest_then_environment_and_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_exe: Callable[[str, str], Path]
+) -> None:
+    fake_exe(
+        "docker",
+        """
+if sys.argv[1:3] == ["context", "inspect"]:
+    sys.stdout.write({"build": "ssh://me@build", "ci": "tcp://10.0.0.9:2376"}.get(sys.argv[3], "") + "\\n")
+    sys.exit(0 if sys.argv[3] in ("build", "ci") else 1)
+""",
+    )
+    ws = workspace(tmp_path)
+    text = MANIFEST.replace("[bottles.default.resources]", 'context = "build"\n[bottles.default.resources]')
+    m = parse_manifest(text + 'workspace = "."\n', path=ws / "claude-bottle.toml")
+    monkeypatch.setenv("DOCKER_HOST", "tcp://10.9.9.9:2375")
+    bottle = Bottle.new(m, "claude", backend="docker")
+    assert "on the remote engine build (ssh://me@build)" in DockerBottleBackend().plan(bottle=bottle).line()
+    monkeypatch.setenv("CLAUDE_BOTTLE_DOCKER_CONTEXT", "ci")  # what `start --context ci` sets
+    assert "on the remote engine ci (tcp://10.0.0.9:2376)" in DockerBottleBackend().plan(bottle=bottle).line()
+    # A bottle that ran goes back to its engine, whatever the flag, manifest or environment say now.
+    bottle.state.create()
+    (bottle.state.path / "engine.json").write_text(FAR)
+    assert "on the remote engine far (tcp://10.9.9.9:2375)" in DockerBottleBackend().plan(bottle=bottle).line()
+    with pytest.raises(Exception, match="context"):
+        parse_manifest(text.replace('"build"', '"-H tcp://x"'), path=ws / "claude-bottle.toml")
+
+
+def test_the_operators_own_lines_survive_the_trip_home(tmp_path: Path) -> None:
+    from claude_bottle.egress.audit import append_chained, chained_after, verify_chain
+
+    log = tmp_path / "egress.jsonl"
+    guard = b""
+    for i in range(2):
+        guard += chained_after(guard, {"kind": "request", "host": f"h{i}.test", "decision": "allow"})
+    log.write_bytes(guard)
+    append_chained(log, {"kind": "operator", "action": "grant", "egress": ["x.test:443"]})  # the CLI, here
+    more = guard + chained_after(guard, {"kind": "request", "host": "x.test", "decision": "allow"})
+    merged = remote.merge_log(log, more)
+    log.write_bytes(merged)
+    kinds = [json.loads(x)["kind"] for x in merged.splitlines()]
+    assert kinds == ["request", "request", "request", "operator"]  # the grant kept, after the guard's lines
+    assert verify_chain(log)[2] == []  # and the whole chain holds
+    # Again: still one operator line, not two.
+    again = remote.merge_log(log, more + chained_after(more, {"kind": "request", "host": "y.test"}))
+    assert [json.loads(x)["kind"] for x in again.splitlines()].count("operator") == 1
+    # A copy that does not continue this one (lines lost on the engine): taken, and this one kept aside.
+    assert remote.merge_log(log, guard[: len(guard) // 2]) == guard[: len(guard) // 2]
+    assert (tmp_path / "egress.jsonl.diverged-1").read_bytes() == merged
+
+
+def test_a_folder_spelled_as_a_link_is_never_written_through(tmp_path: Path) -> None:
+    """What a case-insensitive disk would resolve through a link the archive made is refused before any
+    realpath is asked; a link named absolutely is refused too."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    stream = _tar(
+        [
+            (_info("ws", tarfile.DIRTYPE, mode=0o755), None),
+            (_info("ws/a", tarfile.SYMTYPE, link=str(outside)), None),
+            (_info("ws/A/planted.txt"), b"x"),
+            (_info("ws/\u00c5", tarfile.SYMTYPE, link=str(outside)), None),
+            (_info("ws/\u0041\u030a/x.txt"), b"x"),  # the same name, decomposed
+            (_info("/abs-link", tarfile.SYMTYPE, link=str(outside)), None),
+        ]
+    )
+    skipped = remote.unpack(stream, tmp_path / "in")
+    assert sorted(skipped) == sorted(["ws/A/planted.txt", "ws/\u0041\u030a/x.txt", "/abs-link"])
+    assert list(outside.iterdir()) == []
+
+
+def test_a_transfer_that_floods_its_error_output_or_stalls_cannot_hang(
+    fake_exe: Callable[[str, str], Path],
+) -> None:
+    fake_exe(
+        "docker",
+        """
+if sys.argv[1] == "flood":
+    sys.stderr.write("tar: socket ignored\\n" * 20000)
+    sys.stderr.flush()
+    sys.stdout.write("done")
+else:
+    import time
+    time.sleep(30)
+""",
+    )
+    got: list[bytes] = []
+    result = engine.pipe_out(["flood"], lambda f: got.append(f.read()), timeout=30)
+    assert result.ok and got == [b"done"] and len(result.stderr) <= engine.STDERR_KEPT
+    result = engine.pipe_out(["stall"], lambda f: got.append(f.read()), timeout=0.5)
+    assert not result.ok and "did not finish within 0s: stopped" in result.stderr
+
+
+def test_a_stop_whose_files_cannot_come_home_still_stops_and_keeps_the_work(
+    fake_exe: Callable[[str, str], Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    log = tmp_path / "calls"
+    monkeypatch.setenv("LOG", str(log))
+    fake_exe("docker", "open(os.environ['LOG'], 'a').write(' '.join(sys.argv[1:]) + '\\n')")
+    state = StateDir("claude-far01")
+    _record(state)
+    state.update(images={"guard": "guard:y"})
+    (state.path / "engine.json").write_text(FAR)
+    (state.path / "compose.json").write_text("{}")
+
+    def broken(**_kw: object) -> list[str]:
+        raise BottleError("the engine went away")
+
+    monkeypatch.setattr(remote, "bring_home", broken)
+    DockerBottleBackend().stop(state=state)
+    calls = log.read_text().splitlines()
+    assert calls[0].startswith("compose -p claude-bottle-claude-far01") and " stop --timeout 1" in calls[0]
+    assert any(" down --volumes" in c for c in calls)
+    assert calls[-1] == "volume rm -f " + " ".join(
+        f"claude-bottle-claude-far01-{p}" for p in ("guard", "run")
+    )  # its secrets' volume gone; its work kept
+    assert (state.preserved() or "").startswith("files still on engine far (tcp://10.9.9.9:2375)")
+    # The next trip home (`pull`) finishes the stop: the work's volumes go, the bottle is let go.
+    state.update(status="stopped")
+    monkeypatch.setattr(remote, "bring_home", lambda **_kw: [])
+    DockerBottleBackend().sync(state)
+    assert log.read_text().splitlines()[-1] == "volume rm -f " + " ".join(
+        f"claude-bottle-claude-far01-{p}" for p in remote.DATA_PARTS
+    )
+    assert state.preserved() is None
+
+
+def test_on_a_remote_engine_every_control_path_is_judged_when_the_work_comes_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from claude_bottle.gitguard import settle_bottle
+
+    ws = workspace(tmp_path)
+    (ws / ".git").mkdir()
+    m = parse_manifest(MANIFEST + 'workspace = "."\n', path=ws / "claude-bottle.toml")
+    bottle = Bottle.new(m, "claude", backend="docker")
+    monkeypatch.setenv("DOCKER_HOST", "tcp://10.9.9.9:2375")
+    assert DockerBottleBackend().read_only_paths(bottle) == []  # nothing is mounted read-only there
+    monkeypatch.delenv("DOCKER_HOST")
+    assert DockerBottleBackend().read_only_paths(bottle) == list(bottle.protected) != []  # here, they are
+    state = StateDir("claude-far02")
+    _record(state, status="stopped")
+    state.update(run_started=time.time() - 5, workspace=str(ws))
+    hooks = state.path / "workspace" / ".git" / "hooks"
+    hooks.mkdir(parents=True)
+    (hooks / "post-checkout").write_text("#!/bin/sh\ncurl evil\n")
+    (hooks / "post-checkout").chmod(0o755)
+    notes: list[str] = []
+    settle_bottle(state, notes.append)
+    assert not (hooks / "post-checkout").exists()
+    assert any("post-checkout" in n for n in notes) and state.preserved() == "git-quarantine"

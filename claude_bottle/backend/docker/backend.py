@@ -365,11 +365,28 @@ class DockerBottleBackend(BottleBackend):
         ctx = recorded_engine(state)
         with engine.on(ctx):
             if ctx is not None and not ctx.local:
-                self.sync(state)  # before the containers go: the last of the log, transcripts, workspace
-                self._stop(state)
-                remote.remove_volumes(state.slug, self._parts(state))
+                self._stop_remote(state, ctx)
             else:
                 self._stop(state)
+
+    PENDING = "files still on engine"  # the preserve reason of a bottle whose files did not come home
+
+    def _stop_remote(self, state: StateDir, ctx: engine.Context) -> None:
+        """Stopped first (nothing more is written, and the agent cannot keep the trip home busy), then its
+        files brought home, then removed. If they cannot come home, the bottle is still stopped and its
+        secrets' volume removed; the volumes holding its work stay, the state dir is preserved, and `pull`
+        tries again."""
+        if (state.path / COMPOSE_FILE).is_file():
+            halt = engine.docker(*_compose(state, "stop", "--timeout", "1"), timeout=300)
+            engine.check(halt, f"stopping {state.slug}")
+        try:
+            self.sync(state)
+            kept: tuple[str, ...] = ()
+        except BottleError as exc:
+            kept = remote.DATA_PARTS
+            state.preserve(f"{self.PENDING} {ctx.name} ({ctx.endpoint}): `claude-bottle pull {state.slug}` ({exc})")
+        self._stop(state)
+        remote.remove_volumes(state.slug, [p for p in self._parts(state) if p not in kept])
 
     @staticmethod
     def _parts(state: StateDir) -> list[str]:
@@ -379,15 +396,16 @@ class DockerBottleBackend(BottleBackend):
         except (OSError, ValueError, AttributeError):
             names = []
         prefix = remote.volume_name(state.slug, "")
-        parts = [n.removeprefix(prefix) for n in names if n.startswith(prefix)]
-        return parts or ["guard", "log", "run", "home", "workspace"]
+        parts = {n.removeprefix(prefix) for n in names if n.startswith(prefix)}
+        return sorted(parts | {"guard", "log", "run", "home", "workspace"})
 
     def elsewhere(self, state: StateDir) -> bool:
         ctx = recorded_engine(state)
         return ctx is not None and not ctx.local
 
     def sync(self, state: StateDir) -> None:
-        """A remote bottle's log, requests, transcripts and workspace, brought home now."""
+        """A remote bottle's log, requests, transcripts and workspace, brought home now. For a stopped one
+        whose files stayed behind (the engine did not answer at its stop), this finishes that stop."""
         ctx = recorded_engine(state)
         if ctx is None or ctx.local:
             return
@@ -398,6 +416,14 @@ class DockerBottleBackend(BottleBackend):
         workspace = state.path / "worktree" if record.worktree else remote.home_workspace(state)
         with engine.on(ctx):
             remote.bring_home(state=state, image=image, labels=_labels(state.slug), workspace_home=workspace)
+            if record.status != "running" and (state.preserved() or "").startswith(self.PENDING):
+                remote.remove_volumes(state.slug, remote.DATA_PARTS)
+                state.preserve_path.unlink(missing_ok=True)
+
+    def read_only_paths(self, bottle: Bottle) -> list[str]:
+        """On a remote engine nothing is mounted read-only over the workspace: every control path is judged
+        when the work comes home."""
+        return [] if not self._engine_for(bottle).local else list(bottle.protected)
 
     def policy_changed(self, state: StateDir) -> None:
         """A remote guard reads its files from a volume: rewrite them there (locally it mounts them)."""

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import subprocess
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,63 +121,85 @@ def docker(*args: str, timeout: float | None = 120, env: dict[str, str] | None =
     return result
 
 
-def pipe_in(args: Sequence[str], write: Callable[[IO[bytes]], None], *, timeout: float = 1800) -> process.Result:
-    """`docker ARGS` with `write` producing its standard input as a stream (a tar of files, no copy in
-    memory or on disk)."""
+STDERR_KEPT = 64 * 1024  # the tail of a streaming command's stderr kept for its error
+
+
+def _stream(
+    args: Sequence[str],
+    *,
+    feed: Callable[[IO[bytes]], None] | None = None,
+    take: Callable[[IO[bytes]], None] | None = None,
+    timeout: float,
+) -> process.Result:
+    """`docker ARGS` with `feed` writing its stdin or `take` reading its stdout as a stream. Its stderr is
+    drained as it comes (a command that says much must never block on a full pipe), and the whole
+    transfer has one deadline: past it the command is killed, and the error says so."""
     argv = ["docker", *args]
     try:
         proc = subprocess.Popen(
             argv,
-            env=process._env(_env()),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
+            env=process._env(_env()),  # the one environment builder (process.py)
+            stdin=subprocess.PIPE if feed else subprocess.DEVNULL,
+            stdout=subprocess.PIPE if take else subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
     except FileNotFoundError as exc:
         raise process._missing(argv) from exc
-    assert proc.stdin is not None and proc.stderr is not None  # noqa: S101 - set by PIPE above
-    try:
-        with contextlib.suppress(BrokenPipeError):  # it failed early: its stderr says why
-            write(proc.stdin)
-        with contextlib.suppress(BrokenPipeError):
-            proc.stdin.close()
-        err = proc.stderr.read()
-        rc = proc.wait(timeout=timeout)
-    except BaseException:
+    assert proc.stderr is not None  # noqa: S101 - set by PIPE above
+    tail = bytearray()
+    stderr = proc.stderr
+
+    def drain() -> None:
+        while chunk := stderr.read(8192):
+            tail.extend(chunk)
+            del tail[:-STDERR_KEPT]
+
+    expired = threading.Event()
+
+    def kill() -> None:
+        expired.set()
         proc.kill()
-        proc.wait()
-        raise
-    result = process.Result(tuple(argv), rc, "", err.decode(errors="replace"))
+
+    drainer = threading.Thread(target=drain, daemon=True)
+    timer = threading.Timer(timeout, kill)
+    with proc:  # its pipes closed, whatever happens
+        drainer.start()
+        timer.start()
+        try:
+            if feed is not None and proc.stdin is not None:
+                with contextlib.suppress(BrokenPipeError):  # it failed early: its stderr says why
+                    feed(proc.stdin)
+                with contextlib.suppress(BrokenPipeError):
+                    proc.stdin.close()
+            if take is not None and proc.stdout is not None:
+                take(proc.stdout)
+                while proc.stdout.read(65536):  # whatever `take` left (a tar's padding)
+                    pass
+            rc = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            timer.cancel()
+            drainer.join(timeout=5)
+    err = tail.decode(errors="replace")
+    if expired.is_set():
+        err += f"\n`docker {' '.join(args[:2])} ...` did not finish within {timeout:.0f}s: stopped"
+    result = process.Result(tuple(argv), rc, "", err)
     _raise_known(args, result)
     return result
+
+
+def pipe_in(args: Sequence[str], write: Callable[[IO[bytes]], None], *, timeout: float = 1800) -> process.Result:
+    """`docker ARGS` with `write` producing its standard input as a stream (a tar of files, no copy in
+    memory or on disk)."""
+    return _stream(args, feed=write, timeout=timeout)
 
 
 def pipe_out(args: Sequence[str], read: Callable[[IO[bytes]], None], *, timeout: float = 1800) -> process.Result:
     """`docker ARGS` with `read` consuming its standard output as a stream."""
-    argv = ["docker", *args]
-    try:
-        proc = subprocess.Popen(
-            argv,
-            env=process._env(_env()),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-    except FileNotFoundError as exc:
-        raise process._missing(argv) from exc
-    assert proc.stdout is not None and proc.stderr is not None  # noqa: S101 - set by PIPE above
-    try:
-        read(proc.stdout)
-        proc.stdout.read()  # whatever `read` left (a tar's padding)
-        err = proc.stderr.read()
-        rc = proc.wait(timeout=timeout)
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    result = process.Result(tuple(argv), rc, "", err.decode(errors="replace"))
-    _raise_known(args, result)
-    return result
+    return _stream(args, take=read, timeout=timeout)
 
 
 @dataclass(frozen=True)

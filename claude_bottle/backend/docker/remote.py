@@ -16,15 +16,19 @@ pipe, no owner or set-id bits), then renamed into place.
 
 from __future__ import annotations
 
-import contextlib
 import io
+import json
 import secrets
 import tarfile
-from collections.abc import Callable, Iterator, Sequence
+import tempfile
+import unicodedata
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING
 
+from ...egress.audit import chained_after
+from ...errors import BackendError
 from ...runtime import RuntimeIds
 from ...state import write_private
 from ...walk import remove_tree
@@ -35,12 +39,14 @@ if TYPE_CHECKING:
     from ...state import StateDir
 
 __all__ = [
+    "DATA_PARTS",
     "ENGINE_FILE",
     "HELPER_LABEL",
     "Volume",
     "bring_home",
     "fill",
     "home_workspace",
+    "merge_log",
     "push_guard_files",
     "remove_volumes",
     "unpack",
@@ -50,7 +56,6 @@ __all__ = [
 
 HELPER_LABEL = "claude-bottle.helper"  # a helper container: not one of the bottle's own
 ENGINE_FILE = "engine.json"  # the bottle's engine (engine.Context), written at start
-INCOMING = ".incoming"
 SKIPPED_FILE = "home-skipped.txt"  # what the last trip home refused, one member per line
 
 # The helper's privileges: it unpacks as root and sets owners, nothing more; no network.
@@ -183,7 +188,12 @@ def fill(
     def write(stream: IO[bytes]) -> None:
         with tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT) as tar:
             for vol in volumes:
-                _add_folder(tar, vol)
+                try:
+                    _add_folder(tar, vol)
+                except RecursionError:
+                    raise BackendError(
+                        f"{vol.source} is nested too deep to send to the engine: flatten it, or use a local engine"
+                    ) from None
                 if vol is log:
                     for f in log_files:
                         _add_file(tar, f, f"log/{f.name}", vol.uid, vol.gid)
@@ -214,20 +224,32 @@ def push_guard_files(*, slug: str, image: str, labels: dict[str, str], guard_dir
 def _checked(skipped: list[str]) -> Callable[[tarfile.TarInfo, str], tarfile.TarInfo | None]:
     """tarfile's `data` filter (nothing outside dest, through a link, special, or with owner and set-id
     bits), except that a link pointing elsewhere is kept as a link: a repository may hold one, and it is
-    never followed (every later member is checked against what is on disk by then)."""
+    never followed. Not resting on `realpath` alone: a member whose folder is, by any spelling (case
+    folded, as a case-insensitive disk would read it), a link this archive made is refused outright."""
+    links: set[str] = set()
+
+    def spelled(name: str) -> str:
+        return unicodedata.normalize("NFC", name).casefold().strip("/")
 
     def check(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
-        try:
-            return tarfile.data_filter(member, path)
-        except (tarfile.AbsoluteLinkError, tarfile.LinkOutsideDestinationError):
-            if member.issym():
-                none: None = None  # tarfile's own "leave it": typeshed wants int and str
-                return member.replace(uid=none, gid=none, uname=none, gname=none, deep=False)  # type: ignore[arg-type]
+        parts = spelled(member.name).split("/")
+        if any("/".join(parts[:k]) in links for k in range(1, len(parts))):
             skipped.append(member.name)
             return None
+        try:
+            out = tarfile.data_filter(member, path)
+        except (tarfile.AbsoluteLinkError, tarfile.LinkOutsideDestinationError):
+            if not member.issym() or PurePosixPath(member.name).is_absolute() or ".." in member.name.split("/"):
+                skipped.append(member.name)
+                return None
+            none: None = None  # tarfile's own "leave it": typeshed wants int and str
+            out = member.replace(uid=none, gid=none, uname=none, gname=none, deep=False)  # type: ignore[arg-type]
         except tarfile.FilterError:
             skipped.append(member.name)
             return None
+        if out is not None and (out.issym() or out.islnk()):
+            links.add(spelled(out.name))
+        return out
 
     return check
 
@@ -239,16 +261,6 @@ def unpack(stream: IO[bytes], dest: Path) -> list[str]:
     with tarfile.open(fileobj=stream, mode="r|") as tar:
         tar.extractall(dest, filter=_checked(skipped))  # noqa: S202 - every member judged by _checked
     return skipped
-
-
-@contextlib.contextmanager
-def _incoming(state: StateDir) -> Iterator[Path]:
-    tmp = state.path / INCOMING
-    remove_tree(tmp)
-    try:
-        yield tmp
-    finally:
-        remove_tree(tmp)
 
 
 def _swap(new: Path, target: Path) -> None:
@@ -264,6 +276,45 @@ def home_workspace(state: StateDir) -> Path:
     return state.path / "workspace"
 
 
+DATA_PARTS = ("log", "home", "workspace")  # what holds the bottle's work: kept until it is home
+
+
+def merge_log(local: Path, fetched: bytes) -> bytes:
+    """The audit log that came home, with the operator's own lines kept: those the CLI appended here
+    (grant, revoke, answers) are not in the guard's copy, so each one past the copies' common lines is
+    appended again after them, chained anew. Anything else the copy here has that the engine's does not is
+    kept aside (`egress.jsonl.diverged-N`) and the engine's copy taken."""
+    try:
+        old = local.read_bytes()
+    except FileNotFoundError:
+        return fetched
+    if fetched.startswith(old):
+        return fetched
+    old_lines, new_lines = old.splitlines(keepends=True), fetched.splitlines(keepends=True)
+    common = 0
+    while common < min(len(old_lines), len(new_lines)) and old_lines[common] == new_lines[common]:
+        common += 1
+    extra = old_lines[common:]
+    records = []
+    for raw in extra:
+        try:
+            rec = json.loads(raw)
+        except ValueError:
+            rec = None
+        if not isinstance(rec, dict) or rec.get("kind") != "operator":
+            n = 1
+            while local.with_name(f"{local.name}.diverged-{n}").exists():
+                n += 1
+            write_private(local.with_name(f"{local.name}.diverged-{n}"), old)
+            return fetched
+        rec.pop("prev", None)
+        records.append(rec)
+    out = fetched if fetched.endswith(b"\n") or not fetched else fetched + b"\n"
+    for rec in records:
+        out += chained_after(out, rec)
+    return out
+
+
 def bring_home(
     *,
     state: StateDir,
@@ -271,41 +322,50 @@ def bring_home(
     labels: dict[str, str],
     workspace_home: Path | None,
 ) -> list[str]:
-    """The audit log, the requests, the transcripts and (to `workspace_home`) the workspace, from the
-    bottle's volumes into the state dir; returns what was refused on the way. Volumes that are gone
-    (already brought home and removed) leave what is here as it is."""
+    """The audit log and the requests, then the transcripts and (to `workspace_home`) the workspace, from
+    the bottle's volumes into the state dir; returns what was refused on the way. The log travels on its
+    own (the agent cannot write its volume, so nothing it does can keep the log from coming home). Volumes
+    that are gone (already brought home and removed) leave what is here as it is."""
     slug = state.slug
-    parts = ["log", "home", *(["workspace"] if workspace_home is not None else [])]
-    names = {p: volume_name(slug, p) for p in parts}
-    present = engine.docker("volume", "inspect", "--format", "{{.Name}}", *names.values())
-    have = set(present.stdout.split())
-    parts = [p for p in parts if names[p] in have]
-    if not parts:
-        return []
+    names = {p: volume_name(slug, p) for p in DATA_PARTS}
+    present = engine.docker("volume", "ls", "--filter", f"name={volume_name(slug, '')}", "--format", "{{.Name}}")
+    have = set(engine.check(present, "docker volume ls").stdout.split())
     skipped: list[str] = []
-    with _incoming(state) as tmp:
-        argv = _helper(
-            slug,
-            image,
-            labels,
-            [f"{names[p]}:/v/{p}:ro" for p in parts],
-            ["tar", "-c", "--numeric-owner", "-C", "/v", *parts],
-        )
+    for wanted in (["log"], ["home", *(["workspace"] if workspace_home is not None else [])]):
+        parts = [p for p in wanted if names[p] in have]
+        if not parts:
+            continue
+        tmp = Path(tempfile.mkdtemp(prefix=".incoming-", dir=state.path))
+        try:
+            argv = _helper(
+                slug,
+                image,
+                labels,
+                [f"{names[p]}:/v/{p}:ro" for p in parts],
+                ["tar", "-c", "--numeric-owner", "-C", "/v", *parts],
+            )
+            tmp.rmdir()  # unpack makes it: it must be empty and ours
 
-        def read(stream: IO[bytes]) -> None:
-            skipped.extend(unpack(stream, tmp))
+            def read(stream: IO[bytes], into: Path = tmp) -> None:
+                skipped.extend(unpack(stream, into))
 
-        engine.check(engine.pipe_out(argv, read), f"bringing {slug}'s files home from its engine")
-        log = tmp / "log"
-        for name, target in (("egress.jsonl", state.audit_path), ("requests.jsonl", state.path / "requests.jsonl")):
-            got = log / name
-            if got.is_file() and not got.is_symlink():
-                write_private(target, got.read_bytes())
-        _swap(tmp / "home", state.claude_home)
-        if workspace_home is not None:
-            _swap(tmp / "workspace", workspace_home)
+            result = engine.pipe_out(argv, read)
+            # GNU tar's 1 is "some files differ" (a file written while it was read): what came is whole.
+            if result.returncode not in (0, 1):
+                engine.check(result, f"bringing {slug}'s files home from its engine")
+            log = tmp / "log"
+            for name, target in (("egress.jsonl", state.audit_path), ("requests.jsonl", state.path / "requests.jsonl")):
+                got = log / name
+                if got.is_file() and not got.is_symlink():
+                    data = got.read_bytes()
+                    write_private(target, merge_log(target, data) if name == "egress.jsonl" else data)
+            _swap(tmp / "home", state.claude_home)
+            if workspace_home is not None:
+                _swap(tmp / "workspace", workspace_home)
+        finally:
+            remove_tree(tmp)
     if skipped:
-        write_private(state.path / SKIPPED_FILE, "".join(f"{s}\n" for s in skipped))
+        write_private(state.path / SKIPPED_FILE, "".join(f"{s!r}\n" for s in skipped))
     return skipped
 
 
