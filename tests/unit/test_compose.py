@@ -56,8 +56,17 @@ def guard_inputs(tmp_path: Path, engine: str = "guard") -> GuardInputs:
     )
 
 
-def render(tmp_path: Path, text: str = MANIFEST, ids: RuntimeIds | None = None) -> dict[str, Any]:
+def render(
+    tmp_path: Path, text: str = MANIFEST, ids: RuntimeIds | None = None, *, remote: bool = False
+) -> dict[str, Any]:
+    """The project for MANIFEST's bottle; `remote`: for an engine that does not see this machine's files
+    (which reads the honeytokens' content: they are written first)."""
     b, paths = checked(tmp_path, text, workspace(tmp_path))
+    guard = guard_inputs(tmp_path, b.egress.engine)
+    if remote:
+        for src in guard.honey.values():
+            src.parent.mkdir(parents=True, exist_ok=True)
+            src.write_text("//registry.npmjs.org/:_authToken=npm_honey\n")
     return render_compose(
         identity=Identity("claude-abcde", "docker", 4242, 12.5, "2026-01-01T00:00:00+00:00"),
         bottle=b,
@@ -68,7 +77,8 @@ def render(tmp_path: Path, text: str = MANIFEST, ids: RuntimeIds | None = None) 
         guard_image="guard:y",
         ids=ids or RuntimeIds(1000, 1000, 10001, 10001),
         net=NetPlan("10.213.7.16/28"),
-        guard=guard_inputs(tmp_path, b.egress.engine),
+        guard=guard,
+        remote=remote,
     )
 
 

@@ -15,42 +15,21 @@ import pytest
 
 from claude_bottle.backend.docker import engine, remote
 from claude_bottle.backend.docker.backend import DockerBottleBackend
-from claude_bottle.backend.docker.compose import NetPlan, render_compose
 from claude_bottle.bottle import Bottle
 from claude_bottle.errors import BottleError
 from claude_bottle.manifest import parse_manifest
-from claude_bottle.runtime import Identity, RuntimeIds
+from claude_bottle.runtime import RuntimeIds
 from claude_bottle.state import BottleRecord, StateDir
 
-from .test_compose import MANIFEST, checked, guard_inputs, workspace
+from .test_compose import MANIFEST, render, workspace
 
 FAR = '{"name": "far", "endpoint": "tcp://10.9.9.9:2375"}'
 
 
-def render_remote(tmp_path: Path, engine_name: str = "guard", text: str = MANIFEST) -> dict[str, Any]:
-    b, paths = checked(tmp_path, text, workspace(tmp_path))
-    guard = guard_inputs(tmp_path, engine_name)
-    for src in guard.honey.values():
-        src.parent.mkdir(parents=True, exist_ok=True)
-        src.write_text("//registry.npmjs.org/:_authToken=npm_honey\n")
-    return render_compose(
-        identity=Identity("claude-abcde", "docker", 4242, 12.5, "2026-01-01T00:00:00+00:00"),
-        bottle=b,
-        workspace=paths.workspace,
-        mounts=paths.mounts,
-        state_path=tmp_path / "s",
-        agent_image="agent:x",
-        guard_image="guard:y",
-        ids=RuntimeIds(1000, 1000, 10001, 10001),
-        net=NetPlan("10.213.7.16/28"),
-        guard=guard,
-        remote=True,
-    )
-
-
 @pytest.mark.parametrize("guard_engine", ["guard", "pipelock"])
 def test_a_remote_bottle_binds_nothing_of_this_machine(tmp_path: Path, guard_engine: str) -> None:
-    doc = render_remote(tmp_path, guard_engine)
+    text = MANIFEST.replace('allow = ["api.example.com"]', 'allow = ["api.example.com"]\nengine = "pipelock"')
+    doc = render(tmp_path, text if guard_engine == "pipelock" else MANIFEST, remote=True)
     mounts = [m for svc in doc["services"].values() for m in svc["volumes"]]
     assert mounts and {m["type"] for m in mounts} == {"volume"}
     assert all(m["source"].startswith("claude-bottle-claude-abcde-") for m in mounts)
