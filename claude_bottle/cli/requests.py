@@ -25,7 +25,9 @@ def run(args: argparse.Namespace) -> int:
 
     states = [resolve_slug(args.slug)] if args.slug else list_state_dirs()
     for s in states:
-        if elsewhere(s):  # a remote bottle's requests are written on its engine: fetch them first
+        # A running bottle elsewhere writes its requests on its engine: fetched first (a stopped one's
+        # came home at its stop).
+        if elsewhere(s) and s.read().status == "running":
             bring_home(s)
     rows: list[Request] = [r for s in states for r in pending(s)]
     if args.json:

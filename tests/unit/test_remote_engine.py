@@ -420,3 +420,29 @@ def test_on_a_remote_engine_every_control_path_is_judged_when_the_work_comes_hom
     settle_bottle(state, notes.append)
     assert not (hooks / "post-checkout").exists()
     assert any("post-checkout" in n for n in notes) and state.preserved() == "git-quarantine"
+
+
+def test_an_engine_that_hangs_costs_seconds_not_minutes(
+    fake_exe: Callable[[str, str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from claude_bottle.backend.docker import backend as docker_backend
+
+    fake_exe(
+        "docker",
+        """
+if os.environ.get("DOCKER_CONTEXT") == "far":
+    import time
+    time.sleep(30)  # a black-holed address: no answer, no refusal
+sys.stdout.write("[]" if sys.argv[1:3] == ["compose", "ls"] else "")
+""",
+    )
+    monkeypatch.setattr(docker_backend, "ANSWER_TIMEOUT", 0.5)
+    far = StateDir("claude-far01")
+    _record(far)
+    (far.path / "engine.json").write_text(FAR)
+    t0 = time.monotonic()
+    st = DockerBottleBackend().statuses()
+    assert st["claude-far01"].status.startswith("unknown (engine far")
+    assert time.monotonic() - t0 < 10

@@ -49,6 +49,7 @@ def _compose(state: StateDir, *args: str) -> list[str]:
     return engine.compose_argv(project_name(state.slug), state.path / COMPOSE_FILE, state.path, *args)
 
 
+ANSWER_TIMEOUT = 10.0  # seconds a recorded engine elsewhere has to answer `ls` and `cleanup`
 CONTEXT_ENV = "CLAUDE_BOTTLE_DOCKER_CONTEXT"  # `start --context NAME` sets it for this process
 
 
@@ -502,11 +503,20 @@ class DockerBottleBackend(BottleBackend):
         names = ", ".join(slugs)
         return f"engine {ctx.name} ({ctx.endpoint}) does not answer: its bottles ({names}) are left as they are"
 
+    @staticmethod
+    def _answers(ctx: engine.Context | None) -> None:
+        """A recorded engine elsewhere is asked once, briefly, before the listings: one that is down or
+        unreachable costs `ls` and `cleanup` seconds, not the listings' minutes."""
+        if ctx is not None:
+            probe = engine.docker("version", "--format", "{{.Server.APIVersion}}", timeout=ANSWER_TIMEOUT)
+            engine.check(probe, f"asking engine {ctx.name}")
+
     def statuses(self) -> dict[str, BottleStatus]:
         result: dict[str, BottleStatus] = {}
         for ctx, slugs in self._engines():
             try:
                 with engine.on(ctx):
+                    self._answers(ctx)
                     result.update(self._statuses_here())
             except BackendError:
                 if ctx is None:
@@ -547,6 +557,7 @@ class DockerBottleBackend(BottleBackend):
         for ctx, slugs in self._engines():
             try:
                 with engine.on(ctx):
+                    self._answers(ctx)
                     rows[ctx] = (
                         engine.compose_ls(),
                         engine.ps_rows(f"name={ns}-"),  # the name filter narrows; the labels decide
