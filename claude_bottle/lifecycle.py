@@ -295,6 +295,19 @@ def stop_bottle(
     return record
 
 
+def forget_bottle(state: StateDir) -> None:
+    """A bottle whose engine is gone for good: its state dir removed without asking that engine (its
+    secrets first zeroed). Refused while it is preserved, as `stop --rm` is."""
+    with state.lock():
+        if state.preserved():
+            raise BottleError(
+                f"{state.slug} is preserved ({state.preserved()}): `claude-bottle keep {state.slug} --release` first"
+            )
+        with contextlib.suppress(OSError):
+            drop_secrets(state)
+        state.remove()
+
+
 # -- claude runs ------------------------------------------------------------------------------------------
 @dataclass
 class RunResult:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..errors import BackendError
 from ._common import err, out, slug_arg, state_for
 
 
@@ -12,14 +13,32 @@ def register(sub: Any) -> None:
     p = sub.add_parser("stop", help="stop a bottle (state is kept for resume unless --rm)")
     slug_arg(p)
     p.add_argument("--rm", action="store_true", help="also remove its state dir (refused if preserved)")
+    p.add_argument(
+        "--forget",
+        action="store_true",
+        help="remove its state dir without asking its engine (one gone for good); what it left there stays",
+    )
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..lifecycle import stop_bottle
+    from ..lifecycle import elsewhere, forget_bottle, stop_bottle
 
     state = state_for(args)
-    stop_bottle(state, remove=args.rm, notify=lambda line: err.print(line, markup=False, highlight=False))
+    if args.forget:
+        forget_bottle(state)
+        out.print(state.slug)
+        err.print("forgotten here; whatever it left on its engine stays there")
+        return 0
+    try:
+        stop_bottle(state, remove=args.rm, notify=lambda line: err.print(line, markup=False, highlight=False))
+    except BackendError as exc:
+        if not elsewhere(state):
+            raise
+        raise BackendError(
+            f"{exc}; if that engine is gone for good, `claude-bottle stop {state.slug} --forget` forgets the "
+            "bottle here (what it left there stays)"
+        ) from exc
     out.print(state.slug)
     err.print("stopped" + (" and removed" if args.rm else f"; state kept in {state.path}"))
     return 0

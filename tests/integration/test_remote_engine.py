@@ -28,6 +28,7 @@ from .conftest import (
     NORMAL_UID,
     TEST_IMAGE,
     TEST_KEY,
+    WHO,
     Cli,
     Internet,
     docker,
@@ -328,3 +329,30 @@ def test_start_context_names_the_engine_and_the_bottle_keeps_it(remote: Remote, 
     finally:
         c.run("stop", slug, "--rm", check=True)
     assert remote.objects(slug) == []
+
+
+@pytest.mark.parametrize("who", WHO[1:])  # root's own runs are every test above
+def test_a_normal_user_runs_a_bottle_on_the_remote_engine(remote: Remote, who: str) -> None:
+    """A user in the docker group, not root: the work comes home into their own state dir, as theirs."""
+    root = Path(tempfile.mkdtemp(prefix="cbtest-user-"))
+    root.chmod(0o755)
+    ws = root / "workspace"
+    ws.mkdir()
+    (ws / "hello.txt").write_text("mine\n")
+    c = Cli(root / "home", ws, user=NORMAL_UID, extra_env={"DOCKER_HOST": remote.engine.host})
+    manifest = write_manifest(ws, Internet(remote.net, remote.ips))
+    for p in [root, *root.rglob("*")]:
+        os.chown(p, NORMAL_UID, NORMAL_UID)
+    try:
+        trusted(c, manifest)
+        slug = c.start()
+        rc, out = c.sh(slug, "cat /workspace/hello.txt && echo made > /workspace/by-user.txt && id -u")
+        assert rc == 0 and "mine" in out and str(NORMAL_UID) in out, out
+        c.run("stop", slug, check=True)
+        got = c.states / slug / "workspace" / "by-user.txt"
+        assert got.read_text() == "made\n" and got.stat().st_uid == NORMAL_UID
+        assert remote.objects(slug) == []
+        c.run("stop", slug, "--rm", check=True)
+    finally:
+        release_all(c)
+        shutil.rmtree(root, ignore_errors=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from claude_bottle.errors import BottleError
 from claude_bottle.manifest import parse_manifest
 from claude_bottle.runtime import RuntimeIds
 from claude_bottle.state import BottleRecord, StateDir
+from claude_bottle.unpack import unpack
 
 from .test_compose import MANIFEST, render, workspace
 
@@ -108,22 +110,22 @@ def test_what_comes_home_cannot_land_outside_or_carry_what_it_should_not(tmp_pat
             (_info("workspace/up", tarfile.SYMTYPE, link=str(outside)), None),
             (_info("workspace/up/planted.txt"), b"through the link\n"),  # refused: it would land outside
             (_info("../escaped.txt"), b"x"),
-            (_info("/abs.txt"), b"x"),  # lands inside, its leading slash stripped
+            (_info("/abs.txt"), b"x"),
             (_info("workspace/pipe", tarfile.FIFOTYPE), None),
             (_info("workspace/dev", tarfile.CHRTYPE), None),
             (_info("workspace/hard", tarfile.LNKTYPE, link="/etc/shadow"), None),
         ]
     )
     dest = tmp_path / "in"
-    skipped = remote.unpack(stream, dest)
+    skipped = unpack(stream, dest)
     ws = dest / "workspace"
     assert (ws / "ok.txt").read_text() == "fine\n"
     assert (ws / "suid").stat().st_mode & 0o7000 == 0
     assert (ws / "evil").is_symlink() and (ws / "evil").readlink() == Path("/etc/passwd")
     assert list(outside.iterdir()) == [] and not (tmp_path / "escaped.txt").exists()
-    assert (dest / "abs.txt").read_text() == "x"
+    assert not (dest / "abs.txt").exists()
     assert sorted(skipped) == sorted(
-        ["workspace/up/planted.txt", "../escaped.txt", "workspace/pipe", "workspace/dev", "workspace/hard"]
+        ["workspace/up/planted.txt", "../escaped.txt", "/abs.txt", "workspace/pipe", "workspace/dev", "workspace/hard"]
     )
     assert not (ws / "pipe").exists() and not (ws / "dev").exists() and not (ws / "hard").exists()
 
@@ -319,8 +321,8 @@ def test_the_operators_own_lines_survive_the_trip_home(tmp_path: Path) -> None:
 
 
 def test_a_folder_spelled_as_a_link_is_never_written_through(tmp_path: Path) -> None:
-    """What a case-insensitive disk would resolve through a link the archive made is refused before any
-    realpath is asked; a link named absolutely is refused too."""
+    """What a case-insensitive disk would resolve through a link the archive made is refused; a link named
+    absolutely is refused too; and a link already on disk is never written through."""
     outside = tmp_path / "outside"
     outside.mkdir()
     stream = _tar(
@@ -333,8 +335,21 @@ def test_a_folder_spelled_as_a_link_is_never_written_through(tmp_path: Path) -> 
             (_info("/abs-link", tarfile.SYMTYPE, link=str(outside)), None),
         ]
     )
-    skipped = remote.unpack(stream, tmp_path / "in")
+    skipped = unpack(stream, tmp_path / "in")
     assert sorted(skipped) == sorted(["ws/A/planted.txt", "ws/\u0041\u030a/x.txt", "/abs-link"])
+    assert list(outside.iterdir()) == []
+    # Even without the spelling check (a name this archive did not make a link, found on disk as one),
+    # the folder is opened without following it.
+    (tmp_path / "in2").mkdir()
+    (tmp_path / "in2" / "ws").symlink_to(outside)
+    from claude_bottle import unpack as unpack_mod
+
+    root = os.open(tmp_path / "in2", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(OSError):
+            unpack_mod._folder(root, ["ws"])
+    finally:
+        os.close(root)
     assert list(outside.iterdir()) == []
 
 
@@ -378,7 +393,8 @@ def test_a_stop_whose_files_cannot_come_home_still_stops_and_keeps_the_work(
     monkeypatch.setattr(remote, "bring_home", broken)
     DockerBottleBackend().stop(state=state)
     calls = log.read_text().splitlines()
-    assert calls[0].startswith("compose -p claude-bottle-claude-far01") and " stop --timeout 1" in calls[0]
+    assert calls[0] == "version --format {{.Server.APIVersion}}"  # asked first, briefly
+    assert calls[1].startswith("compose -p claude-bottle-claude-far01") and " stop --timeout 1" in calls[1]
     assert any(" down --volumes" in c for c in calls)
     assert calls[-1] == "volume rm -f " + " ".join(
         f"claude-bottle-claude-far01-{p}" for p in ("guard", "run")
@@ -446,3 +462,27 @@ sys.stdout.write("[]" if sys.argv[1:3] == ["compose", "ls"] else "")
     st = DockerBottleBackend().statuses()
     assert st["claude-far01"].status.startswith("unknown (engine far")
     assert time.monotonic() - t0 < 10
+
+
+def test_a_bottle_whose_engine_is_gone_for_good_can_be_forgotten(
+    fake_exe: Callable[[str, str], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from claude_bottle.cli import main
+
+    fake_exe("docker", FAKE)
+    far = StateDir("claude-far01")
+    _record(far)
+    (far.path / "engine.json").write_text(FAR)
+    (far.path / "guard").mkdir()
+    (far.path / "guard" / "secrets.json").write_text('{"routes": {}}')
+    assert main(["stop", "claude-far01"]) == 3
+    err = capsys.readouterr().err
+    assert "Docker engine not reachable at tcp://10.9.9.9:2375 (context far)" in err
+    assert "`claude-bottle stop claude-far01 --forget` forgets the bottle here" in err
+    assert far.exists()
+    far.preserve("kept by the operator")
+    assert main(["stop", "claude-far01", "--forget"]) == 1
+    assert "keep claude-far01 --release" in capsys.readouterr().err and far.exists()
+    far.preserve_path.unlink()
+    assert main(["stop", "claude-far01", "--forget"]) == 0
+    assert not far.exists()

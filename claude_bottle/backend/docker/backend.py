@@ -377,6 +377,7 @@ class DockerBottleBackend(BottleBackend):
         files brought home, then removed. If they cannot come home, the bottle is still stopped and its
         secrets' volume removed; the volumes holding its work stay, the state dir is preserved, and `pull`
         tries again."""
+        self._answers(ctx)  # an engine that is gone says so in seconds
         if (state.path / COMPOSE_FILE).is_file():
             halt = engine.docker(*_compose(state, "stop", "--timeout", "1"), timeout=300)
             engine.check(halt, f"stopping {state.slug}")

@@ -21,16 +21,16 @@ import json
 import secrets
 import tarfile
 import tempfile
-import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from ...egress.audit import chained_after
 from ...errors import BackendError
 from ...runtime import RuntimeIds
 from ...state import write_private
+from ...unpack import unpack
 from ...walk import remove_tree
 from . import engine
 from .compose import volume_name
@@ -49,7 +49,6 @@ __all__ = [
     "merge_log",
     "push_guard_files",
     "remove_volumes",
-    "unpack",
     "volume_name",
     "volumes_of",
 ]
@@ -219,48 +218,6 @@ def push_guard_files(*, slug: str, image: str, labels: dict[str, str], guard_dir
 
     argv = _helper(slug, image, labels, [f"{volume_name(slug, 'guard')}:/v"], ["python3", "-c", _REPLACE])
     engine.check(engine.pipe_in(argv, write, timeout=120), f"updating {slug}'s guard files")
-
-
-def _checked(skipped: list[str]) -> Callable[[tarfile.TarInfo, str], tarfile.TarInfo | None]:
-    """tarfile's `data` filter (nothing outside dest, through a link, special, or with owner and set-id
-    bits), except that a link pointing elsewhere is kept as a link: a repository may hold one, and it is
-    never followed. Not resting on `realpath` alone: a member whose folder is, by any spelling (case
-    folded, as a case-insensitive disk would read it), a link this archive made is refused outright."""
-    links: set[str] = set()
-
-    def spelled(name: str) -> str:
-        return unicodedata.normalize("NFC", name).casefold().strip("/")
-
-    def check(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
-        parts = spelled(member.name).split("/")
-        if any("/".join(parts[:k]) in links for k in range(1, len(parts))):
-            skipped.append(member.name)
-            return None
-        try:
-            out = tarfile.data_filter(member, path)
-        except (tarfile.AbsoluteLinkError, tarfile.LinkOutsideDestinationError):
-            if not member.issym() or PurePosixPath(member.name).is_absolute() or ".." in member.name.split("/"):
-                skipped.append(member.name)
-                return None
-            none: None = None  # tarfile's own "leave it": typeshed wants int and str
-            out = member.replace(uid=none, gid=none, uname=none, gname=none, deep=False)  # type: ignore[arg-type]
-        except tarfile.FilterError:
-            skipped.append(member.name)
-            return None
-        if out is not None and (out.issym() or out.islnk()):
-            links.add(spelled(out.name))
-        return out
-
-    return check
-
-
-def unpack(stream: IO[bytes], dest: Path) -> list[str]:
-    """Unpack an agent-written tar stream into `dest` (made here, empty); returns the members refused."""
-    dest.mkdir(mode=0o700)
-    skipped: list[str] = []
-    with tarfile.open(fileobj=stream, mode="r|") as tar:
-        tar.extractall(dest, filter=_checked(skipped))  # noqa: S202 - every member judged by _checked
-    return skipped
 
 
 def _swap(new: Path, target: Path) -> None:

@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import tarfile
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,7 +27,9 @@ from typing import TYPE_CHECKING, Any
 from ... import process
 from ...errors import BackendError, BottleError
 from ...runtime import NAMESPACE_LABEL, Identity, namespace
-from ...state import StateDir, now_iso, process_started
+from ...state import StateDir, now_iso, process_started, write_private
+from ...unpack import unpack
+from ...walk import remove_tree
 from .. import BottleBackend, BottleCleanupPlan, BottlePlan, BottleStatus, Check, Progress, Report
 from .render import Names, as_list, render_objects
 
@@ -182,12 +185,10 @@ class KubernetesBottleBackend(BottleBackend):
         process.check(result, f"waiting for pod {names.pod}")
 
     def _pull(self, state: StateDir) -> None:
-        """The audit log, the requests and the transcripts back into the local state dir."""
+        """The audit log, the requests and the transcripts back into the local state dir (what the agent
+        wrote is unpacked by descriptor, never through a link: unpack.py)."""
         names = _names(state.slug)
-        for container, src, dest in (
-            ("guard", "/var/log/claude-bottle", state.path),
-            ("agent", "/home/claude/.claude", state.claude_home),
-        ):
+        for container, src in (("guard", "/var/log/claude-bottle"), ("agent", "/home/claude/.claude")):
             proc = subprocess.run(
                 kubectl_argv("exec", names.pod, "-c", container, "--", "tar", "-cf", "-", "-C", src, "."),
                 capture_output=True,
@@ -196,9 +197,20 @@ class KubernetesBottleBackend(BottleBackend):
             )
             if proc.returncode != 0:
                 continue  # the Pod is gone: what was pulled before stays
-            with tarfile.open(fileobj=io.BytesIO(proc.stdout)) as tar:
-                members = [m for m in tar.getmembers() if m.isfile() or m.isdir()]
-                tar.extractall(dest, members=members, filter="data")
+            tmp = Path(tempfile.mkdtemp(prefix=".incoming-", dir=state.path))
+            try:
+                tmp.rmdir()
+                unpack(io.BytesIO(proc.stdout), tmp)
+                if container == "guard":
+                    for name in ("egress.jsonl", "requests.jsonl"):
+                        got = tmp / name
+                        if got.is_file() and not got.is_symlink():
+                            write_private(state.path / name, got.read_bytes())
+                else:
+                    remove_tree(state.claude_home)
+                    tmp.rename(state.claude_home)
+            finally:
+                remove_tree(tmp)
 
     def sync(self, state: StateDir) -> None:
         self._pull(state)
