@@ -4,14 +4,15 @@ Nothing is bound from here: each place the containers need is a named volume of 
 (`<project>-<part>`), filled through the engine API by a throwaway helper container reading a tar stream on
 its standard input, and read back the same way. What travels in at every start: the guard's files, its
 log so far (the audit chain goes on), the agent's `~/.claude`, the workspace, and each read-only mount.
-What comes home at stop (and on `pull`, `logs --egress`, `report`): the audit log and the requests, the
+What comes home at stop (and on `pull`, `logs --egress`, `verify`, `report`): the audit log and requests, the
 transcripts, and the workspace: into the worktree checkout in worktree mode, else `<state>/workspace`
 (never into the operator's own tree: the operator looks, then copies). A live grant rewrites the guard's
 files in their volume, atomically.
 
-What comes home was written by the agent: it is unpacked into a fresh directory of the state dir, every
-member checked against where it lands (no absolute names, no `..`, nothing through a link, no device or
-pipe, no owner or set-id bits), then renamed into place.
+What comes home was written by the agent: it is unpacked into a fresh directory of the state dir by
+directory descriptor (unpack.py: nothing through a link, no absolute names or `..`, no hard link, device
+or pipe, no owner or set-id bits; links kept as links), then renamed into place. The audit log comes on
+its own, first, from a volume only the guard writes; the operator's own lines are kept (`merge_log`).
 """
 
 from __future__ import annotations
