@@ -331,7 +331,7 @@ def settle_bottle(state: StateDir, notify: Callable[[str], None]) -> None:
     record = state.read()
     # What the agent wrote: the workspace, or in worktree mode its own checkout (the operator may cd there);
     # for a bottle on a remote engine, the copy of its workspace that came home (the operator's is untouched).
-    home_copy = state.path / "workspace"
+    home_copy = state.home_workspace
     workspace: str | None
     if record.worktree:
         workspace = str(state.path / "worktree")

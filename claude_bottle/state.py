@@ -217,6 +217,16 @@ class StateDir:
         return self.path / "claude-home"
 
     @property
+    def home_workspace(self) -> Path:
+        """A bottle on a remote engine: its workspace as it last came home (mount mode)."""
+        return self.path / "workspace"
+
+    @property
+    def home_skipped(self) -> Path:
+        """What the last trip home from a remote engine refused, one quoted member per line."""
+        return self.path / "home-skipped.txt"
+
+    @property
     def preserve_path(self) -> Path:
         return self.path / ".preserve"
 
@@ -438,7 +448,7 @@ class StateDir:
 
     def _work(self, record: BottleRecord) -> str | None:
         if not record.worktree:
-            home = self.path / "workspace"  # a bottle on a remote engine: its workspace came home here
+            home = self.home_workspace
             if home.is_dir() and not home.is_symlink():
                 return f"the workspace a remote engine sent home (`claude-bottle pull {self.slug} --to DIR` keeps it)"
             return None

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     home = state.path / ("worktree" if record.worktree else "workspace")
     if not home.is_dir():
         raise BottleError(f"{state.slug} has no workspace brought home yet (it never ran?)")
-    skipped = state.path / "home-skipped.txt"
+    skipped = state.home_skipped
     if skipped.is_file():
         count = len(skipped.read_text(encoding="utf-8", errors="replace").splitlines())
         err.print(f"[yellow]{count} member(s) refused on the way home[/] (links out, devices): see {skipped}")

@@ -129,10 +129,6 @@ def remote(tmp_path_factory: pytest.TempPathFactory, internet: Internet) -> Iter
             Path(out).write_text(json.dumps(timings, indent=2) + "\n")
 
 
-def sh(c: Cli, slug: str, script: str) -> tuple[int, str]:
-    return c.sh(slug, script)
-
-
 def test_a_bottle_runs_on_the_remote_engine_and_its_work_comes_home(remote: Remote) -> None:
     c = remote.cli
     slug, remote.timings["remote_start_s"] = _timed(c.start)
@@ -147,12 +143,12 @@ def test_a_bottle_runs_on_the_remote_engine_and_its_work_comes_home(remote: Remo
         )
         assert mounts and {m["Type"] for m in mounts} == {"volume"}, mounts
     assert c.ls()[slug]["status"] == "running"
-    rc, out = sh(c, slug, "cat /workspace/hello.txt && echo made-there > /workspace/made.txt && cat ~/.aws/credentials")
+    rc, out = c.sh(slug, "cat /workspace/hello.txt && echo made-there > /workspace/made.txt && cat ~/.aws/credentials")
     assert rc == 0 and "from the operator" in out and "aws_access_key_id = AKIA" in out, out
     # The guard there: an allowed host passes, another is refused, and the audit lines come home.
-    rc, out = sh(c, slug, "curl -sS -m 10 http://allowed.test/")
+    rc, out = c.sh(slug, "curl -sS -m 10 http://allowed.test/")
     assert rc == 0 and "allowed.test" in out, out
-    rc, out = sh(c, slug, "curl -sS -m 10 -o /dev/null -w '%{http_code}' http://forbidden.test/")
+    rc, out = c.sh(slug, "curl -sS -m 10 -o /dev/null -w '%{http_code}' http://forbidden.test/")
     assert out.strip().endswith("403"), out
     lines = c.audit(slug)
     assert any(ln.get("host") == "allowed.test" and ln.get("decision") == "allow" for ln in lines)
@@ -161,7 +157,7 @@ def test_a_bottle_runs_on_the_remote_engine_and_its_work_comes_home(remote: Remo
     c.run("grant", slug, "--egress", "forbidden.test:80", "--private", check=True)
     deadline = time.monotonic() + 15
     while True:
-        rc, out = sh(c, slug, "curl -sS -m 10 -o /dev/null -w '%{http_code}' http://forbidden.test/")
+        rc, out = c.sh(slug, "curl -sS -m 10 -o /dev/null -w '%{http_code}' http://forbidden.test/")
         if out.strip().endswith("200") or time.monotonic() > deadline:
             break
         time.sleep(0.5)
@@ -175,7 +171,7 @@ def test_a_bottle_runs_on_the_remote_engine_and_its_work_comes_home(remote: Remo
     assert (c.states / slug / "claude-home").is_dir()
     # Resumed, the bottle goes on with what it made (seeded from the copy that came home).
     c.run("resume", slug, "--detach", check=True)
-    rc, out = sh(c, slug, "cat /workspace/made.txt")
+    rc, out = c.sh(slug, "cat /workspace/made.txt")
     assert rc == 0 and "made-there" in out, out
     pulled = c.run("pull", slug, check=True)
     assert pulled.stdout.strip() == str(home)
@@ -189,23 +185,21 @@ def test_escapes_that_apply_on_a_remote_engine(remote: Remote) -> None:
     try:
         # No way around the guard: straight to an address, or to an outside name.
         for ip in remote.ips.values():
-            rc, out = sh(c, slug, f"curl -sS -m 5 --noproxy '*' http://{ip}/")
+            rc, out = c.sh(slug, f"curl -sS -m 5 --noproxy '*' http://{ip}/")
             assert rc != 0, out
-        rc, out = sh(c, slug, "getent hosts example.com || echo NXDOMAIN")
+        rc, out = c.sh(slug, "getent hosts example.com || echo NXDOMAIN")
         assert "NXDOMAIN" in out, out
-        rc, out = sh(c, slug, "iptables -F 2>&1; echo rc=$?")
+        rc, out = c.sh(slug, "iptables -F 2>&1; echo rc=$?")
         assert "rc=0" not in out, out
         # The credential lives in the guard's volume only; the agent sees a placeholder.
-        rc, out = sh(
-            c,
+        rc, out = c.sh(
             slug,
             f"ls /etc/claude-bottle 2>&1; grep -rl {TEST_KEY} /workspace /home /etc /tmp /bottle-run 2>/dev/null; env",
         )
         assert "No such file" in out and TEST_KEY not in out, out
         # What it plants in the workspace cannot reach this machine through the trip home: a link out, a
         # pipe, a link named like a folder it hopes we write through.
-        rc, out = sh(
-            c,
+        rc, out = c.sh(
             slug,
             "cd /workspace && ln -s /etc/passwd evil && mkfifo pipe && ln -s /tmp out && echo ok > plain.txt "
             "&& mkdir -p sub && ln -s ../../../../../../etc sub/up",
@@ -243,7 +237,7 @@ def test_headless_claude_code_on_the_remote_engine(remote: Remote) -> None:
 def test_cleanup_on_a_remote_engine_brings_the_work_home_first(remote: Remote) -> None:
     c = remote.cli
     slug = c.start()
-    rc, out = sh(c, slug, "echo unsaved > /workspace/unsaved.txt")
+    rc, out = c.sh(slug, "echo unsaved > /workspace/unsaved.txt")
     assert rc == 0, out
     r = c.run("cleanup", "--yes", check=True)
     assert f"brought {slug}'s log, transcripts and workspace home" in r.stdout, r.stdout

@@ -263,7 +263,7 @@ class DockerBottleBackend(BottleBackend):
         copy its last run brought home, or at first the operator's workspace."""
         if b.worktree:
             return b.agent_workspace
-        home = remote.home_workspace(b.state)
+        home = b.state.home_workspace
         return home if home.is_dir() else b.workspace
 
     def _fill(self, b: Bottle, state: StateDir, guard_image: str, guard: GuardInputs, progress: Progress) -> None:
@@ -415,7 +415,9 @@ class DockerBottleBackend(BottleBackend):
         image = record.images.get("guard")
         if not image:
             return  # never started: nothing there
-        workspace = state.path / "worktree" if record.worktree else remote.home_workspace(state)
+        from ...worktree import checkout_path  # only a remote bottle's trip home needs it
+
+        workspace = checkout_path(state) if record.worktree else state.home_workspace
         with engine.on(ctx):
             remote.bring_home(state=state, image=image, labels=_labels(state.slug), workspace_home=workspace)
             if record.status != "running" and (state.preserved() or "").startswith(self.PENDING):
@@ -425,7 +427,7 @@ class DockerBottleBackend(BottleBackend):
     def read_only_paths(self, bottle: Bottle) -> list[str]:
         """On a remote engine nothing is mounted read-only over the workspace: every control path is judged
         when the work comes home."""
-        return [] if not self._engine_for(bottle).local else list(bottle.protected)
+        return [] if not (self._ctx or self._engine_for(bottle)).local else list(bottle.protected)
 
     def policy_changed(self, state: StateDir) -> None:
         """A remote guard reads its files from a volume: rewrite them there (locally it mounts them)."""

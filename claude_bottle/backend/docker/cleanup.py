@@ -223,13 +223,11 @@ def run_cleanup(plan: DockerBottleCleanupPlan, report: Report, *, bring_home: Br
     return failures
 
 
-WORK_PARTS = ("log", "home", "workspace")  # the volumes that hold a remote bottle's work (remote.DATA_PARTS)
-
-
 def _volumes(volumes: list[Stray], failures: list[str], report: Report, bring_home: BringHome | None) -> None:
     """A remote bottle's volumes that hold its work (log, transcripts, workspace) go only once those are
     home; the others (its guard's secrets among them) go in any case."""
     from .compose import volume_name
+    from .remote import DATA_PARTS
 
     removable = []
     for slug in sorted({v.slug for v in volumes}):
@@ -238,7 +236,7 @@ def _volumes(volumes: list[Stray], failures: list[str], report: Report, bring_ho
             if bring_home is not None and slug:
                 bring_home(slug, report)
         except Exception as exc:  # noqa: BLE001 - kept, named, and the rest goes on
-            work = {volume_name(slug, p) for p in WORK_PARTS}
+            work = {volume_name(slug, p) for p in DATA_PARTS}
             kept = [v for v in mine if v.name in work]
             failures += [f"volume {v.name}: kept, its files could not be brought home ({exc})" for v in kept]
             removable += [v for v in mine if v.name not in work]

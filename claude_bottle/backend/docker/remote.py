@@ -46,7 +46,6 @@ __all__ = [
     "Volume",
     "bring_home",
     "fill",
-    "home_workspace",
     "merge_log",
     "push_guard_files",
     "remove_volumes",
@@ -56,7 +55,6 @@ __all__ = [
 
 HELPER_LABEL = "claude-bottle.helper"  # a helper container: not one of the bottle's own
 ENGINE_FILE = "engine.json"  # the bottle's engine (engine.Context), written at start
-SKIPPED_FILE = "home-skipped.txt"  # what the last trip home refused, one member per line
 
 # The helper's privileges: it unpacks as root and sets owners, nothing more; no network.
 _HELPER = [
@@ -179,9 +177,9 @@ def fill(
 ) -> None:
     """Create the bottle's volumes afresh and fill them, in one helper run: one tar stream of everything."""
     label_args = [x for k, v in labels.items() for x in ("--label", f"{k}={v}")]
+    remove_volumes(slug, [v.part for v in volumes])  # a stale one (a crash) is never trusted
     for vol in volumes:
         name = vol.name(slug)
-        engine.docker("volume", "rm", "-f", name, timeout=120)  # a stale one (a crash) is never trusted
         engine.check(engine.docker("volume", "create", *label_args, name), f"creating volume {name}")
     log = next(v for v in volumes if v.part == "log")
 
@@ -227,11 +225,6 @@ def _swap(new: Path, target: Path) -> None:
         return
     remove_tree(target)
     new.rename(target)
-
-
-def home_workspace(state: StateDir) -> Path:
-    """Where a remote bottle's workspace lands in mount mode."""
-    return state.path / "workspace"
 
 
 DATA_PARTS = ("log", "home", "workspace")  # what holds the bottle's work: kept until it is home
@@ -293,7 +286,8 @@ def bring_home(
         parts = [p for p in wanted if names[p] in have]
         if not parts:
             continue
-        tmp = Path(tempfile.mkdtemp(prefix=".incoming-", dir=state.path))
+        holder = Path(tempfile.mkdtemp(prefix=".incoming-", dir=state.path))
+        tmp = holder / "in"  # unpack makes it
         try:
             argv = _helper(
                 slug,
@@ -302,7 +296,6 @@ def bring_home(
                 [f"{names[p]}:/v/{p}:ro" for p in parts],
                 ["tar", "-c", "--numeric-owner", "-C", "/v", *parts],
             )
-            tmp.rmdir()  # unpack makes it: it must be empty and ours
 
             def read(stream: IO[bytes], into: Path = tmp) -> None:
                 skipped.extend(unpack(stream, into))
@@ -321,9 +314,11 @@ def bring_home(
             if workspace_home is not None:
                 _swap(tmp / "workspace", workspace_home)
         finally:
-            remove_tree(tmp)
+            remove_tree(holder)
     if skipped:
-        write_private(state.path / SKIPPED_FILE, "".join(f"{s!r}\n" for s in skipped))
+        write_private(state.home_skipped, "".join(f"{s!r}\n" for s in skipped))
+    else:
+        state.home_skipped.unlink(missing_ok=True)  # an earlier trip's refusals are not this one's
     return skipped
 
 

@@ -197,9 +197,9 @@ class KubernetesBottleBackend(BottleBackend):
             )
             if proc.returncode != 0:
                 continue  # the Pod is gone: what was pulled before stays
-            tmp = Path(tempfile.mkdtemp(prefix=".incoming-", dir=state.path))
+            holder = Path(tempfile.mkdtemp(prefix=".incoming-", dir=state.path))
+            tmp = holder / "in"
             try:
-                tmp.rmdir()
                 unpack(io.BytesIO(proc.stdout), tmp)
                 if container == "guard":
                     for name in ("egress.jsonl", "requests.jsonl"):
@@ -210,7 +210,7 @@ class KubernetesBottleBackend(BottleBackend):
                     remove_tree(state.claude_home)
                     tmp.rename(state.claude_home)
             finally:
-                remove_tree(tmp)
+                remove_tree(holder)
 
     def sync(self, state: StateDir) -> None:
         self._pull(state)
