@@ -27,6 +27,7 @@ import fnmatch
 import os
 import re
 import stat
+import subprocess
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -95,41 +96,65 @@ SAFE_KEYS = (
 )
 MAX_CONFIG = 256 * 1024
 
-_SECTION = re.compile(r'^\[\s*([A-Za-z0-9.-]+)(?:\s+"((?:[^"\\\n]|\\.)*)")?\s*\]\s*(?:[#;].*)?$')
-_KEY = re.compile(r"^([A-Za-z][A-Za-z0-9-]*)\s*(?:=.*)?$")
+_GIT_TIMEOUT = 30
+_HEX_HEAD = re.compile(rb"[0-9a-fA-F]{40}")
 
 
-def config_keys(text: str) -> list[str] | None:
-    """The keys a git config file sets (section[.subsection].name, section and name lower case), or None
-    when it is not plainly parseable (then it is not safe: git might read it another way)."""
+def config_keys(data: bytes | str) -> list[str] | None:
+    """The keys a git config file sets (section[.subsection].name, as git itself spells them), read by git
+    (`git config --file - --list --null`, no system, global or included configuration), or None when git
+    cannot read it (then it is not safe: nothing else may judge a file git reads)."""
+    raw = data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": "/nonexistent",
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_GLOBAL": "/dev/null",
+        "LC_ALL": "C",
+    }
+    try:
+        got = subprocess.run(
+            ["git", "config", "--file", "-", "--no-includes", "--list", "--null"],
+            input=raw,
+            capture_output=True,
+            env=env,
+            cwd="/",
+            timeout=_GIT_TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None  # no git to ask (or it hung): nothing is judged safe
+    if got.returncode != 0:
+        return None
     keys = []
-    section = None
-    cont = False
-    for raw in text.splitlines():
-        line = raw.strip()
-        if cont:
-            cont = line.endswith("\\")
-            continue
-        if not line or line[0] in "#;":
-            continue
-        if line.startswith("["):
-            m = _SECTION.match(line)
-            if not m:
-                return None
-            name, sub = m.group(1).lower(), m.group(2)
-            if sub is None and "." in name:  # [section.sub] (old spelling)
-                name, _, sub = name.partition(".")
-            section = f"{name}.{sub}" if sub is not None else name
-            continue
-        if section is None:
-            return None
-        # a key line may carry a section on the same line in git ("[a] b = c"): not accepted here
-        m = _KEY.match(line)
-        if not m:
-            return None
-        keys.append(f"{section}.{m.group(1).lower()}")
-        cont = line.endswith("\\")
+    for entry in got.stdout.split(b"\0"):
+        if entry:
+            keys.append(entry.split(b"\n", 1)[0].decode("utf-8", "replace"))
     return keys
+
+
+def valid_head(dir_fd: int, name: str = "HEAD") -> bool:
+    """Would git take this entry as a repository's HEAD (`validate_headref`): a link whose target starts with
+    `refs/`, or a file starting with `ref:` and (after blanks) `refs/`, or with an object id? A folder holding
+    one is a repository to git (objects and refs may be anything git can enter: links, even files), so this,
+    not the shape of the folder, decides."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return False
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            return os.readlink(name, dir_fd=dir_fd).startswith("refs/")
+        except OSError:
+            return True  # cannot tell: count it
+    if stat.S_ISDIR(st.st_mode):
+        return False
+    data = _read(dir_fd, name, 255)
+    if data is None:
+        return False  # not a regular file: git reads no HEAD from it (a FIFO only blocks it)
+    if data.startswith(b"ref:"):
+        return data[4:].lstrip(b" \t\n\r\v\f").startswith(b"refs/")
+    return bool(_HEX_HEAD.match(data))
 
 
 def _key_is_safe(key: str) -> bool:
@@ -192,13 +217,9 @@ def _judge_config(dir_fd: int, name: str) -> str | None:
         return "not a plain file"
     if len(data) > MAX_CONFIG:
         return "too large to check"
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        return "not UTF-8 text"
-    keys = config_keys(text)
+    keys = config_keys(data)
     if keys is None:
-        return "not plainly parseable"
+        return "not readable by git itself"
     unsafe = [k for k in keys if not _key_is_safe(k)]
     return f"sets {', '.join(sorted(set(unsafe))[:5])}" if unsafe else None
 
@@ -217,14 +238,9 @@ def _gitfile_target(dir_fd: int, name: str, here: Path, workspace: Path) -> str 
     return None
 
 
-def _is_gitdir(name: str, entries: dict[str, os.DirEntry[str]]) -> bool:
-    if name == ".git":
-        return True
-    head = entries.get("HEAD")
-    if head is None or not head.is_file(follow_symlinks=False):
-        return False
-    dirs = {n for n, e in entries.items() if e.is_dir(follow_symlinks=False)}
-    return {"objects", "refs"} <= dirs or "commondir" in entries
+def _is_gitdir(name: str, entries: dict[str, os.DirEntry[str]], dir_fd: int) -> bool:
+    """A folder git would read as a repository: a `.git`, or any folder with a HEAD git accepts."""
+    return name == ".git" or ("HEAD" in entries and valid_head(dir_fd))
 
 
 def _changed(entry: os.DirEntry[str], since: float) -> bool:
@@ -269,7 +285,7 @@ def settle(workspace: Path, since: float, quarantine: Path, *, skip: Iterable[st
         entries = {e.name: e for e in d.entries}
         base_name = d.rel.rsplit("/", 1)[-1] if d.rel else ws.name
         here = workspace / d.rel if d.rel else workspace
-        if _is_gitdir(base_name, entries):
+        if _is_gitdir(base_name, entries, d.fd):
             # Inside a git dir only its nested git dirs (submodules, worktrees) are walked further, unless
             # they were read-only all along. (The workspace itself may look like a bare repository: it is
             # judged as one, and still walked.)

@@ -147,6 +147,74 @@ def test_nested_repositories_and_bare_look_alikes_are_settled(repo: Path, tmp_pa
     assert not marker.exists()
 
 
+def test_a_comment_ending_in_a_backslash_hides_no_key(repo: Path, tmp_path: Path) -> None:
+    """Issue 21 finding 2: a `\\` at the end of a comment does not continue the line for git, so the key on
+    the next line is read. The judge asks git itself, so it reads the same key git does."""
+    since = time.time()
+    command, marker = payload(tmp_path, "comment")
+    sub = repo / "sub"
+    sub.mkdir()
+    git(sub, "init", "-q", home=tmp_path)
+    cfg = sub / ".git" / "config"
+    cfg.write_text(f'[core]\n\tbare = false ; \\\n\tfsmonitor = "{command}; false"\n')
+    git(sub, "status", home=tmp_path)
+    assert marker.exists(), "the control: git reads the key after the comment and runs it"
+    marker.unlink()
+    assert "core.fsmonitor" in (config_keys(cfg.read_bytes()) or [])
+    assert not config_is_safe(cfg.read_text())
+    findings, complete = settle(repo, since, tmp_path / "q")
+    assert complete and [f.path for f in findings] == [cfg] and "core.fsmonitor" in findings[0].why
+    git(sub, "status", home=tmp_path)
+    assert not marker.exists()
+
+
+def test_a_config_git_cannot_read_is_not_kept(repo: Path, tmp_path: Path) -> None:
+    since = time.time()
+    sub = repo / "sub"
+    sub.mkdir()
+    git(sub, "init", "-q", home=tmp_path)
+    (sub / ".git" / "config").write_bytes(b"[core\n\xff fsmonitor\n")
+    assert config_keys((sub / ".git" / "config").read_bytes()) is None
+    findings, _ = settle(repo, since, tmp_path / "q")
+    assert [f.path.relative_to(repo).as_posix() for f in findings] == ["sub/.git/config"]
+    assert "not readable by git itself" in findings[0].why
+
+
+@pytest.mark.parametrize("shape", ["head-link", "refs-file", "objects-link", "detached"])
+def test_every_folder_git_takes_for_a_repository_is_judged(repo: Path, tmp_path: Path, shape: str) -> None:
+    """git's own test for a repository (validate_headref, then `objects` and `refs` it can enter): a HEAD that
+    is a link to refs/..., or `refs` a file with the x bit, or `objects` a link, still make one."""
+    since = time.time()
+    command, marker = payload(tmp_path, shape)
+    bare = repo / "data"
+    plant_config(bare, command)
+    with (bare / "config").open("a") as f:
+        f.write(f"\tworktree = {repo}\n")
+    (tmp_path / "elsewhere").mkdir()
+    if shape == "objects-link":
+        (bare / "objects").symlink_to(tmp_path / "elsewhere")
+    else:
+        (bare / "objects").mkdir()
+    if shape == "refs-file":
+        (bare / "refs").write_text("")
+        (bare / "refs").chmod(0o755)
+    else:
+        (bare / "refs").mkdir()
+    if shape == "head-link":
+        (bare / "HEAD").symlink_to("refs/heads/main")
+    elif shape == "detached":
+        (bare / "HEAD").write_text("0123456789abcdef0123456789abcdef01234567\n")
+    else:
+        (bare / "HEAD").write_text("ref:   refs/heads/main\n")
+    git(bare, "status", home=tmp_path)
+    assert marker.exists(), f"the control: git in a {shape} folder reads it as a repository and runs its config"
+    marker.unlink()
+    findings, _ = settle(repo, since, tmp_path / "q")
+    assert [f.path.relative_to(repo).as_posix() for f in findings] == ["data/config"]
+    git(bare, "status", home=tmp_path)
+    assert not marker.exists()
+
+
 def test_files_older_than_the_run_and_read_only_paths_are_left_alone(repo: Path, tmp_path: Path) -> None:
     plant_config(repo / "old" / ".git", "true")  # the operator's own, from before the run
     (repo / ".git" / "config").write_text((repo / ".git" / "config").read_text() + "[core]\n\teditor = vim\n")
