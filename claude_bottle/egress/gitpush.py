@@ -6,22 +6,36 @@ By default a bottle may update `refs/heads/claude-bottle/<slug>` only. The polic
 when a pattern names it (`delete:` before a pattern allows deleting what it matches); `git_repos`, when
 set, limits the repositories (`owner/name`). A push certificate or anything unparsed is refused: what is
 not understood is not forwarded.
+
+What is a push is decided by `push_target`, for the credential route and the plain-HTTP path alike: git's
+content type, or a path whose last segment, read as the most lenient server would (`normalise_path`), is
+git-receive-pack. A push must come in git's own spelling, `/REPO/git-receive-pack` as sent, so that what
+is forwarded is what was judged; a path servers read in different ways is refused when any reading of it
+could be a push.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import re
+import string
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 __all__ = [
     "MAX_COMMANDS_BYTES",
+    "PUSH_TYPE",
+    "PushTarget",
     "RefUpdate",
+    "ambiguity",
     "capabilities",
     "commands_end",
     "judge_push",
+    "normalise_path",
     "parse_commands",
+    "push_target",
     "refusal_report",
     "repo_of",
 ]
@@ -30,6 +44,19 @@ MAX_COMMANDS_BYTES = 64 * 1024
 _ZERO = re.compile(r"0{40}(?:0{24})?")
 _OID = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
 _REPO = re.compile(r"^/?(?P<repo>[A-Za-z0-9._-]+/[A-Za-z0-9._-]+?)(?:\.git)?/git-receive-pack$")
+_PUSH_PATH = re.compile(r"(?:/[A-Za-z0-9._-]+)+/git-receive-pack")  # any depth: plain-HTTP servers vary
+PUSH_TYPE = "application/x-git-receive-pack-request"
+_SERVICE = "git-receive-pack"
+_ESCAPE = re.compile(r"%(?P<hex>[0-9A-Fa-f]{2})?")
+_PLAIN = frozenset(string.ascii_letters + string.digits + "-_~")  # what every server decodes alike
+_NAMED = {
+    0x2F: "an encoded slash",
+    0x5C: "an encoded backslash",
+    0x00: "an encoded NUL",
+    0x25: "a double percent-encoding",
+    0x2E: "an encoded dot",
+}
+_DECODINGS = 8  # a server decoding more often than this is not one we guess for: refused instead
 
 
 class BadPush(ValueError):
@@ -47,9 +74,98 @@ class RefUpdate:
         return bool(_ZERO.fullmatch(self.new))
 
 
+@dataclass(frozen=True)
+class PushTarget:
+    """A request that is a push: its repository (`owner/name`, when the path names one) or why it is refused
+    before its commands are read."""
+
+    repo: str | None
+    refusal: str | None = None
+
+
+def normalise_path(target: str) -> str:
+    """The path of an origin-form target as the most lenient server reads it: query and fragment cut,
+    percent-escapes decoded once, a backslash taken for a slash, a NUL for the end, `;params` dropped from
+    each segment, empty and `.` segments dropped, `..` resolved (never above the root), no trailing slash."""
+    path = re.split(r"[?#]", target, maxsplit=1)[0]
+    text = unquote(path, encoding="latin-1").replace("\\", "/").split("\0", 1)[0]
+    segments: list[str] = []
+    for raw in text.split("/"):
+        seg = raw.split(";", 1)[0]
+        if seg == "..":
+            if segments:
+                segments.pop()
+        elif seg not in ("", "."):
+            segments.append(seg)
+    return "/" + "/".join(segments)
+
+
+def ambiguity(path: str) -> str | None:
+    """What in a path (the part before `?`) servers read in different ways, or None: a backslash, a `#`, a
+    `;`, a dot segment, a stray `%`, or an escape of anything but a letter, digit, `-`, `_` or `~`."""
+    if "\\" in path:
+        return "a backslash"
+    if "#" in path:
+        return "a fragment"  # not allowed in a request target: stripped by some, kept by others
+    if ";" in path:
+        return "a ;parameter"  # dropped per segment, for the whole rest, or not at all
+    for m in _ESCAPE.finditer(path):
+        if m["hex"] is None:
+            return "a stray percent sign"
+        byte = int(m["hex"], 16)
+        if chr(byte) not in _PLAIN:
+            return _NAMED.get(byte, "an escaped delimiter, control or non-ASCII byte")
+    if any(seg in (".", "..") for seg in path.split("/")):
+        return "a dot segment"  # resolved before or after decoding, with or without empty segments
+    return None
+
+
+def _mentions_service(path: str) -> bool:
+    """Whether any reading of `path` could name git-receive-pack: decoded until it no longer changes,
+    case-folded, also as UTF-8 (NFKC, so a KELVIN SIGN is a k), NULs dropped. Every reading's segments
+    are pieces of this text, so a path that does not mention the service is no push by any reading."""
+    text = path
+    for _ in range(_DECODINGS):
+        decoded = unquote(text, encoding="latin-1")
+        if decoded == text:
+            break
+        text = decoded
+    else:
+        return True
+    wide = unicodedata.normalize("NFKC", text.encode("latin-1").decode("utf-8", "ignore")).casefold()
+    return any(_SERVICE in reading.replace("\0", "") for reading in (text.lower(), wide))
+
+
+def push_target(target: str, content_types: Sequence[str] = ()) -> PushTarget | None:
+    """Whether an origin-form target (and its Content-Type values) is a push, and how it is judged; None when
+    it is not one. A push is git's content type or a normalised path ending in git-receive-pack (any case).
+    It must be sent as git sends it, `/REPO/git-receive-pack` exactly: a respelled one is refused, not
+    rewritten, so the forwarded target is the judged one."""
+    path = target.split("?", 1)[0]
+    typed = any(PUSH_TYPE in value.lower() for value in content_types)
+    unclear = ambiguity(path)
+    if unclear is not None:
+        if typed or _mentions_service(path):
+            return PushTarget(None, f"ambiguous push path ({unclear}): servers read it differently")
+        return None
+    norm = normalise_path(target)
+    named = norm.rsplit("/", 1)[-1].lower() == _SERVICE
+    if not (typed or named):
+        return None
+    if not named:
+        return PushTarget(None, "a receive-pack request to a path that is not /REPO/git-receive-pack")
+    if norm != target or not norm.endswith("/" + _SERVICE):
+        return PushTarget(None, "push path respelled: git sends /REPO/git-receive-pack as is")
+    if not _PUSH_PATH.fullmatch(norm):
+        return PushTarget(None, "cannot read the repository from the push path")
+    return PushTarget(repo_of(norm))
+
+
 def repo_of(path: str) -> str | None:
-    """`owner/name` of a receive-pack path, or None when it is not one."""
-    m = _REPO.match(path.split("?", 1)[0])
+    """`owner/name` of a receive-pack path (normalised), or None when it is not one or reads two ways."""
+    if ambiguity(path.split("?", 1)[0]) is not None:
+        return None
+    m = _REPO.match(normalise_path(path))
     return m.group("repo") if m else None
 
 

@@ -32,7 +32,16 @@ from .capability import MAX_BODY as CAPABILITY_MAX_BODY
 from .config import Route, Secrets
 from .dlp import Scanner
 from .gitpush import MAX_COMMANDS_BYTES as GIT_COMMANDS_MAX
-from .gitpush import BadPush, capabilities, commands_end, judge_push, parse_commands, refusal_report, repo_of
+from .gitpush import (
+    BadPush,
+    PushTarget,
+    capabilities,
+    commands_end,
+    judge_push,
+    parse_commands,
+    push_target,
+    refusal_report,
+)
 from .policy import Decision, PolicyFile, is_ip, is_public_address, normalise_host
 from .tls import NEED_MORE, client_hello_sni
 
@@ -532,9 +541,14 @@ class Guard:
         framing = body_framing(req)
         decision = await self._decide_or_ask(host, port, conn)
         pieces = None
-        if req.method == "POST" and (url.path or "/").endswith("/git-receive-pack"):
-            # A push to a git server the policy allows over plain HTTP is judged as on a credential route.
-            pieces = await self._judge_push(req, framing, path, reader, conn)
+        # A push to a git server the policy allows over plain HTTP is judged as on a credential route, from
+        # the target as sent (fragment and all): `path` is what is forwarded, and for a push the two agree.
+        authority_end = len(url.scheme) + 3 + len(url.netloc)
+        if req.target[:authority_end].lower() != f"{url.scheme}://{url.netloc}".lower():
+            raise Refused(400, "malformed request target")  # urlsplit read it otherwise than as sent
+        push = push_target(req.target[authority_end:], req.all("content-type"))
+        if push is not None:
+            pieces = await self._judge_push(req, framing, push, reader, conn)
         up_r, up_w = await self._open(host, port, decision, entry)
         try:
             self._allow(conn, decision.reason)
@@ -761,8 +775,9 @@ class Guard:
         framing = body_framing(req)
         self._recordable()
         pieces = None
-        if req.method == "POST" and rest.split("?", 1)[0].endswith("/git-receive-pack"):
-            pieces = await self._judge_push(req, framing, rest, reader, conn)
+        push = push_target(rest, req.all("content-type"))
+        if push is not None:
+            pieces = await self._judge_push(req, framing, push, reader, conn)
         # The operator named this upstream: private addresses are fine, no allow rule needed.
         up_r, up_w = await self._open(route.host, route.port, None, conn.entry, tls=route.scheme == "https")
         try:
@@ -780,10 +795,13 @@ class Guard:
             up_w.close()
 
     async def _judge_push(
-        self, req: Request, framing: Framing, rest: str, reader: asyncio.StreamReader, conn: Conn
+        self, req: Request, framing: Framing, push: PushTarget, reader: asyncio.StreamReader, conn: Conn
     ) -> AsyncIterator[bytes]:
         """Read a push's ref-update commands (before the pack), judge each, one audit line per update; a
-        refused one refuses the whole push before a byte of it leaves. The body then goes on as read."""
+        refused one refuses the whole push before a byte of it leaves. The body then goes on as read. A push
+        whose path is respelled or reads two ways is refused from its head (`push_target` says why)."""
+        if push.refusal is not None:
+            raise Refused(403, f"push refused: {push.refusal}")
         if req.header("content-encoding"):
             raise Refused(400, "a compressed push cannot be judged")
         if framing.kind == "none":
@@ -808,7 +826,7 @@ class Guard:
         except BadPush as exc:
             raise Refused(400, f"push refused: {exc}") from None
         policy = self.policy.current()
-        repo = repo_of(rest)
+        repo = push.repo
         verdicts = judge_push(updates, slug=policy.bottle, patterns=policy.git_refs, repo=repo, repos=policy.git_repos)
         for u, ok, why in verdicts:
             self.audit.write(
