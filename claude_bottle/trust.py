@@ -9,13 +9,20 @@ refused with the command to run. The bytes that are hashed are the bytes that ar
 
 A manifest lying inside a directory a bottle mounts read-write is never used silently: even when its
 content is trusted, each use says so.
+
+Whatever trusts writes the store under `trust_lock`, so a check and the trust that follows it are never
+interleaved with another command's (`grant --save` edits only bytes it found trusted, under that lock).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
-from collections.abc import Callable
+import os
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,9 +33,11 @@ from .manifest import Manifest, parse_manifest
 from .paths import writable_roots
 from .state import all_state_roots, write_private
 
-__all__ = ["TrustStore", "grants", "load_trusted", "read_manifest"]
+__all__ = ["TrustStore", "grants", "load_trusted", "read_manifest", "trust_bytes", "trust_lock", "untrusted"]
 
 TRUST_FILE = "trust.json"
+LOCK_FILE = "trust.lock"
+LOCK_WAIT = 10.0  # seconds: each holder keeps it for one read, check and write, never across a prompt
 
 
 def read_manifest(path: Path) -> tuple[bytes, Manifest]:
@@ -75,6 +84,11 @@ def grants(m: Manifest) -> list[str]:
             lines.append(f"{where}: installs apt {list(b.packages)}, pip {list(b.pip)}, npm {list(b.npm)}")
     for name, a in sorted(m.agents.items()):
         lines.append(f"agent {name}: bottle {a.bottle}, workspace {m.workspace(name)}, permissions {a.permission_mode}")
+        if a.workspace_mode == "mount":
+            lines.append(
+                f'agent {name}: WRITES YOUR FILES DIRECTLY (workspace_mode = "mount"): while it runs, git, an editor '
+                "or a git-aware shell prompt in that workspace may run code it wrote"
+            )
     return lines
 
 
@@ -98,6 +112,7 @@ class TrustStore:
         return e if isinstance(e, dict) else None
 
     def trust(self, manifest: Path, digest: str, lines: list[str]) -> None:
+        """Record a digest as trusted (a read, change and write of the store: hold `trust_lock`)."""
         data = self._load()
         data["manifests"][str(manifest)] = {
             "sha256": digest,
@@ -110,6 +125,52 @@ class TrustStore:
 
 def digest_of(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
+
+
+@contextlib.contextmanager
+def trust_lock(home: Path) -> Iterator[None]:
+    """Held while a manifest is checked against the store and trusted: one command at a time."""
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(home / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise BottleError(
+                        f"{home / LOCK_FILE} is held by another claude-bottle command: let it finish, then retry"
+                    ) from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _why_not(entry: dict[str, Any] | None, digest: str) -> str | None:
+    if entry is None:
+        return "new"
+    return None if entry.get("sha256") == digest else "changed since it was trusted"
+
+
+def untrusted(path: Path, raw: bytes, *, home: Path) -> str | None:
+    """None if these exact bytes are what the operator trusted for the manifest at path, else why not."""
+    return _why_not(TrustStore(home / TRUST_FILE).entry(path.resolve()), digest_of(raw))
+
+
+def trust_bytes(path: Path, raw: bytes, *, home: Path) -> list[str]:
+    """Trust exactly these bytes (parsed here, so what is trusted is what they grant) as the manifest at
+    path; hold `trust_lock`. Its grants are returned."""
+    resolved = path.resolve()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ManifestError(f"{resolved}: not UTF-8 text") from None
+    lines = grants(parse_manifest(text, path=resolved))
+    TrustStore(home / TRUST_FILE).trust(resolved, digest_of(raw), lines)
+    return lines
 
 
 def describe(path: Path, lines: list[str], old: dict[str, Any] | None, writable_by: str | None) -> list[str]:
@@ -153,19 +214,18 @@ def load_trusted(
             say(f"note: {resolved} lies in {writable_by}'s writable files; using it as trusted on {when}")
         return manifest
     lines = grants(manifest)
-    why = "new" if entry is None else "changed since it was trusted"
+    why = _why_not(entry, digest)
     if ask is None:
         raise BottleError(f"{resolved} is not trusted ({why}): review it, then run `claude-bottle trust {resolved}`")
     if not ask(describe(resolved, lines, entry, writable_by)):
         raise BottleError(f"{resolved} was not trusted: nothing started")
-    store.trust(resolved, digest, lines)
+    with trust_lock(home):
+        store.trust(resolved, digest, lines)  # the bytes shown and parsed above, whatever the file holds now
     return manifest
 
 
 def trust_file(path: Path, *, home: Path) -> tuple[Path, list[str]]:
     """Trust a manifest's current content ahead of time (the `trust` verb, `init`)."""
-    raw, manifest = read_manifest(path)
-    resolved = path.resolve()
-    lines = grants(manifest)
-    TrustStore(home / TRUST_FILE).trust(resolved, digest_of(raw), lines)
-    return resolved, lines
+    with trust_lock(home):
+        raw, _ = read_manifest(path)
+        return path.resolve(), trust_bytes(path, raw, home=home)

@@ -49,6 +49,11 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.egress:
         raise BottleError("nothing to grant: pass --egress HOST[:PORT] (repeatable), or --request ID / --all")
+    if args.save and (args.revoke or args.private):
+        raise BottleError(
+            "--save adds plain hosts to the manifest: for --revoke or --private, edit egress.allow by hand "
+            "(then `claude-bottle trust`)"
+        )
     rules = []
     for spec in args.egress:
         try:
@@ -58,6 +63,11 @@ def run(args: argparse.Namespace) -> int:
         rules.append((rule.model_copy(update={"private": True}) if args.private else rule).rule())
     state = state_for(args)
     grants = grant_egress(state, rules, revoke=args.revoke)
+    if args.save:
+        from ..manifest_edit import save_grants_to_manifest
+
+        where = save_grants_to_manifest(state, [f"egress:{r.label()}" for r in rules])
+        err.print(f"saved {', '.join(r.label() for r in rules)} to {where}")
     out.print(state.slug)
     err.print(
         ("revoked " if args.revoke else "granted ")

@@ -268,6 +268,43 @@ def test_grant_save_keeps_the_manifests_comments_and_keys(project: Path) -> None
     assert main(["start", "claude", "--detach"]) == 0  # still trusted: the operator made this change
 
 
+def test_grant_egress_save_adds_the_host_to_the_trusted_manifest(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`grant --egress HOST --save` saved nothing before (the flag was read only for requests)."""
+    assert main(["start", "claude", "--detach"]) == 0
+    (sd,) = list_state_dirs()
+    assert main(["grant", sd.slug, "--egress", "docs.example.com", "--save"]) == 0
+    text = (project / "claude-bottle.toml").read_text()
+    assert text == MANIFEST.replace('allow = ["api.example.com"]', 'allow = ["api.example.com", "docs.example.com"]')
+    assert main(["start", "claude", "--detach"]) == 0  # still trusted
+    capsys.readouterr()
+    assert main(["grant", sd.slug, "--egress", "x.example.com", "--private", "--save"]) == 1
+    assert "edit egress.allow by hand" in capsys.readouterr().err
+
+
+def test_grant_save_into_a_manifest_changed_since_trust_keeps_the_grant_and_says_so(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    FakeBackend.on_exec = asks_for("apt", "jq")
+    assert main(["start", "claude", "--prompt", "go"]) == 143
+    (sd,) = list_state_dirs()
+    manifest = (project / "claude-bottle.toml").resolve()
+    edited = MANIFEST.replace('allow = ["api.example.com"]', 'allow = ["api.example.com", "evil.test"]')
+    manifest.write_text(edited)
+    capsys.readouterr()
+    assert main(["grant", sd.slug, "--request", "r-0001", "--save"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: {manifest} is not trusted (changed since it was trusted): granted apt:jq, but not saved; "
+        f"review the change with `claude-bottle trust {manifest}`, then add apt:jq to it"
+    )
+    assert manifest.read_text() == edited
+    assert sd.read().granted_packages == {"apt": ["jq"]}  # the grant stands
+    assert json.loads((sd.path / "guard" / "policy.json").read_text())["decisions"] == {"r-0001": ["grant", ""]}
+    assert main(["start", "claude", "--detach"]) == 1  # and the edit is still not trusted
+    assert "changed since it was trusted" in capsys.readouterr().err
+
+
 def test_the_image_has_a_layer_for_granted_packages() -> None:
     from claude_bottle.backend.docker.images import agent_image_spec
     from claude_bottle.manifest import BottleSpec
