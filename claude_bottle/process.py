@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import subprocess
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from .errors import BackendError
 
-__all__ = ["Result", "check", "redact_argv", "run", "run_interactive", "run_streaming", "run_to"]
+__all__ = [
+    "STDERR_KEPT",
+    "TAIL_READ",
+    "Result",
+    "check",
+    "redact_argv",
+    "run",
+    "run_interactive",
+    "run_streaming",
+    "run_to",
+    "stream",
+]
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +113,86 @@ def check(result: Result, what: str) -> Result:
     lines = [ln for ln in result.stderr.strip().splitlines() if ln.strip()]
     tail = lines[-1] if lines else "(no error output)"
     raise BackendError(f"{what} failed (exit {result.returncode}): {tail}")
+
+
+STDERR_KEPT = 64 * 1024  # the tail of a streaming command's stderr kept for its error
+TAIL_READ = 1024 * 1024  # what a reader of a stream may leave unread (a tar's end padding) before it is cut off
+
+
+def stream(
+    argv: Sequence[str],
+    *,
+    feed: Callable[[IO[bytes]], None] | None = None,
+    take: Callable[[IO[bytes]], None] | None = None,
+    timeout: float,
+    env: Mapping[str, str | None] | None = None,
+) -> Result:
+    """Run argv with `feed` writing its stdin or `take` reading its stdout as a stream (no copy in memory or
+    on disk). Its stderr is drained as it comes (a command that says much must never block on a full pipe)
+    and its tail kept. The whole transfer has one deadline: past it the command is killed. Output `take`
+    leaves unread is read to at most TAIL_READ bytes (a tar's padding): past that the command is killed, not
+    drained, so a reader that stopped early (a budget) never waits on the rest. Either way stderr says so."""
+    argv = [str(a) for a in argv]
+    log.debug("run (stream): %s", " ".join(redact_argv(argv)))
+    try:
+        proc = subprocess.Popen(
+            argv,
+            env=_env(env),
+            stdin=subprocess.PIPE if feed else subprocess.DEVNULL,
+            stdout=subprocess.PIPE if take else subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+    except FileNotFoundError as exc:
+        raise _missing(argv) from exc
+    assert proc.stderr is not None  # noqa: S101 - set by PIPE above
+    tail = bytearray()
+    stderr = proc.stderr
+
+    def drain() -> None:
+        while chunk := stderr.read(8192):
+            tail.extend(chunk)
+            del tail[:-STDERR_KEPT]
+
+    expired, cut = threading.Event(), False
+
+    def kill() -> None:
+        expired.set()
+        proc.kill()
+
+    drainer = threading.Thread(target=drain, daemon=True)
+    timer = threading.Timer(timeout, kill)
+    with proc:  # its pipes closed, whatever happens
+        drainer.start()
+        timer.start()
+        try:
+            if feed is not None and proc.stdin is not None:
+                with contextlib.suppress(BrokenPipeError):  # it failed early: its stderr says why
+                    feed(proc.stdin)
+                with contextlib.suppress(BrokenPipeError):
+                    proc.stdin.close()
+            if take is not None and proc.stdout is not None:
+                take(proc.stdout)
+                left = TAIL_READ
+                while left > 0 and (chunk := proc.stdout.read(min(65536, left))):
+                    left -= len(chunk)
+                if left <= 0 and proc.stdout.read(1):
+                    cut = True
+                    proc.kill()
+            rc = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            timer.cancel()
+            drainer.join(timeout=5)
+    err = tail.decode(errors="replace")
+    shown = " ".join(redact_argv(argv[:2]))
+    if expired.is_set():
+        err += f"\n`{shown} ...` did not finish within {timeout:.0f}s: stopped"
+    elif cut:
+        err += f"\n`{shown} ...` went on past what was read: stopped"
+    return Result(tuple(argv), rc, "", err)
 
 
 def run_streaming(

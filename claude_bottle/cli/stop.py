@@ -30,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
         out.print(state.slug)
         err.print("forgotten here; whatever it left on its engine stays there")
         return 0
+    kept_before = state.preserved()
     try:
         stop_bottle(state, remove=args.rm, notify=lambda line: err.print(line, markup=False, highlight=False))
     except BackendError as exc:
@@ -41,4 +42,7 @@ def run(args: argparse.Namespace) -> int:
         ) from exc
     out.print(state.slug)
     err.print("stopped" + (" and removed" if args.rm else f"; state kept in {state.path}"))
+    kept = state.preserved() if not args.rm else None
+    if kept and kept != kept_before:  # its files did not all come home: say why, once, here
+        err.print(f"preserved: {kept}", markup=False, highlight=False)
     return 0

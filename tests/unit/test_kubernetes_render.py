@@ -120,3 +120,44 @@ def test_labels_select_and_annotations_keep_the_rest() -> None:
     assert pod["labels"]["claude-bottle.slug"] == "claude-abcde"
     assert pod["annotations"]["claude-bottle.created"] == "2026-11-28T12:00:00+00:00"
     assert json.loads(as_list(objects()))["kind"] == "List"
+
+
+def helper_objects() -> list[dict[str, Any]]:
+    from claude_bottle.backend.kubernetes.render import render_helper
+
+    return render_helper(
+        identity=Identity("claude-abcde", "kubernetes", 42, 1000.5, "2026-11-28T12:00:00+00:00", "claude-bottle"),
+        ids=RuntimeIds(1000, 1000, 10001, 10001),
+        image="registry.example/claude-bottle-agent:abc",
+        deadline=3720,
+    )
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_the_helper_that_reads_a_claim_home_validates(version: str) -> None:
+    for o in helper_objects():
+        kubernetes_validate.validate(o, version, strict=True)
+
+
+def test_the_helper_reads_the_claim_only_and_reaches_nothing() -> None:
+    """Each part is read by a container running as its owner (the guard's log, the agent's ~/.claude), never
+    root, with no capability, no token, a read-only root and the claim read-only; the cluster ends it; its
+    NetworkPolicy selects it alone and allows nothing either way."""
+    objs = by_kind(helper_objects())
+    pod, netpol = objs["Pod"], objs["NetworkPolicy"]
+    spec = pod["spec"]
+    assert spec["automountServiceAccountToken"] is False and spec["restartPolicy"] == "Never"
+    assert spec["activeDeadlineSeconds"] == 3720
+    assert spec["volumes"] == [
+        {"name": "state", "persistentVolumeClaim": {"claimName": "claude-bottle-claude-abcde-state", "readOnly": True}}
+    ]
+    owners = {c["name"]: c["securityContext"]["runAsUser"] for c in spec["containers"]}
+    assert owners == {"log": 10001, "home": 1000}
+    for c in spec["containers"]:
+        sc = c["securityContext"]
+        assert sc["runAsNonRoot"] and not sc["allowPrivilegeEscalation"] and sc["readOnlyRootFilesystem"]
+        assert sc["capabilities"] == {"drop": ["ALL"]}
+        assert all(m["readOnly"] for m in c["volumeMounts"])
+    labels = pod["metadata"]["labels"]
+    assert labels["claude-bottle.helper"] == "1" and labels["claude-bottle.slug"] == "claude-abcde"
+    assert netpol["spec"] == {"podSelector": {"matchLabels": labels}, "policyTypes": ["Ingress", "Egress"]}

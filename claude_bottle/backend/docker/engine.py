@@ -11,8 +11,6 @@ import contextlib
 import json
 import os
 import re
-import subprocess
-import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,7 +119,7 @@ def docker(*args: str, timeout: float | None = 120, env: dict[str, str] | None =
     return result
 
 
-STDERR_KEPT = 64 * 1024  # the tail of a streaming command's stderr kept for its error
+STDERR_KEPT = process.STDERR_KEPT
 
 
 def _stream(
@@ -131,62 +129,9 @@ def _stream(
     take: Callable[[IO[bytes]], None] | None = None,
     timeout: float,
 ) -> process.Result:
-    """`docker ARGS` with `feed` writing its stdin or `take` reading its stdout as a stream. Its stderr is
-    drained as it comes (a command that says much must never block on a full pipe), and the whole
-    transfer has one deadline: past it the command is killed, and the error says so."""
-    argv = ["docker", *args]
-    try:
-        proc = subprocess.Popen(
-            argv,
-            env=process._env(_env()),  # the one environment builder (process.py)
-            stdin=subprocess.PIPE if feed else subprocess.DEVNULL,
-            stdout=subprocess.PIPE if take else subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-    except FileNotFoundError as exc:
-        raise process._missing(argv) from exc
-    assert proc.stderr is not None  # noqa: S101 - set by PIPE above
-    tail = bytearray()
-    stderr = proc.stderr
-
-    def drain() -> None:
-        while chunk := stderr.read(8192):
-            tail.extend(chunk)
-            del tail[:-STDERR_KEPT]
-
-    expired = threading.Event()
-
-    def kill() -> None:
-        expired.set()
-        proc.kill()
-
-    drainer = threading.Thread(target=drain, daemon=True)
-    timer = threading.Timer(timeout, kill)
-    with proc:  # its pipes closed, whatever happens
-        drainer.start()
-        timer.start()
-        try:
-            if feed is not None and proc.stdin is not None:
-                with contextlib.suppress(BrokenPipeError):  # it failed early: its stderr says why
-                    feed(proc.stdin)
-                with contextlib.suppress(BrokenPipeError):
-                    proc.stdin.close()
-            if take is not None and proc.stdout is not None:
-                take(proc.stdout)
-                while proc.stdout.read(65536):  # whatever `take` left (a tar's padding)
-                    pass
-            rc = proc.wait()
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        finally:
-            timer.cancel()
-            drainer.join(timeout=5)
-    err = tail.decode(errors="replace")
-    if expired.is_set():
-        err += f"\n`docker {' '.join(args[:2])} ...` did not finish within {timeout:.0f}s: stopped"
-    result = process.Result(tuple(argv), rc, "", err)
+    """`docker ARGS` as a stream (process.stream: stderr drained, one deadline, a reader's early stop never
+    waits on the rest), on this block's engine."""
+    result = process.stream(["docker", *args], feed=feed, take=take, timeout=timeout, env=_env())
     _raise_known(args, result)
     return result
 

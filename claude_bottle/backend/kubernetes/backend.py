@@ -6,19 +6,22 @@ admits an init container with NET_ADMIN) and for the limits.
 
 Images are built by the Docker backend on this machine and pushed to CLAUDE_BOTTLE_REGISTRY, which the
 cluster must be able to pull from. The workspace and `~/.claude` travel into the bottle's claim through
-`kubectl exec` (a tar stream) while the Pod waits in its `seed` init container; the audit log, the
-capability requests and the transcripts come back into the local state dir at every stop.
+`kubectl exec` (a tar stream) while the Pod waits in its `seed` init container. What comes home (the audit
+log, the capability requests, the transcripts) is read at a stop from the claim, after the bottle's Pod is
+gone, by a helper Pod of its own (render_helper: read-only, non-root, no network); while the bottle runs,
+only the log and the requests, from the guard's container. Each tar streams into the unpacker within its
+budgets (homecoming.py); a trip that fails leaves the bottle preserved, and `pull` finishes it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import shutil
 import subprocess
 import tarfile
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,11 +30,9 @@ from typing import TYPE_CHECKING, Any
 from ... import process
 from ...errors import BackendError, BottleError
 from ...runtime import NAMESPACE_LABEL, Identity, namespace
-from ...state import StateDir, now_iso, process_started, write_private
-from ...unpack import unpack
-from ...walk import remove_tree
-from .. import BottleBackend, BottleCleanupPlan, BottlePlan, BottleStatus, Check, Progress, Report
-from .render import Names, as_list, render_objects
+from ...state import StateDir, now_iso, process_started
+from .. import BottleBackend, BottleCleanupPlan, BottlePlan, BottleStatus, Check, Progress, Report, homecoming
+from .render import HELPER_LABEL, HOME_PARTS, Names, as_list, render_helper, render_objects
 
 if TYPE_CHECKING:
     from ...bottle import Bottle
@@ -40,6 +41,9 @@ if TYPE_CHECKING:
 __all__ = ["KubernetesBottleBackend", "kubectl_argv"]
 
 KINDS = "pod,networkpolicy,secret,configmap"  # what a stop removes (the claim holds the state: kept)
+TRANSFER_TIMEOUT = 1800.0  # one tar stream home, start to end
+HELPER_READY = 120.0  # for the helper Pod to run (the claim detached from the bottle's node, attached to its)
+PENDING = f"{homecoming.PENDING} cluster"  # the preserve reason of a bottle whose files did not come home
 
 
 def kubectl_argv(*args: str) -> list[str]:
@@ -85,6 +89,7 @@ class KubernetesPlan(BottleCleanupPlan):
 
 class KubernetesBottleBackend(BottleBackend):
     name = "kubernetes"
+    workspace_modes = ("copy", "mount")  # the workspace goes into the claim by a tar stream either way
 
     def plan(self, *, bottle: Bottle) -> BottlePlan:
         if shutil.which("kubectl") is None:
@@ -98,6 +103,7 @@ class KubernetesBottleBackend(BottleBackend):
             raise BottleError(
                 "the kubernetes backend runs the guard's own engine, without egress.networks or worktree mode"
             )
+        homecoming.refuse_start(bottle.state)
         return BottlePlan(bottle, [f"pod {_names(bottle.slug).pod}: agent sealed behind its guard sidecar"])
 
     def prepare_images(self, *, plan: BottlePlan, progress: Progress) -> dict[str, str]:
@@ -143,18 +149,24 @@ class KubernetesBottleBackend(BottleBackend):
         self._untar(names.pod, "seed", "/state", _tar(state.claude_home, "claude-home"))
         process.check(kubectl("exec", names.pod, "-c", "seed", "--", "touch", "/state/.seeded"), "seeding the bottle")
 
-    def _wait_for(self, pod: str, container: str, timeout: float = 300) -> None:
-        """Until `container` of the Pod runs (an init container waiting for its seed)."""
+    def _wait_for(self, pod: str, *containers: str, timeout: float = 300) -> None:
+        """Until each of `containers` of the Pod runs (an init container waiting for its seed, a helper's)."""
         deadline = time.monotonic() + timeout
+        wanted = set(containers)
         while True:
             got = kubectl("get", pod, "-o", "json", timeout=30)
             if got.ok:
                 status = json.loads(got.stdout).get("status", {})
-                for c in status.get("initContainerStatuses", []) + status.get("containerStatuses", []):
-                    if c.get("name") == container and "running" in c.get("state", {}):
-                        return
+                running = {
+                    c.get("name")
+                    for c in status.get("initContainerStatuses", []) + status.get("containerStatuses", [])
+                    if "running" in c.get("state", {})
+                }
+                if wanted <= running:
+                    return
             if time.monotonic() > deadline:
-                raise BackendError(f"{pod}: its {container} container did not start within {timeout:.0f}s")
+                names = ", ".join(sorted(wanted))
+                raise BackendError(f"{pod}: its {names} container(s) did not start within {timeout:.0f}s")
             time.sleep(0.5)
 
     def _untar(self, pod: str, container: str, dest: str, data: bytes) -> None:
@@ -184,45 +196,102 @@ class KubernetesBottleBackend(BottleBackend):
                          timeout=timeout * 10 + 30)  # fmt: skip
         process.check(result, f"waiting for pod {names.pod}")
 
-    def _pull(self, state: StateDir) -> None:
-        """The audit log, the requests and the transcripts back into the local state dir (what the agent
-        wrote is unpacked by descriptor, never through a link: unpack.py)."""
-        names = _names(state.slug)
-        for container, src in (("guard", "/var/log/claude-bottle"), ("agent", "/home/claude/.claude")):
-            proc = subprocess.run(
-                kubectl_argv("exec", names.pod, "-c", container, "--", "tar", "-cf", "-", "-C", src, "."),
-                capture_output=True,
-                timeout=600,
-                check=False,
-            )
-            if proc.returncode != 0:
-                continue  # the Pod is gone: what was pulled before stays
-            holder = Path(tempfile.mkdtemp(prefix=".incoming-", dir=state.path))
-            tmp = holder / "in"
-            try:
-                unpack(io.BytesIO(proc.stdout), tmp)
-                if container == "guard":
-                    for name in ("egress.jsonl", "requests.jsonl"):
-                        got = tmp / name
-                        if got.is_file() and not got.is_symlink():
-                            write_private(state.path / name, got.read_bytes())
-                else:
-                    remove_tree(state.claude_home)
-                    tmp.rename(state.claude_home)
-            finally:
-                remove_tree(holder)
+    def _context(self) -> str:
+        return os.environ.get("CLAUDE_BOTTLE_KUBE_CONTEXT") or "the current context"
+
+    def stop(self, *, state: StateDir) -> None:
+        """The bottle's Pod (and its policy, Secret, config maps) deleted first, whatever follows: the agent
+        stops, and nothing it does can hold the stop or the trip home. Then, if it ran (or an earlier trip
+        failed), what comes home is read from its claim by a helper Pod. If that fails the bottle is still
+        stopped: its state dir is preserved with the reason, the claim keeps the files, and `pull` (or
+        another stop) tries again."""
+        deleted = kubectl("delete", KINDS, "-l", _selector(state.slug), "--ignore-not-found", "--wait=true",
+                          "-o", "name")  # fmt: skip
+        process.check(deleted, f"removing bottle {state.slug}")
+        ran = f"pod/{_names(state.slug).pod}" in deleted.stdout.split()
+        if not (ran or homecoming.is_pending(state)):
+            return
+        try:
+            self._from_claim(state)
+        except homecoming.TripCut:
+            pass  # preserved, with its reason
+        except (BottleError, OSError) as exc:
+            why = " ".join(str(exc).split())
+            state.preserve(f"{PENDING} ({self._context()}): `claude-bottle pull {state.slug}` ({why})")
 
     def sync(self, state: StateDir) -> None:
-        self._pull(state)
+        """While the bottle runs, its log and requests from the guard's container (the agent cannot touch
+        that container or what it reads). Stopped, the trip its stop could not finish, from the claim; after
+        a trip that stopped at a budget, nothing travels on its own (the reason is the answer)."""
+        if state.read().status == "running":
+            self._log_from_guard(state)
+        elif homecoming.is_cut(state):
+            raise homecoming.TripCut(state.preserved() or homecoming.CUT)
+        elif homecoming.is_pending(state):
+            self._from_claim(state)
+
+    def _log_from_guard(self, state: StateDir) -> None:
+        argv = kubectl_argv("exec", _names(state.slug).pod, "-c", "guard", "--",
+                            "tar", "-c", "-f", "-", "-C", "/var/log/claude-bottle", ".")  # fmt: skip
+        home = homecoming.Homecoming(state, where="in the guard's container")
+        with home.trip() as trip:
+            result = process.stream(argv, take=trip.read, timeout=TRANSFER_TIMEOUT)
+            if home.arrived(trip, result, f"bringing {state.slug}'s log home", ok=(0, 1)):
+                home.take_log(trip.dest)
+        try:
+            home.finish(work=False)
+        except homecoming.TripCut as exc:
+            homecoming.preserve_cut(state, exc)
+            raise
+
+    def _from_claim(self, state: StateDir) -> None:
+        """The log, then (unless an earlier trip stopped at a budget) the transcripts, from the claim through
+        a helper Pod (render_helper), removed in every case. On success a pending trip is done; a trip that
+        stops at a budget preserves the bottle (TripCut); any other failure is a one-line BackendError."""
+        from ...bottle import Bottle
+
+        record = state.read()
+        image = record.images.get("agent")
+        if not image:
+            return  # never started: nothing there
+        names = _names(state.slug)
+        identity = Identity(state.slug, self.name, os.getpid(), process_started(os.getpid()) or 0.0, now_iso(),
+                            namespace())  # fmt: skip
+        deadline = int(HELPER_READY + TRANSFER_TIMEOUT * len(HOME_PARTS))
+        helper = render_helper(identity=identity, ids=Bottle.recorded(state).ids, image=image, deadline=deadline)
+        cut = homecoming.is_cut(state)
+        home = homecoming.Homecoming(state, where=f"on its claim {names.state}")
+        try:
+            process.check(kubectl("apply", "-f", "-", input=as_list(helper)), f"starting {state.slug}'s helper")
+            self._wait_for(f"pod/{names.helper}", *(c for c, _ in HOME_PARTS), timeout=HELPER_READY)
+            for container, part in HOME_PARTS[:1] if cut else HOME_PARTS:
+                if home.stopped:
+                    break
+                argv = kubectl_argv("exec", names.helper, "-c", container, "--",
+                                    "tar", "-c", "--ignore-failed-read", "-f", "-", "-C", "/v", part)  # fmt: skip
+                with home.trip() as trip:
+                    result = process.stream(argv, take=trip.read, timeout=TRANSFER_TIMEOUT)
+                    # GNU tar's 1 is "some files differ" (a file written while it was read): what came is whole.
+                    if not home.arrived(trip, result, f"bringing {state.slug}'s {part} home", ok=(0, 1)):
+                        continue
+                    if part == "log":
+                        home.take_log(trip.dest / "log")
+                    else:
+                        homecoming.put_in_place(trip.dest / part, state.claude_home)
+            home.finish(work=not cut)
+        except homecoming.TripCut as exc:
+            homecoming.preserve_cut(state, exc)
+            raise
+        finally:
+            with contextlib.suppress(BottleError):  # one left behind ends at its deadline; cleanup finds it
+                kubectl("delete", "pod,networkpolicy", "-l", f"{_selector(state.slug)},{HELPER_LABEL}=1",
+                        "--ignore-not-found", "--wait=false")  # fmt: skip
+        if homecoming.is_pending(state):
+            state.preserve_path.unlink(missing_ok=True)  # the trip its stop owed is done
 
     def elsewhere(self, state: StateDir) -> bool:
         del state
         return True
-
-    def stop(self, *, state: StateDir) -> None:
-        self._pull(state)
-        result = kubectl("delete", KINDS, "-l", _selector(state.slug), "--ignore-not-found", "--wait=true")
-        process.check(result, f"removing bottle {state.slug}")
 
     def _exec_argv(self, state: StateDir, argv: Sequence[str], *, tty: bool, interactive: bool,
                    workdir: str | None, env: dict[str, str] | None) -> list[str]:  # fmt: skip
@@ -280,6 +349,8 @@ class KubernetesBottleBackend(BottleBackend):
         out = {}
         for pod in self._pods():
             meta = pod.get("metadata", {})
+            if meta.get("labels", {}).get(HELPER_LABEL):
+                continue  # a trip home, not the bottle
             slug = meta.get("labels", {}).get("claude-bottle.slug", "")
             phase = str(pod.get("status", {}).get("phase", "Unknown")).lower()
             status = "running" if phase == "running" else phase
@@ -323,11 +394,20 @@ class KubernetesBottleBackend(BottleBackend):
         objects, kept = [], set()
         for item in json.loads(got.stdout).get("items", []):
             slug = item["metadata"].get("labels", {}).get("claude-bottle.slug", "")
-            if slug in running:
+            if slug in running or (item["kind"] == "PersistentVolumeClaim" and self._owed(slug)):
                 kept.add(slug)
                 continue
             objects.append((item["kind"].lower(), item["metadata"]["name"], slug))
         return KubernetesPlan(objects, sorted(kept))
+
+    @staticmethod
+    def _owed(slug: str) -> bool:
+        """Does the claim hold files that did not all come home (its state dir says so)?"""
+        try:
+            state = StateDir(slug)
+        except BottleError:
+            return False
+        return state.path.is_dir() and (homecoming.is_pending(state) or homecoming.is_cut(state))
 
     def cleanup(self, plan: BottleCleanupPlan, *, report: Report) -> list[str]:
         assert isinstance(plan, KubernetesPlan)  # noqa: S101 - plans go back to their backend

@@ -24,12 +24,25 @@ from ...guard.inputs import GuardInputs
 from ...manifest import BottleSpec
 from ...runtime import AGENT_HOME, LABEL, NAMESPACE_LABEL, Identity, RuntimeIds
 
-__all__ = ["DNS_PORT", "GUARD_LISTEN", "Names", "firewall_script", "render_objects"]
+__all__ = [
+    "DNS_PORT",
+    "GUARD_LISTEN",
+    "HELPER_LABEL",
+    "HOME_PARTS",
+    "Names",
+    "firewall_script",
+    "render_helper",
+    "render_objects",
+]
 
 GUARD_LISTEN = "127.0.0.1"
 DNS_PORT = 5353  # the guard's DNS inside the Pod (other uids' port 53 is redirected to it)
 PRIVATE_V4 = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "100.64.0.0/10", "127.0.0.0/8")
 STATE_SIZE = "10Gi"
+HELPER_LABEL = f"{LABEL}.helper"  # a helper Pod (what comes home): not the bottle, never listed as it
+# What comes home from the claim, each read by a container of the helper running as its owner: the log (the
+# guard's), then ~/.claude (the agent's).
+HOME_PARTS = (("log", "log"), ("home", "claude-home"))
 
 
 @dataclass(frozen=True)
@@ -61,6 +74,10 @@ class Names:
     @property
     def netpol(self) -> str:
         return self.prefix
+
+    @property
+    def helper(self) -> str:
+        return f"{self.prefix}-helper"
 
 
 def _labels(identity: Identity) -> dict[str, str]:
@@ -327,6 +344,54 @@ def render_objects(
     }
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": _meta(names.pod, identity), "spec": pod_spec}
     return [claim, secret, policy_map, honey_map, netpol, pod]
+
+
+def render_helper(*, identity: Identity, ids: RuntimeIds, image: str, deadline: int) -> list[dict[str, Any]]:
+    """What reads a stopped bottle's claim for the trip home, with the bottle's Pod gone (nothing of the
+    agent runs, so nothing it does can stop or change the stream): a Pod mounting the claim read-only, one
+    container per part running as that part's owner (non-root, every capability dropped, a read-only root,
+    no service-account token), that only sleeps until `kubectl exec` runs tar in it, and is ended by the
+    cluster after `deadline` seconds if nobody removes it; and a NetworkPolicy that gives it no network."""
+    names = Names(f"{identity.namespace}-{identity.slug}")
+
+    def meta() -> dict[str, Any]:
+        out = _meta(names.helper, identity)
+        out["labels"][HELPER_LABEL] = "1"
+        return out
+
+    owners = {"log": (ids.guard_uid, ids.guard_gid), "home": (ids.agent_uid, ids.agent_gid)}
+    netpol = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": meta(),
+        "spec": {"podSelector": {"matchLabels": meta()["labels"]}, "policyTypes": ["Ingress", "Egress"]},
+    }
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": meta(),
+        "spec": {
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "restartPolicy": "Never",
+            "activeDeadlineSeconds": deadline,
+            "terminationGracePeriodSeconds": 1,
+            "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [
+                {
+                    "name": container,
+                    "image": image,
+                    "command": ["sleep", str(deadline)],
+                    "securityContext": _hardened(*owners[container], read_only=True),
+                    "resources": {"limits": {"memory": "128Mi", "cpu": "500m"}, "requests": {"memory": "16Mi"}},
+                    "volumeMounts": [{"name": "state", "mountPath": f"/v/{sub}", "subPath": sub, "readOnly": True}],
+                }
+                for container, sub in HOME_PARTS
+            ],
+            "volumes": [{"name": "state", "persistentVolumeClaim": {"claimName": names.state, "readOnly": True}}],
+        },
+    }
+    return [netpol, pod]
 
 
 def as_list(objects: Sequence[dict[str, Any]]) -> str:
