@@ -45,9 +45,27 @@ class Bottle:
         return self.paths.workspace
 
     @property
+    def mode(self) -> str:
+        """How the agent works on the workspace: worktree, copy or mount (never auto: resolved at start)."""
+        return self.agent.workspace_mode
+
+    @property
     def agent_workspace(self) -> Path:
-        """What the agent gets at /workspace: the workspace, or in worktree mode its own checkout."""
-        return self.state.path / "worktree" if self.worktree else self.paths.workspace
+        """What the agent gets at /workspace: its own checkout (worktree), its own copy (copy), or the
+        workspace itself (mount)."""
+        if self.mode == "worktree":
+            return self.state.path / "worktree"
+        if self.mode == "copy":
+            return self.state.path / "copy"
+        return self.paths.workspace
+
+    def workspace_words(self) -> str:
+        """The workspace as the plan line says it."""
+        if self.mode == "worktree":
+            return f"workspace {self.workspace} (a checkout of its own on claude-bottle/{self.slug}; `merge` takes it)"
+        if self.mode == "copy":
+            return f"workspace {self.workspace} (a copy of its own; `claude-bottle apply {self.slug}` brings it home)"
+        return f"workspace {self.workspace} (mounted: the agent writes your files directly)"
 
     @property
     def mounts(self) -> tuple[tuple[Path, str, bool], ...]:
@@ -61,6 +79,8 @@ class Bottle:
     @property
     def protected(self) -> tuple[str, ...]:
         """Control paths of the agent's workspace repository, mounted read-only (gitguard)."""
+        if self.mode == "copy":
+            return ()  # the tree is the agent's own: nothing of the operator's in it to protect
         if not self.worktree:
             return self.paths.protected
         from .gitguard import protected
@@ -81,21 +101,37 @@ class Bottle:
         backend: str,
         root: Path | None = None,
         workspace_mode: str | None = None,
+        modes: tuple[str, ...] = ("worktree", "copy", "mount"),
     ) -> Bottle:
         """A bottle about to start: its slug drawn, its host paths checked (before anything is built)."""
         agent = manifest.agent(agent_name)
-        if workspace_mode is not None:
-            agent = agent.model_copy(update={"workspace_mode": workspace_mode})
+        mode = workspace_mode or agent.workspace_mode
         spec = manifest.bottles[agent.bottle]
         workspace = manifest.workspace(agent_name)
         if not workspace.is_dir():
             raise BottleError(f"workspace {workspace} does not exist: create it or fix agents.{agent_name}.workspace")
         paths = _checked(spec, workspace, manifest.directory, root)
         project = None
-        if agent.workspace_mode == "worktree":
+        if mode == "auto" and "worktree" not in modes:
+            mode = "copy"
+        if mode not in ("auto", *modes):
+            raise BottleError(
+                f"the {backend} backend has no {mode} workspace mode: use one of {', '.join(modes)} "
+                f"(agents.{agent_name}.workspace_mode, or leave it out)"
+            )
+        if mode in ("auto", "worktree"):
+            from .worktree import WorktreeError
             from .worktree import project as git_project
 
-            project = git_project(paths.workspace)
+            try:
+                project = git_project(paths.workspace)
+                mode = "worktree"
+            except WorktreeError:
+                if mode == "worktree":
+                    raise
+                mode = "copy"  # not the top level of a repository with a commit: a copy of the files
+        agent = agent.model_copy(update={"workspace_mode": mode})
+        ids = RuntimeIds.for_mode(mode, paths.workspace)
         slug = new_slug(agent_name)
         return cls(
             slug=slug,
@@ -106,7 +142,7 @@ class Bottle:
             backend=backend,
             manifest_path=manifest.path,
             paths=paths,
-            ids=RuntimeIds.for_host(paths.workspace),
+            ids=ids,
             state=StateDir(slug, root),
             project=project,
         )
@@ -145,7 +181,7 @@ class Bottle:
             backend=record.backend,
             manifest_path=manifest_path,
             paths=paths,
-            ids=RuntimeIds.for_host(workspace if workspace.exists() else None),
+            ids=_recorded_ids(record, agent, workspace),
             state=state,
             granted={k: tuple(v) for k, v in record.granted_packages.items() if k in ("apt", "pip", "npm")},
             worktree=record.worktree,
@@ -162,8 +198,17 @@ class Bottle:
             manifest={"bottle": self.spec.model_dump(mode="json"), "agent": self.agent.model_dump(mode="json")},
             workspace=str(self.workspace),
             writable=[str(p) for p in self.paths.writable],
+            agent_ids=[self.ids.agent_uid, self.ids.agent_gid],
             **fields,  # type: ignore[arg-type]
         )
+
+
+def _recorded_ids(record: BottleRecord, agent: AgentSpec, workspace: Path) -> RuntimeIds:
+    """Who the bottle's agent ran as: the recorded ids (its files are theirs), else as its mode says."""
+    host = RuntimeIds.for_mode(agent.workspace_mode, workspace if workspace.exists() else None)
+    if len(record.agent_ids) == 2:
+        return RuntimeIds(record.agent_ids[0], record.agent_ids[1], host.guard_uid, host.guard_gid)
+    return host
 
 
 def _checked(spec: BottleSpec, workspace: Path, base: Path, root: Path | None) -> BottlePaths:

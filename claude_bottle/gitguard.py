@@ -36,7 +36,7 @@ from pathlib import Path
 from .state import StateDir
 from .walk import Walk
 
-__all__ = ["Finding", "config_is_safe", "protected", "settle", "settle_bottle"]
+__all__ = ["Finding", "config_is_safe", "protected", "settle", "settle_bottle", "settle_copy", "valid_head"]
 
 # Paths under the workspace's own .git mounted read-only while a bottle runs (those that exist).
 PROTECTED = ("config", "config.worktree", "hooks", "info", "modules", "worktrees")
@@ -359,6 +359,23 @@ def settle_bottle(state: StateDir, notify: Callable[[str], None]) -> None:
         return
     quarantine = state.path / "git-quarantine"
     findings, complete = settle(Path(workspace), record.run_started, quarantine, skip=record.git_protected)
+    _told(state, findings, complete, Path(workspace), notify)
+    state.update(run_started=None)
+
+
+def settle_copy(state: StateDir, copy: Path, notify: Callable[[str], None]) -> None:
+    """A copy of the agent's files that came home (all of it the agent's, so all of it judged), settled
+    before it is put where verbs and the operator read it."""
+    if not copy.is_dir() or copy.is_symlink():
+        return
+    findings, complete = settle(copy, 0.0, state.path / "git-quarantine")
+    _told(state, findings, complete, copy, notify)
+
+
+def _told(
+    state: StateDir, findings: list[Finding], complete: bool, workspace: Path, notify: Callable[[str], None]
+) -> None:
+    quarantine = state.path / "git-quarantine"
     for f in findings:
         notify(f.line())
     if findings:
@@ -374,4 +391,3 @@ def settle_bottle(state: StateDir, notify: Callable[[str], None]) -> None:
             f"git: {workspace} could not be checked whole (too deep, too large or unreadable): review it "
             "before running git anywhere under it"
         )
-    state.update(run_started=None)

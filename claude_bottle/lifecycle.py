@@ -119,7 +119,14 @@ def start_bottle(
     spec = manifest.bottles[manifest.agent(agent_name).bottle]
     backend_name, _source = resolve_backend_name(flag=backend_flag, manifest=spec.backend)
     backend = get_bottle_backend(backend_name)
-    bottle = Bottle.new(manifest, agent_name, backend=backend_name, root=root, workspace_mode=workspace_mode)
+    bottle = Bottle.new(
+        manifest,
+        agent_name,
+        backend=backend_name,
+        root=root,
+        workspace_mode=workspace_mode,
+        modes=backend.workspace_modes,
+    )
     bottle.state.create()
     try:
         bottle.state.write(
@@ -133,6 +140,10 @@ def start_bottle(
             info = create(bottle.state, bottle.project, bottle.ids)
             bottle.state.update(worktree=info)
             bottle = dataclasses.replace(bottle, worktree=info)
+        elif bottle.mode == "copy":  # copy mode: a copy of its own, applied home by `claude-bottle apply`
+            from .workcopy import create as create_copy
+
+            create_copy(bottle.state, bottle.workspace, bottle.ids)
     except BaseException:
         bottle.state.remove()  # a full disk (or a signal) right after mkdir: nothing half-made stays
         raise
@@ -239,7 +250,8 @@ def _claude_home(bottle: Bottle, *, placeholder: bool) -> None:
     from .walk import Walk
 
     home = bottle.state.claude_home
-    home.mkdir(mode=0o700, exist_ok=True)
+    # Readable by this user when the bottle user will own it (the state dir around it stays 0700).
+    home.mkdir(mode=0o755 if bottle.ids.needs_helper else 0o700, exist_ok=True)
     seed_config(home, placeholder_key=PLACEHOLDER if placeholder else None)
     if os.getuid() == 0:
         ids = bottle.ids
@@ -253,11 +265,10 @@ def _claude_home(bottle: Bottle, *, placeholder: bool) -> None:
 def _roll_back(backend: BottleBackend, state: StateDir, exc: BaseException) -> None:
     try:
         backend.stop(state=state)
+        remove_state(backend, state)
     except BottleError as stop_exc:
         # Could not remove what was made: keep the record so `cleanup` finds and reaps it.
         state.update(status="failed", error=f"start failed ({exc!r}); rollback failed: {stop_exc}")
-        return
-    state.remove()
 
 
 def _after_run(state: StateDir, notify: Notify) -> None:
@@ -291,8 +302,21 @@ def stop_bottle(
         if remove:
             if state.preserved():
                 raise BottleError(f"{state.slug} is preserved ({state.preserved()}): stopped, state kept")
-            state.remove()
+            remove_state(backend, state)
     return record
+
+
+def remove_state(backend: BottleBackend, state: StateDir) -> None:
+    """A state dir removed; what this user cannot remove (the bottle user's files, for a normal user) is
+    first removed with the backend's help."""
+    if state.foreign_files():
+        backend.release_files(state)
+    try:
+        state.remove()
+    except PermissionError as exc:
+        raise BottleError(
+            f"cannot remove {exc.filename or state.path} (the bottle's agent owns it): run `sudo rm -rf {state.path}`"
+        ) from None
 
 
 def forget_bottle(state: StateDir) -> None:

@@ -248,8 +248,11 @@ class BottleSpec(_Strict):
 class AgentSpec(_Strict):
     bottle: str = "default"
     workspace: str | None = None
-    # mount: the agent edits the workspace itself; worktree: a checkout of its own on claude-bottle/<slug>.
-    workspace_mode: Literal["mount", "worktree"] = "mount"
+    # auto (the default): worktree for the top level of a git repository with a commit, else copy.
+    # worktree: a checkout of its own on claude-bottle/<slug>; copy: a copy of the files, `apply` brings
+    # them home; both owned by the bottle user, never by you. mount: the agent edits your files directly
+    # (git, an editor or a shell prompt run there may run what it writes: docs/design/operator-tools.md).
+    workspace_mode: Literal["auto", "worktree", "copy", "mount"] = "auto"
     prompt: str | None = None
     model: str | None = None
     claude_args: tuple[str, ...] = ()
@@ -390,8 +393,12 @@ deny = []
 
 [agents.claude]
 bottle = "default"
-# workspace = "."      # host directory mounted at /workspace (default: this file's directory)
-# workspace_mode = "worktree"  # a git checkout of its own on branch claude-bottle/<slug> (default: "mount")
+# workspace = "."      # the host directory the agent works on (default: this file's directory)
+# The agent works in a tree of its own (owned by the bottle user, so git on your host never runs what it
+# writes): "worktree" (a git checkout on branch claude-bottle/<slug>; `merge` brings it home) for the top level
+# of a git repository, else "copy" (`apply` brings it home). "mount" lets it edit your files directly; then a
+# git prompt, an editor or git itself run in them while it runs may run its code.
+# workspace_mode = "auto"
 # model = "claude-sonnet-4-5"
 # prompt = "..."       # set to run headless; leave unset for an interactive session
 claude_args = []

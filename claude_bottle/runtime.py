@@ -11,7 +11,18 @@ from pathlib import Path
 
 from .errors import BottleError
 
-__all__ = ["DEFAULT_NAMESPACE", "LABEL", "NAMESPACE_ENV", "Identity", "RuntimeIds", "namespace", "owned_by"]
+__all__ = [
+    "BOTTLE_UID",
+    "BOTTLE_UID_ENV",
+    "DEFAULT_NAMESPACE",
+    "LABEL",
+    "NAMESPACE_ENV",
+    "Identity",
+    "RuntimeIds",
+    "bottle_uid",
+    "namespace",
+    "owned_by",
+]
 
 LABEL = "claude-bottle"
 AGENT_HOME = "/home/claude"  # the agent user's home in every bottle image
@@ -20,6 +31,34 @@ NAMESPACE_ENV = "CLAUDE_BOTTLE_NAMESPACE"
 NAMESPACE_LABEL = f"{LABEL}.namespace"
 _NAMESPACE_RE = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
 NAMESPACE_MAX = 24
+# The bottle user: who the agent runs as when its workspace is a tree of its own (worktree and copy modes).
+# Not the operator, so that git on the host refuses every repository the agent makes or changes ("dubious
+# ownership") and nothing the agent writes is ever a folder the operator owns. Outside the ranges adduser
+# (1000-59999), systemd's dynamic users (61184-65519) and subordinate ids (100000 and up) hand out.
+BOTTLE_UID = 60999
+BOTTLE_UID_ENV = "CLAUDE_BOTTLE_AGENT_UID"
+
+
+def bottle_uid(environ: Mapping[str, str] | None = None) -> int:
+    """The bottle user's uid (and gid): CLAUDE_BOTTLE_AGENT_UID, else 60999; never a uid this host has an
+    account for, nor root, nor the operator."""
+    env = os.environ if environ is None else environ
+    raw = env.get(BOTTLE_UID_ENV, "")
+    if raw and (not raw.isdigit() or not 0 < int(raw) < 2**31 - 1):
+        raise BottleError(f"{BOTTLE_UID_ENV}={raw!r} is not a uid: use a number between 1 and 2147483646, or unset it")
+    uid = int(raw) if raw else BOTTLE_UID
+    import pwd
+
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = None
+    if name is not None or uid == os.getuid():
+        raise BottleError(
+            f"uid {uid} is a user of this host ({name or 'you'}): the bottle user must be nobody's, so set "
+            f"{BOTTLE_UID_ENV} to a free uid"
+        )
+    return uid
 
 
 def namespace(environ: Mapping[str, str] | None = None) -> str:
@@ -54,6 +93,22 @@ class RuntimeIds:
     agent_gid: int
     guard_uid: int
     guard_gid: int
+
+    @classmethod
+    def for_mode(cls, mode: str, workspace: Path | None = None) -> RuntimeIds:
+        """Mount mode: the agent edits the operator's files, so it runs as their owner (for_host). Worktree and
+        copy modes: the agent works in a tree of its own, as the bottle user (bottle_uid)."""
+        host = cls.for_host(workspace)
+        if mode == "mount":
+            return host
+        uid = bottle_uid()
+        return cls(uid, uid, host.guard_uid, host.guard_gid)
+
+    @property
+    def needs_helper(self) -> bool:
+        """Can what the agent owns be handed to it, or removed, only through the engine? (A normal user whose
+        agent runs as the bottle user: chown and unlinking in its folders need root.)"""
+        return os.getuid() != 0 and self.agent_uid != os.getuid()
 
     @classmethod
     def for_host(cls, workspace: Path | None = None) -> RuntimeIds:

@@ -15,7 +15,7 @@ import tempfile
 import time
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -74,8 +74,11 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def write_private(path: Path, data: str | bytes, *, mode: int = 0o600) -> None:
-    """Write atomically (temp file in the same dir, fsync, rename) with the given mode and the old owner."""
+def write_private(
+    path: Path, data: str | bytes, *, mode: int = 0o600, before_replace: Callable[[], None] | None = None
+) -> None:
+    """Write atomically (temp file in the same dir, fsync, rename) with the given mode and the old owner.
+    `before_replace` runs just before the rename; whatever it raises leaves path as it was."""
     raw = data.encode() if isinstance(data, str) else data
     try:
         owner = path.stat()
@@ -91,6 +94,8 @@ def write_private(path: Path, data: str | bytes, *, mode: int = 0o600) -> None:
             f.write(raw)
             f.flush()
             os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace()
         Path(tmp).replace(path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -136,6 +141,8 @@ class BottleRecord:
     run_mode: str | None = None  # how claude last ran: interactive | headless | detached (a grant resumes so)
     # Worktree mode: the operator's repository, its object store, the base commit and the bottle's branch.
     worktree: dict[str, Any] | None = None
+    # Who the agent ran as ([uid, gid]): the bottle user in worktree and copy modes, its files' owner after.
+    agent_ids: list[int] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, data: Any) -> BottleRecord:
@@ -330,6 +337,14 @@ class StateDir:
     def preserve(self, reason: str) -> None:
         write_private(self.preserve_path, reason + "\n")
 
+    def foreign_files(self) -> bool:
+        """Did this bottle's agent run as someone this user cannot remove files of (the bottle user, for a
+        normal user)? Then its files go through the backend first (BottleBackend.release_files)."""
+        if os.getuid() == 0:
+            return False
+        ids = self.read().agent_ids
+        return len(ids) == 2 and ids[0] != os.getuid()
+
     def remove(self) -> None:
         remove_tree(self.path)
 
@@ -447,6 +462,10 @@ class StateDir:
         )
 
     def _work(self, record: BottleRecord) -> str | None:
+        if not record.worktree and (record.manifest.get("agent") or {}).get("workspace_mode") == "copy":
+            from .workcopy import pending as copy_pending  # only copy-mode bottles pay for the walk
+
+            return copy_pending(self)
         if not record.worktree:
             home = self.home_workspace
             if home.is_dir() and not home.is_symlink():

@@ -536,10 +536,35 @@ def merge(state: StateDir, *, squash: bool) -> str:
         return _merge(state, w, squash=squash)
 
 
+def _repositories(w: Work, rev: str, verb: str) -> None:
+    """Refuse work whose files would make a folder of the operator's tree a repository to git (a HEAD git
+    accepts, or a .git by any spelling: gitshape.inert): git there would run the agent's config."""
+    from .gitshape import HEAD_PEEK, inert, is_head
+
+    listing = w.git("ls-tree", "-r", "-z", "--full-tree", rev).stdout
+    for item in listing.split(b"\0"):
+        if not item:
+            continue
+        meta, _, raw_path = item.partition(b"\t")
+        path = os.fsdecode(raw_path)
+        mode, _kind, oid = meta.decode().split()
+        name = path.rsplit("/", 1)[-1]
+        data = w.git("cat-file", "blob", oid).stdout[:HEAD_PEEK] if is_head(name) else None
+        kind = "l" if mode == "120000" else "f"
+        target = os.fsdecode(data) if kind == "l" and data is not None else ""
+        why = inert(path, kind, target=target, data=data)
+        if why is not None:
+            raise WorktreeError(
+                f"the bottle's work holds {path} ({why}); nothing was {verb}: remove it in the bottle and commit, "
+                "or bring the work home by hand"
+            )
+
+
 def _merge(state: StateDir, w: Work, *, squash: bool) -> str:
     if w.tip is None or not w.commits:
         more = f" (its uncommitted changes: `claude-bottle apply {state.slug}`)" if w.uncommitted else ""
         raise WorktreeError(f"{state.slug} made no commits: nothing to merge{more}")
+    _repositories(w, w.tip, "merged")
     # The bottle's new objects, packed from the view, indexed into the operator's repository with every
     # object checked (its owner's git reads nothing of the state dir).
     pack = w.git("pack-objects", "--revs", "--stdout", "-q", stdin=f"{w.tip}\n^{w.base}\n".encode()).stdout
@@ -581,6 +606,7 @@ def _apply(state: StateDir, w: Work) -> str:
     patch = w.git("diff", "--binary", "--full-index", "--no-ext-diff", "--no-textconv", w.base, w.tree).stdout
     if not patch.strip():
         raise WorktreeError(f"{state.slug} changed nothing: nothing to apply")
+    _repositories(w, w.tree, "applied")
     result = _op(w.project, "apply", "--whitespace=nowarn", "-", stdin=patch, check=False)
     if result.returncode != 0:
         why = (result.stderr.decode(errors="replace").strip().splitlines() or ["?"])[0]

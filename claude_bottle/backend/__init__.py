@@ -71,7 +71,7 @@ class BottlePlan:
         allowed = ", ".join(r.label() for r in b.spec.egress.allow) or "nothing"
         line = (
             f"starting {b.slug}: agent {b.agent_name} in bottle {b.bottle_name} on {b.backend}; "
-            f"workspace {b.workspace}{f' (a checkout of its own on claude-bottle/{b.slug})' if b.worktree else ''}; "
+            f"{b.workspace_words()}; "
             f"egress: {allowed}"
         )
         return line + "".join(f"; {a}" for a in self.actions)
@@ -110,6 +110,9 @@ class BottleBackend(ABC):
     """A place bottles run. Methods take keyword arguments only."""
 
     name: ClassVar[str]
+    # How its agents may work on a workspace (`auto` picks worktree where it is listed and the workspace is a
+    # repository, else copy): a checkout of its own, a copy of its own, or the operator's files mounted.
+    workspace_modes: ClassVar[tuple[str, ...]] = ("worktree", "copy", "mount")
 
     @abstractmethod
     def plan(self, *, bottle: Bottle) -> BottlePlan: ...
@@ -186,6 +189,11 @@ class BottleBackend(ABC):
         """The workspace repository's control paths this backend really mounts read-only in the bottle
         (gitguard's settle trusts those unchanged, and judges every other one)."""
         return list(bottle.protected)
+
+    def release_files(self, state: StateDir) -> None:
+        """Before a state dir is removed, when this user could not remove some of it: what the agent's uid
+        made there (the bottle user's, for a normal user) removed with the backend's help. Default: nothing."""
+        del state
 
     def enumerate_active(self) -> set[str]:
         """Slugs of bottles that are live (anything still present in the engine)."""

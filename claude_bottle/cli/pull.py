@@ -1,10 +1,12 @@
 """`claude-bottle pull SLUG [--to DIR]`: a remote bottle's workspace (and its log and transcripts) brought
 home now. Into the bottle's state dir, never over the operator's own files: a worktree bottle's checkout
-(then `diff`, `log`, `merge` read it), else `<state>/workspace`; `--to` copies that to a new folder."""
+(then `diff`, `log`, `merge` read it), a copy-mode bottle's copy (`diff`, `apply`), else `<state>/workspace`;
+`--to` copies that to a new folder, leaving out whatever git would take for a repository."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,25 @@ def register(sub: Any) -> None:
     p.set_defaults(run=run)
 
 
+def _not_inert(folder: str, names: list[str]) -> list[str]:
+    """What `pull --to` leaves out: whatever would make a folder of the copy a repository to git."""
+    from ..gitshape import HEAD_PEEK, inert, is_head
+
+    out = []
+    for name in names:
+        p = Path(folder) / name
+        kind = "l" if p.is_symlink() else "d" if p.is_dir() else "f"
+        target = str(p.readlink()) if kind == "l" else ""
+        data = None
+        if kind == "f" and is_head(name):
+            with contextlib.suppress(OSError), p.open("rb") as f:
+                data = f.read(HEAD_PEEK)
+        if inert(name, kind, target=target, data=data) is not None:
+            err.print(f"[yellow]left out of the copy[/]: {escape(str(p))} (git would read it as a repository)")
+            out.append(name)
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     from ..lifecycle import bring_home, elsewhere
 
@@ -37,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     if why:
         err.print(f"[yellow]the engine did not answer; this is what the last trip brought[/]: {escape(why)}")
     record = state.read_whole()
-    home = state.path / ("worktree" if record.worktree else "workspace")
+    copy_mode = not record.worktree and (record.manifest.get("agent") or {}).get("workspace_mode") == "copy"
+    home = state.path / ("worktree" if record.worktree else "copy" if copy_mode else "workspace")
     if not home.is_dir():
         raise BottleError(f"{state.slug} has no workspace brought home yet (it never ran?)")
     skipped = state.home_skipped
@@ -52,9 +74,13 @@ def run(args: argparse.Namespace) -> int:
     for f in findings:
         err.print(escape(f.line()), highlight=False)
     if to is not None:
-        shutil.copytree(home, to, symlinks=True)
+        # A copy for the operator: nothing in it that git would take for a repository (workcopy.inert).
+        shutil.copytree(home, to, symlinks=True, ignore=_not_inert)
         home = to
-    hint = "`claude-bottle diff " + state.slug + "`" if record.worktree else f"diff -r {record.workspace} {home}"
+    if record.worktree or copy_mode:
+        hint = f"`claude-bottle diff {state.slug}`"
+    else:
+        hint = f"diff -r {record.workspace} {home}"
     out.print(str(home), markup=False, highlight=False)
     err.print(f"[dim]the bottle's workspace is at {escape(str(home))}; compare with {escape(hint)}[/]")
     return 0

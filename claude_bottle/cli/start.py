@@ -18,12 +18,30 @@ def register(sub: Any) -> None:
         "--backend", metavar="NAME", help="backend to use (default: manifest, then CLAUDE_BOTTLE_BACKEND, then docker)"
     )
     p.add_argument("--json", action="store_true", help="print a JSON object instead of the slug")
-    p.add_argument(
+    modes = p.add_mutually_exclusive_group()
+    modes.add_argument(
         "--worktree",
         action="store_const",
         const="worktree",
         dest="workspace_mode",
-        help="work in a checkout of its own on branch claude-bottle/SLUG (the workspace must be a git repository)",
+        help="work in a checkout of its own on branch claude-bottle/SLUG (the workspace must be a git repository; "
+        "the default for one)",
+    )
+    modes.add_argument(
+        "--copy",
+        action="store_const",
+        const="copy",
+        dest="workspace_mode",
+        help="work in a copy of its own; `claude-bottle apply SLUG` brings it home (the default for a workspace "
+        "that is not a git repository)",
+    )
+    modes.add_argument(
+        "--mount",
+        action="store_const",
+        const="mount",
+        dest="workspace_mode",
+        help="let the agent write the workspace itself (then git, an editor or a shell prompt run there may run "
+        "what it writes)",
     )
     p.add_argument(
         "--context",

@@ -159,6 +159,8 @@ def prepare_guard(
         for name, content in honeytoken_files(tokens).items():
             target = honey_dir / name.replace("/", "_")
             write_private(target, content)
+            if ids.needs_helper:  # decoys the bottle user must read (the state dir around them stays 0700)
+                target.chmod(0o644)
             honey_paths[name] = target
         allow = [r.rule() for r in spec.egress.allow]
         deny = [r.rule() for r in spec.egress.deny]

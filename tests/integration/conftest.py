@@ -231,8 +231,8 @@ class Cli:
             raise AssertionError(f"claude-bottle {' '.join(args)} -> {proc.returncode}\n{proc.stderr}")
         return proc
 
-    def start(self, agent: str = "claude") -> str:
-        out = self.run("start", agent, "--detach", "--json", check=True).stdout
+    def start(self, agent: str = "claude", *extra: str) -> str:
+        out = self.run("start", agent, "--detach", "--json", *extra, check=True).stdout
         return str(json.loads(out)["slug"])
 
     def sh(self, slug: str, script: str, *, stdin: str | None = None) -> tuple[int, str]:

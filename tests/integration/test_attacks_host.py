@@ -104,7 +104,8 @@ def two_agents(tmp_path: Path, internet: Internet) -> Iterator[tuple[Cli, Path, 
     manifest = write_manifest(conf, internet)
     text = manifest.read_text().replace(
         "[agents.claude]",
-        f'[agents.outer]\nworkspace = "{w}"\n\n[agents.inner]\nworkspace = "{w}/inner"\n\n[agents.claude]',
+        f'[agents.outer]\nworkspace = "{w}"\nworkspace_mode = "mount"\n\n'
+        f'[agents.inner]\nworkspace = "{w}/inner"\nworkspace_mode = "mount"\n\n[agents.claude]',
     )
     manifest.write_text(text)
     c = Cli(tmp_path / "home", conf)
@@ -180,7 +181,10 @@ def test_deep_nesting_in_claude_home_breaks_no_verb(cli: Cli) -> None:
 
 
 # -- 2: a manifest planted by an agent takes over nothing -------------------------------------------
-def test_a_planted_manifest_is_refused_before_anything_starts(cli: Cli, bottle: str, internet: Internet) -> None:
+def test_a_planted_manifest_is_refused_before_anything_starts(cli: Cli, internet: Internet) -> None:
+    """(In mount mode, where the agent writes the operator's tree; in the default modes `apply` would bring
+    such a file home, and the same trust check refuses it.)"""
+    bottle = cli.start("claude", "--mount")
     planted = (
         "[bottles.default]\\n"
         'mounts = [{ host = "/etc", guest = "/hostetc", mode = "rw" }]\\n'
@@ -213,6 +217,7 @@ def test_a_planted_manifest_is_refused_before_anything_starts(cli: Cli, bottle: 
         f"`claude-bottle trust {src}/claude-bottle.toml`"
     )
     assert set(cli.ls()) == before and len(internet.requests("forbidden")) == before_forbidden
+    cli.run("stop", bottle, "--rm")
 
 
 # -- 1: git on the host runs nothing the agent wrote -------------------------------------------------
@@ -225,7 +230,7 @@ def test_git_on_the_host_runs_nothing_the_agent_wrote(git_project: Cli) -> None:
     assert host_git(ws, "commit", "-qm", "init").returncode == 0
     marker = ws.parent / "ran"  # where the planted command would leave its mark (the user can write there)
     ws.parent.chmod(0o777)
-    slug = cli.start("claude")
+    slug = cli.start("claude", "--mount")  # the opt-in mode this defends (issue 21: the default is a tree of its own)
     try:
         plant = (
             "set -e; cd /workspace; "

@@ -23,6 +23,7 @@ import pytest
 from .conftest import NS, STATE, TEST_KEY, Cli, Internet, docker, user_project
 
 AGENT_UID = 1000
+BOTTLE_UID = 60999
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +52,12 @@ def test_headless_run_edits_the_workspace_and_resume_continues(ccli: Cli, intern
     )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "FAKE-UPSTREAM: the command ran." in r.stdout
+    slug = r.stdout.strip().splitlines()[0]
+    # The agent wrote its copy (the bottle user's); `apply` brings it into the workspace, as its owner's.
+    made = ccli.home / STATE / slug / "copy" / "out.txt"
+    assert made.read_text().strip() == "made-by-claude" and made.stat().st_uid == BOTTLE_UID
+    applied = ccli.run("apply", slug)
+    assert applied.returncode == 0 and "1 added" in applied.stderr, applied.stderr
     out = ccli.cwd / "out.txt"
     assert out.read_text().strip() == "made-by-claude"
     if os.getuid() == 0:
@@ -60,7 +67,6 @@ def test_headless_run_edits_the_workspace_and_resume_continues(ccli: Cli, intern
     tool_turn = [q for q in new if "tool_result" in json.dumps(q["body"])]
     assert tool_turn, "Claude Code never sent the tool result back"
 
-    slug = r.stdout.strip().splitlines()[0]
     row = ccli.ls()[slug]
     assert row["status"] == "stopped" and row["resumable"] is True
     record = json.loads((ccli.home / STATE / slug / "bottle.json").read_text())

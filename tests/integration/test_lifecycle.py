@@ -128,15 +128,15 @@ def test_ctrl_c_or_sigterm_mid_start_leaves_nothing(cli: Cli, tmp_path: Path, si
 
 
 def test_the_agent_can_edit_the_workspace_of_whoever_runs_the_cli(tmp_path: Path, internet: Internet) -> None:
-    """A project owned by the CLI's user (root here: a server, a CI runner, a dev container): the agent
-    edits it, as that uid, with no capabilities at all and no way to gain any."""
+    """A project owned by the CLI's user (root here: a server, a CI runner, a dev container), in mount mode:
+    the agent edits it, as that uid, with no capabilities at all and no way to gain any."""
     ws = tmp_path / "own-project"
     ws.mkdir()
     (ws / "README").write_text("mine\n")
     (ws / "README").chmod(0o644)
     c = Cli(tmp_path / "home", ws)
     trusted(c, write_manifest(ws, internet))
-    slug = c.start()
+    slug = c.run("start", "claude", "--detach", "--mount", check=True).stdout.strip().splitlines()[-1]
     try:
         script = (
             "id -u; grep -E '^(CapEff|CapPrm|CapBnd|NoNewPrivs)' /proc/self/status; "

@@ -12,6 +12,8 @@ import pytest
 
 from .conftest import NS, WHO, Cli, Internet, docker, made_cli
 
+BOTTLE_UID = 60999
+
 
 @pytest.fixture(scope="module")
 def ucli(tmp_path_factory: pytest.TempPathFactory, internet: Internet) -> Iterator[Cli]:
@@ -26,14 +28,18 @@ def test_a_normal_users_lifecycle(ucli: Cli) -> None:
     slug = ucli.start()
     row = ucli.ls()[slug]
     assert row["status"] == "running"
-    # The agent is this user: what it writes in the workspace is theirs.
+    # The agent is the bottle user (a copy of its own, handed to it through the engine: this user cannot
+    # chown); what it writes there is not this user's, so git here refuses it.
     rc, out = ucli.sh(
-        slug, "id -u; echo hi > /workspace/by-agent; curl -sS -m 10 http://allowed.test/ >/dev/null; echo $?"
+        slug,
+        "id -u; echo hi > /workspace/by-agent; echo x > ~/.claude/by-agent; "
+        "curl -sS -m 10 http://allowed.test/ >/dev/null; echo $?",
     )
-    assert rc == 0 and out.split() == [str(uid), "0"], out
-    assert (ucli.cwd / "by-agent").stat().st_uid == uid
-    # Everything on the host side is theirs too, and private.
+    assert rc == 0 and out.split() == [str(BOTTLE_UID), "0"], out
     state = ucli.states / slug
+    assert (state / "copy" / "by-agent").stat().st_uid == BOTTLE_UID
+    assert not (ucli.cwd / "by-agent").exists()
+    # Everything else on the host side is this user's, and private.
     assert state.stat().st_uid == uid and (state.stat().st_mode & 0o777) == 0o700
     assert ucli.run("grant", slug, "--egress", "forbidden.test:80", "--private").returncode == 0
     time.sleep(1.0)  # the guard re-reads its policy within half a second
@@ -44,6 +50,9 @@ def test_a_normal_users_lifecycle(ucli: Cli) -> None:
     assert ucli.run("stop", slug).returncode == 0
     assert ucli.ls()[slug]["status"] == "stopped"
     assert not (state / "guard" / "secrets.json").exists()
+    r = ucli.run("apply", slug)
+    assert r.returncode == 0 and "1 added" in r.stderr, r.stderr
+    assert (ucli.cwd / "by-agent").read_text() == "hi\n" and (ucli.cwd / "by-agent").stat().st_uid == uid
     r = ucli.run("resume", slug, "--detach")
     assert r.returncode == 0, r.stderr
     rc, out = ucli.sh(slug, "curl -sS -m 10 -o /dev/null -w '%{http_code}' http://forbidden.test/")
@@ -53,7 +62,19 @@ def test_a_normal_users_lifecycle(ucli: Cli) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     assert docker("ps", "-a", "--filter", f"label=claude-bottle.slug={slug}", "-q").stdout.strip() == ""
     assert ucli.ls()[slug]["status"] == "stopped"
-    assert ucli.run("stop", slug, "--rm").returncode == 0
+    r = ucli.run("stop", slug, "--rm")  # the bottle user's files removed through the engine
+    assert r.returncode == 0, r.stderr
     assert not state.exists()
     assert json.loads(ucli.run("ls", "--json").stdout) == []
+
+
+def test_a_normal_users_mount_mode_agent_is_that_user(ucli: Cli) -> None:
+    uid = ucli.user if ucli.user is not None else os.getuid()
+    r = ucli.run("start", "claude", "--detach", "--mount")
+    assert r.returncode == 0, r.stderr
+    slug = r.stdout.strip().splitlines()[-1]
+    rc, out = ucli.sh(slug, "id -u; echo hi > /workspace/by-mounted-agent")
+    assert rc == 0 and out.split() == [str(uid)], out
+    assert (ucli.cwd / "by-mounted-agent").stat().st_uid == uid
+    assert ucli.run("stop", slug, "--rm").returncode == 0
     assert NS in ucli.namespace

@@ -163,7 +163,7 @@ def test_a_bottle_runs_on_the_remote_engine_and_its_work_comes_home(remote: Remo
         time.sleep(0.5)
     assert out.strip().endswith("200"), out
     _, remote.timings["remote_stop_s"] = _timed(lambda: c.run("stop", slug, check=True))
-    home = c.states / slug / "workspace"
+    home = c.states / slug / "copy"  # copy mode: not a repository
     assert (home / "made.txt").read_text() == "made-there\n"
     assert not (c.cwd / "made.txt").exists()  # the operator's tree is never written
     assert remote.objects(slug) == []  # containers and volumes gone from the remote engine
@@ -207,7 +207,7 @@ def test_escapes_that_apply_on_a_remote_engine(remote: Remote) -> None:
         assert rc == 0, out
     finally:
         c.run("stop", slug, check=True)
-    home = c.states / slug / "workspace"
+    home = c.states / slug / "copy"  # copy mode: not a repository
     assert (home / "plain.txt").read_text() == "ok\n"
     assert (home / "evil").is_symlink() and (home / "evil").readlink() == Path("/etc/passwd")
     assert not (home / "pipe").exists()
@@ -223,7 +223,7 @@ def test_headless_claude_code_on_the_remote_engine(remote: Remote) -> None:
     assert "FAKE-UPSTREAM: the command ran." in r.stdout
     new = [q for q in remote.requests("anthropic") if q["path"].startswith("/v1/messages")][before:]
     assert new and all(next(v for k, v in q["headers"].items() if k.lower() == "x-api-key") == TEST_KEY for q in new)
-    outs = list(c.states.glob("*/workspace/out.txt"))
+    outs = list(c.states.glob("*/copy/out.txt"))
     assert outs and outs[0].read_text().strip() == "made-by-claude"
     assert not (c.cwd / "out.txt").exists()
     slug = outs[0].parents[1].name
@@ -242,7 +242,7 @@ def test_cleanup_on_a_remote_engine_brings_the_work_home_first(remote: Remote) -
     r = c.run("cleanup", "--yes", check=True)
     assert f"brought {slug}'s log, transcripts and workspace home" in r.stdout, r.stdout
     assert remote.objects(slug) == []
-    assert (c.states / slug / "workspace" / "unsaved.txt").read_text() == "unsaved\n"
+    assert (c.states / slug / "copy" / "unsaved.txt").read_text() == "unsaved\n"
     # An engine that no longer answers is named, and its bottles are left alone.
     (c.states / slug / "engine.json").write_text('{"name": "gone", "endpoint": "tcp://127.0.0.1:1"}\n')
     record = json.loads((c.states / slug / "bottle.json").read_text())
@@ -341,9 +341,9 @@ def test_a_normal_user_runs_a_bottle_on_the_remote_engine(remote: Remote, who: s
         trusted(c, manifest)
         slug = c.start()
         rc, out = c.sh(slug, "cat /workspace/hello.txt && echo made > /workspace/by-user.txt && id -u")
-        assert rc == 0 and "mine" in out and str(NORMAL_UID) in out, out
+        assert rc == 0 and "mine" in out and "60999" in out, out  # the bottle user there
         c.run("stop", slug, check=True)
-        got = c.states / slug / "workspace" / "by-user.txt"
+        got = c.states / slug / "copy" / "by-user.txt"  # home: this user's
         assert got.read_text() == "made\n" and got.stat().st_uid == NORMAL_UID
         assert remote.objects(slug) == []
         c.run("stop", slug, "--rm", check=True)

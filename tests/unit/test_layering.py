@@ -79,7 +79,20 @@ def test_backends_know_no_screen() -> None:
 
 @pytest.mark.parametrize(
     "module",
-    ["manifest.py", "state.py", "paths.py", "walk.py", "unpack.py", "runtime.py", "trust.py", "gitguard.py", "guard"],
+    [
+        "manifest.py",
+        "state.py",
+        "paths.py",
+        "walk.py",
+        "unpack.py",
+        "runtime.py",
+        "trust.py",
+        "gitguard.py",
+        "gitshape.py",
+        "workcopy.py",
+        "worktree.py",
+        "guard",
+    ],
 )
 def test_the_core_imports_no_backend_and_no_cli(module: str) -> None:
     for path in [PKG / module] if module.endswith(".py") else files(module):

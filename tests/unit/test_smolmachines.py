@@ -18,6 +18,7 @@ import pytest
 from claude_bottle.backend.smolmachines import backend as smol_backend
 from claude_bottle.backend.smolmachines import doctor, sdk
 from claude_bottle.cli import main
+from claude_bottle.runtime import BOTTLE_UID
 from claude_bottle.state import StateDir, bottle_home, list_state_dirs
 from claude_bottle.trust import trust_file
 
@@ -84,9 +85,10 @@ def test_start_hands_the_sdk_a_sealed_machine_and_the_guard_one_loopback_address
     assert env["ANTHROPIC_BASE_URL"] == f"{url}/anthropic"
     assert KEY not in json.dumps(smol_db(world)) and KEY not in (sd.path / "vm.json").read_text()
     assert cfg["image"].endswith(".tar") and Path(cfg["image"]).is_file()
-    assert cfg["user"] == f"{os.getuid()}:{os.getgid()}" or cfg["user"].count(":") == 1
+    # Not a repository: the agent works on a copy of its own, as the bottle user (issue 21).
+    assert cfg["user"] == f"{BOTTLE_UID}:{BOTTLE_UID}"
     mounts = {m["target"]: (m["source"], m["read_only"]) for m in cfg["mounts"]}
-    assert mounts["/workspace"] == (str(world["proj"]), False)
+    assert mounts["/workspace"] == (str(sd.path / "copy"), False)
     assert mounts["/home/claude/.claude"] == (str(sd.claude_home), False)
     # The guard: its own container and network, published on that address only, one client admitted.
     run = next(c for c in docker_state(world)["calls"] if c[:1] == ["run"])

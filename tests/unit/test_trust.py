@@ -122,3 +122,14 @@ def test_a_trusted_manifest_in_a_bottles_writable_files_is_never_used_silently(
     capsys.readouterr()
     assert main(["start", "claude", "--detach"]) == 0
     assert "lies in bottle claude-" in capsys.readouterr().err
+
+
+def test_mount_mode_is_named_at_trust_time_as_writing_the_operators_files(project: Path) -> None:
+    """Issue 21: the one mode without the promise about the operator's own tools says so when trusted."""
+    path = project / "claude-bottle.toml"
+    _raw, m = read_manifest(path)
+    assert not any("WRITES YOUR FILES" in line for line in grants(m))
+    path.write_text(MANIFEST.replace("[agents.claude]\n", '[agents.claude]\nworkspace_mode = "mount"\n'))
+    _raw, m = read_manifest(path)
+    said = [line for line in grants(m) if "WRITES YOUR FILES DIRECTLY" in line]
+    assert said and "git-aware shell prompt" in said[0] and said[0].startswith("agent claude:")

@@ -271,6 +271,37 @@ def test_a_tree_entry_named_dot_git_never_reaches_the_operator(tmp_path: Path, r
     assert not (repo / ".GIT").exists()
 
 
+@pytest.mark.parametrize("head", ["file", "link"])
+def test_committed_work_that_would_make_a_repository_is_neither_merged_nor_applied(
+    tmp_path: Path, repo: Path, head: str
+) -> None:
+    """Issue 21: a bare look-alike committed by the agent (HEAD, objects, refs, a config with core.worktree
+    and core.fsmonitor) would make that folder of the operator's tree a repository whose config git runs."""
+    state = new_bottle(repo, f"a-wtbh{head[0]}")
+    co = state.path / "worktree"
+    data = co / "data"
+    for d in ("objects", "refs"):
+        (data / d).mkdir(parents=True)
+        (data / d / "keep").write_text("")
+    (data / "config").write_text(
+        f'[core]\n\trepositoryformatversion = 0\n\tworktree = {repo}\n\tfsmonitor = "touch {tmp_path}/ran"\n'
+    )
+    if head == "file":
+        (data / "HEAD").write_text("ref: refs/heads/main\n")
+    else:
+        (data / "HEAD").symlink_to("refs/heads/main")
+    agent_git(co, "add", "-A")
+    agent_git(co, "commit", "-q", "-m", "fixtures")
+    before = fingerprint(repo)
+    for verb, word in (
+        (lambda: worktree.merge(state, squash=False), "merged"),
+        (lambda: worktree.apply(state), "applied"),
+    ):
+        with pytest.raises(worktree.WorktreeError, match=rf"holds data/HEAD \(a HEAD .*; nothing was {word}"):
+            verb()
+    assert fingerprint(repo) == before and not (tmp_path / "ran").exists()
+
+
 def test_verbs_refuse_a_mount_mode_bottle(repo: Path) -> None:
     state = StateDir("a-mount")
     state.create()

@@ -19,8 +19,8 @@ from ...paths import file_identity, verify_mounts
 from ...runtime import LABEL, NAMESPACE_LABEL, Identity, namespace, owned_by
 from ...state import StateDir, bottle_home, list_state_dirs, now_iso, process_started, write_private
 from ...walk import remove_tree
-from .. import BottleBackend, BottleCleanupPlan, BottlePlan, BottleStatus, Check, Progress, Report
-from . import engine, remote
+from .. import BottleBackend, BottleCleanupPlan, BottlePlan, BottleStatus, Check, Progress, Report, homecoming
+from . import engine, owners, remote
 from .cleanup import DockerBottleCleanupPlan, plan_from_engine, run_cleanup
 from .compose import NetPlan, container_name, project_name, render_compose, verified_binds
 
@@ -114,6 +114,7 @@ class DockerBottleBackend(BottleBackend):
         ctx = self._ctx = self._engine_for(bottle)
         where = "" if ctx.local else f" on the remote engine {ctx.name} ({ctx.endpoint})"
         if not ctx.local:
+            homecoming.refuse_start(bottle.state)
             writable = [guest for _src, guest, ro in bottle.mounts if not ro]
             if writable:
                 raise BottleError(
@@ -213,15 +214,21 @@ class DockerBottleBackend(BottleBackend):
         b, state = plan.bottle, plan.state
         identity = Identity(b.slug, self.name, os.getpid(), process_started(os.getpid()) or 0.0, now_iso(), namespace())
         run_dir = state.path / "run"
+        if b.ids.needs_helper and not remote_engine and (run_dir / "agent").is_dir():
+            owners.clear(slug=b.slug, image=images["guard"], labels=_labels(b.slug), paths=[run_dir / "agent"])
         remove_tree(run_dir)  # a stale "firewall-ready" must never be trusted
         if remote_engine:
             self._fill(b, state, images["guard"], guard, progress)
         else:
             run_dir.mkdir()
             run_dir.chmod(0o777)  # root in the net container has no DAC override; the state dir stays 0700
-            (run_dir / "agent").mkdir(mode=0o700)
+            # The agent's marks: readable by this user even when the bottle user owns them (the state dir
+            # around them stays 0700).
+            (run_dir / "agent").mkdir(mode=0o755)
             if os.getuid() == 0:
                 os.chown(run_dir / "agent", b.ids.agent_uid, b.ids.agent_gid)
+            elif b.ids.needs_helper:
+                self._hand_over(b, images["guard"])
         progress("starting containers")
         for attempt in range(SUBNET_ATTEMPTS):
             net = NetPlan(pick_subnet())
@@ -258,10 +265,35 @@ class DockerBottleBackend(BottleBackend):
             engine.check(result, "docker compose up")
 
     @staticmethod
+    def _hand_over(b: Bottle, image: str) -> None:
+        """A normal user's bottle whose agent is the bottle user: its tree (when the host just made it), its
+        ~/.claude (the host wrote first-run answers) and its run marks, handed to it through the engine."""
+        paths = [b.state.claude_home, b.state.path / "run" / "agent"]
+        tree = b.agent_workspace
+        if b.mode != "mount" and tree.is_dir() and not tree.is_symlink() and tree.stat().st_uid != b.ids.agent_uid:
+            paths.insert(0, tree)
+        owners.hand_over(
+            slug=b.slug, image=image, labels=_labels(b.slug), paths=paths, uid=b.ids.agent_uid, gid=b.ids.agent_gid
+        )
+
+    def release_files(self, state: StateDir) -> None:
+        """What the bottle user made in the state dir, removed through the engine (a normal user cannot)."""
+        record = state.read()
+        image = record.images.get("guard")
+        if not image or os.getuid() == 0:
+            return
+        ctx = recorded_engine(state)
+        if ctx is not None and not ctx.local:
+            return
+        paths = [state.path / n for n in ("worktree", "copy", "claude-home")] + [state.path / "run" / "agent"]
+        with engine.on(ctx):
+            owners.clear(slug=state.slug, image=image, labels=_labels(state.slug), paths=paths)
+
+    @staticmethod
     def _workspace_source(b: Bottle) -> Path:
         """What a remote bottle's workspace volume is filled from: the checkout in worktree mode; else the
         copy its last run brought home, or at first the operator's workspace."""
-        if b.worktree:
+        if b.mode in ("worktree", "copy"):
             return b.agent_workspace
         home = b.state.home_workspace
         return home if home.is_dir() else b.workspace
@@ -276,6 +308,9 @@ class DockerBottleBackend(BottleBackend):
             workspace=self._workspace_source(b),
             mounts=b.mounts,
             ids=b.ids,
+            workspace_extra=((".git/HEAD", f"ref: refs/heads/{b.worktree['branch']}\n".encode()),)
+            if b.worktree
+            else (),
         )
         remote.fill(
             slug=b.slug,
@@ -383,10 +418,11 @@ class DockerBottleBackend(BottleBackend):
             engine.check(halt, f"stopping {state.slug}")
         try:
             self.sync(state)
-            kept: tuple[str, ...] = ()
+        except homecoming.TripCut:
+            pass  # preserved by sync: the volumes holding the rest stay
         except BottleError as exc:
-            kept = remote.DATA_PARTS
             state.preserve(f"{self.PENDING} {ctx.name} ({ctx.endpoint}): `claude-bottle pull {state.slug}` ({exc})")
+        kept = remote.DATA_PARTS if homecoming.is_pending(state) or homecoming.is_cut(state) else ()
         self._stop(state)
         remote.remove_volumes(state.slug, [p for p in self._parts(state) if p not in kept])
 
@@ -415,11 +451,21 @@ class DockerBottleBackend(BottleBackend):
         image = record.images.get("guard")
         if not image:
             return  # never started: nothing there
-        from ...worktree import checkout_path  # only a remote bottle's trip home needs it
-
-        workspace = checkout_path(state) if record.worktree else state.home_workspace
+        mode = (record.manifest.get("agent") or {}).get("workspace_mode")
+        workspace = state.path / ("worktree" if record.worktree else "copy" if mode == "copy" else "workspace")
+        # After a trip stopped at a budget only the log travels on its own (the rest would stop there again);
+        # a stopped bottle's log came home at its stop, so nothing travels, and the reason is the answer.
+        cut = homecoming.is_cut(state)
+        if cut and record.status != "running":
+            raise homecoming.TripCut(state.preserved() or homecoming.CUT)
         with engine.on(ctx):
-            remote.bring_home(state=state, image=image, labels=_labels(state.slug), workspace_home=workspace)
+            try:
+                remote.bring_home(
+                    state=state, image=image, labels=_labels(state.slug), workspace_home=workspace, work=not cut
+                )
+            except homecoming.TripCut as exc:
+                homecoming.preserve_cut(state, homecoming.TripCut(f"from engine {ctx.name} ({ctx.endpoint}): {exc}"))
+                raise
             if record.status != "running" and (state.preserved() or "").startswith(self.PENDING):
                 remote.remove_volumes(state.slug, remote.DATA_PARTS)
                 state.preserve_path.unlink(missing_ok=True)
@@ -434,11 +480,11 @@ class DockerBottleBackend(BottleBackend):
         ctx = recorded_engine(state)
         if ctx is None or ctx.local:
             return
+        from ...bottle import Bottle
         from ...guard.files import GuardFiles
-        from ...runtime import RuntimeIds
 
         record = state.read()
-        ids = RuntimeIds.for_host(Path(record.workspace) if record.workspace else None)
+        ids = Bottle.recorded(state).ids
         with engine.on(ctx):
             remote.push_guard_files(
                 slug=state.slug,

@@ -219,7 +219,13 @@ def run_cleanup(plan: DockerBottleCleanupPlan, report: Report, *, bring_home: Br
         if state.preserved():
             report(f"kept state dir {s.path}: preserved ({state.preserved()})")
             continue
-        _report(f"state dir {s.path}", _remove_tree(s.path), failures, report)
+        if state.foreign_files():  # the bottle user's files, for a normal user: removed through the engine
+            from .backend import DockerBottleBackend
+
+            with contextlib.suppress(BottleError, OSError):
+                DockerBottleBackend().release_files(state)
+        outcome = _remove_tree(s.path)
+        _report(f"state dir {s.path}", outcome, failures, report)
     return failures
 
 

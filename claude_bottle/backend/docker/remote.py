@@ -9,30 +9,27 @@ transcripts, and the workspace: into the worktree checkout in worktree mode, els
 (never into the operator's own tree: the operator looks, then copies). A live grant rewrites the guard's
 files in their volume, atomically.
 
-What comes home was written by the agent: it is unpacked into a fresh directory of the state dir by
-directory descriptor (unpack.py: nothing through a link, no absolute names or `..`, no hard link, device
-or pipe, no owner or set-id bits; links kept as links), then renamed into place. The audit log comes on
-its own, first, from a volume only the guard writes; the operator's own lines are kept (`merge_log`).
+What comes home was written by the agent: it is unpacked as it streams into a fresh directory of the
+state dir by directory descriptor, within budgets (unpack.py: nothing through a link, no absolute names or
+`..`, no hard link, device or pipe, no owner or set-id bits; links kept as links; bytes, members, depth),
+then renamed into place (homecoming.py, shared with the Kubernetes backend). The audit log comes on its
+own, first, from a volume only the guard writes; the operator's own lines are kept (`merge_log`).
 """
 
 from __future__ import annotations
 
 import io
-import json
 import secrets
 import tarfile
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from ...egress.audit import chained_after
 from ...errors import BackendError
+from ...gitguard import settle_copy
 from ...runtime import RuntimeIds
-from ...state import write_private
-from ...unpack import unpack
-from ...walk import remove_tree
+from ..homecoming import Homecoming, merge_log, put_in_place
 from . import engine
 from .compose import volume_name
 
@@ -104,6 +101,9 @@ class Volume:
     uid: int
     gid: int
     mode: int
+    # Files the volume gets that its source lacks (relative path -> content): a checkout's `.git/HEAD`, which
+    # never comes home (gitshape: it would make the home copy a repository to git on this machine).
+    extra: tuple[tuple[str, bytes], ...] = ()
 
     def name(self, slug: str) -> str:
         return volume_name(slug, self.part)
@@ -116,6 +116,7 @@ def volumes_of(
     workspace: Path,
     mounts: Sequence[tuple[Path, str, bool]],
     ids: RuntimeIds,
+    workspace_extra: tuple[tuple[str, bytes], ...] = (),
 ) -> list[Volume]:
     """The bottle's volumes, in the order they are filled (the guard's log folder is filled from files)."""
     g, a = (ids.guard_uid, ids.guard_gid), (ids.agent_uid, ids.agent_gid)
@@ -124,7 +125,7 @@ def volumes_of(
         Volume("log", None, *g, 0o700),
         Volume("run", None, 0, 0, 0o777),  # root in the net container has no DAC override
         Volume("home", claude_home, *a, 0o700),
-        Volume("workspace", workspace, *a, 0o755),
+        Volume("workspace", workspace, *a, 0o755, workspace_extra),
     ]
     out += [Volume(f"mount{i}", src, *a, 0o755) for i, (src, _guest, _ro) in enumerate(mounts)]
     return out
@@ -149,6 +150,11 @@ def _add_folder(tar: tarfile.TarFile, vol: Volume) -> None:
         return
     for entry in sorted(vol.source.iterdir()) if vol.source.is_dir() else []:
         tar.add(entry, arcname=f"{vol.part}/{entry.name}", recursive=True, filter=_owned(vol.uid, vol.gid))
+    for rel, data in vol.extra:
+        if not (vol.source / rel).exists():
+            info = tarfile.TarInfo(f"{vol.part}/{rel}")
+            info.size, info.mode, info.uid, info.gid = len(data), 0o644, vol.uid, vol.gid
+            tar.addfile(info, io.BytesIO(data))
 
 
 def _add_file(tar: tarfile.TarFile, path: Path, arcname: str, uid: int, gid: int) -> None:
@@ -219,51 +225,7 @@ def push_guard_files(*, slug: str, image: str, labels: dict[str, str], guard_dir
     engine.check(engine.pipe_in(argv, write, timeout=120), f"updating {slug}'s guard files")
 
 
-def _swap(new: Path, target: Path) -> None:
-    """`new` in place of `target` (whatever was there removed without following a link)."""
-    if not new.is_dir() or new.is_symlink():
-        return
-    remove_tree(target)
-    new.rename(target)
-
-
 DATA_PARTS = ("log", "home", "workspace")  # what holds the bottle's work: kept until it is home
-
-
-def merge_log(local: Path, fetched: bytes) -> bytes:
-    """The audit log that came home, with the operator's own lines kept: those the CLI appended here
-    (grant, revoke, answers) are not in the guard's copy, so each one past the copies' common lines is
-    appended again after them, chained anew. Anything else the copy here has that the engine's does not is
-    kept aside (`egress.jsonl.diverged-N`) and the engine's copy taken."""
-    try:
-        old = local.read_bytes()
-    except FileNotFoundError:
-        return fetched
-    if fetched.startswith(old):
-        return fetched
-    old_lines, new_lines = old.splitlines(keepends=True), fetched.splitlines(keepends=True)
-    common = 0
-    while common < min(len(old_lines), len(new_lines)) and old_lines[common] == new_lines[common]:
-        common += 1
-    extra = old_lines[common:]
-    records = []
-    for raw in extra:
-        try:
-            rec = json.loads(raw)
-        except ValueError:
-            rec = None
-        if not isinstance(rec, dict) or rec.get("kind") != "operator":
-            n = 1
-            while local.with_name(f"{local.name}.diverged-{n}").exists():
-                n += 1
-            write_private(local.with_name(f"{local.name}.diverged-{n}"), old)
-            return fetched
-        rec.pop("prev", None)
-        records.append(rec)
-    out = fetched if fetched.endswith(b"\n") or not fetched else fetched + b"\n"
-    for rec in records:
-        out += chained_after(out, rec)
-    return out
 
 
 def bring_home(
@@ -272,54 +234,43 @@ def bring_home(
     image: str,
     labels: dict[str, str],
     workspace_home: Path | None,
+    work: bool = True,
 ) -> list[str]:
-    """The audit log and the requests, then the transcripts and (to `workspace_home`) the workspace, from
-    the bottle's volumes into the state dir; returns what was refused on the way. The log travels on its
-    own (the agent cannot write its volume, so nothing it does can keep the log from coming home). Volumes
-    that are gone (already brought home and removed) leave what is here as it is."""
+    """The audit log and the requests, then (with `work`) the transcripts and (to `workspace_home`) the
+    workspace, from the bottle's volumes into the state dir; returns what was refused on the way. The log
+    travels on its own (the agent cannot write its volume, so nothing it does can keep the log from coming
+    home). Volumes that are gone (already brought home and removed) leave what is here as it is. Raises
+    TripCut if a trip stopped at a budget (homecoming.py), a BackendError if one failed."""
     slug = state.slug
     names = {p: volume_name(slug, p) for p in DATA_PARTS}
     present = engine.docker("volume", "ls", "--filter", f"name={volume_name(slug, '')}", "--format", "{{.Name}}")
     have = set(engine.check(present, "docker volume ls").stdout.split())
-    skipped: list[str] = []
-    for wanted in (["log"], ["home", *(["workspace"] if workspace_home is not None else [])]):
+    home = Homecoming(state, where="in its volumes on the engine")
+    groups = [["log"]] + ([["home", *(["workspace"] if workspace_home is not None else [])]] if work else [])
+    for wanted in groups:
         parts = [p for p in wanted if names[p] in have]
-        if not parts:
+        if not parts or home.stopped:
             continue
-        holder = Path(tempfile.mkdtemp(prefix=".incoming-", dir=state.path))
-        tmp = holder / "in"  # unpack makes it
-        try:
-            argv = _helper(
-                slug,
-                image,
-                labels,
-                [f"{names[p]}:/v/{p}:ro" for p in parts],
-                ["tar", "-c", "--numeric-owner", "-C", "/v", *parts],
-            )
-
-            def read(stream: IO[bytes], into: Path = tmp) -> None:
-                skipped.extend(unpack(stream, into))
-
-            result = engine.pipe_out(argv, read)
+        argv = _helper(
+            slug,
+            image,
+            labels,
+            [f"{names[p]}:/v/{p}:ro" for p in parts],
+            ["tar", "-c", "--numeric-owner", "-C", "/v", *parts],
+        )
+        with home.trip() as trip:
+            result = engine.pipe_out(argv, trip.read)
             # GNU tar's 1 is "some files differ" (a file written while it was read): what came is whole.
-            if result.returncode not in (0, 1):
-                engine.check(result, f"bringing {slug}'s files home from its engine")
-            log = tmp / "log"
-            for name, target in (("egress.jsonl", state.audit_path), ("requests.jsonl", state.path / "requests.jsonl")):
-                got = log / name
-                if got.is_file() and not got.is_symlink():
-                    data = got.read_bytes()
-                    write_private(target, merge_log(target, data) if name == "egress.jsonl" else data)
-            _swap(tmp / "home", state.claude_home)
+            if not home.arrived(trip, result, f"bringing {slug}'s files home from its engine", ok=(0, 1)):
+                continue
+            home.take_log(trip.dest / "log")
+            put_in_place(trip.dest / "home", state.claude_home)
             if workspace_home is not None:
-                _swap(tmp / "workspace", workspace_home)
-        finally:
-            remove_tree(holder)
-    if skipped:
-        write_private(state.home_skipped, "".join(f"{s!r}\n" for s in skipped))
-    else:
-        state.home_skipped.unlink(missing_ok=True)  # an earlier trip's refusals are not this one's
-    return skipped
+                # Judged for git before it is where anyone reads it (every trip home: stop, pull, verify, ...).
+                settle_copy(state, trip.dest / "workspace", lambda _line: None)
+                put_in_place(trip.dest / "workspace", workspace_home)
+    home.finish(work=work)
+    return home.skipped
 
 
 def remove_volumes(slug: str, parts: Sequence[str]) -> None:
