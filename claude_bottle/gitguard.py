@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import os
-import re
 import stat
 import subprocess
 import time
@@ -33,10 +32,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .gitshape import valid_head
 from .state import StateDir
 from .walk import Walk
 
-__all__ = ["Finding", "config_is_safe", "protected", "settle", "settle_bottle", "settle_copy", "valid_head"]
+__all__ = ["Finding", "config_is_safe", "protected", "settle", "settle_bottle", "settle_copy"]
 
 # Paths under the workspace's own .git mounted read-only while a bottle runs (those that exist).
 PROTECTED = ("config", "config.worktree", "hooks", "info", "modules", "worktrees")
@@ -97,7 +97,6 @@ SAFE_KEYS = (
 MAX_CONFIG = 256 * 1024
 
 _GIT_TIMEOUT = 30
-_HEX_HEAD = re.compile(rb"[0-9a-fA-F]{40}")
 
 
 def config_keys(data: bytes | str) -> list[str] | None:
@@ -131,30 +130,6 @@ def config_keys(data: bytes | str) -> list[str] | None:
         if entry:
             keys.append(entry.split(b"\n", 1)[0].decode("utf-8", "replace"))
     return keys
-
-
-def valid_head(dir_fd: int, name: str = "HEAD") -> bool:
-    """Would git take this entry as a repository's HEAD (`validate_headref`): a link whose target starts with
-    `refs/`, or a file starting with `ref:` and (after blanks) `refs/`, or with an object id? A folder holding
-    one is a repository to git (objects and refs may be anything git can enter: links, even files), so this,
-    not the shape of the folder, decides."""
-    try:
-        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except OSError:
-        return False
-    if stat.S_ISLNK(st.st_mode):
-        try:
-            return os.readlink(name, dir_fd=dir_fd).startswith("refs/")
-        except OSError:
-            return True  # cannot tell: count it
-    if stat.S_ISDIR(st.st_mode):
-        return False
-    data = _read(dir_fd, name, 255)
-    if data is None:
-        return False  # not a regular file: git reads no HEAD from it (a FIFO only blocks it)
-    if data.startswith(b"ref:"):
-        return data[4:].lstrip(b" \t\n\r\v\f").startswith(b"refs/")
-    return bool(_HEX_HEAD.match(data))
 
 
 def _key_is_safe(key: str) -> bool:
@@ -349,6 +324,11 @@ def settle_bottle(state: StateDir, notify: Callable[[str], None]) -> None:
     # for a bottle on a remote engine, the copy of its workspace that came home (the operator's is untouched).
     home_copy = state.home_workspace
     workspace: str | None
+    if (record.manifest.get("agent") or {}).get("workspace_mode") == "copy":
+        # The agent wrote only its copy (the bottle user's: git refuses it; one that came home was settled on
+        # its way). The operator's workspace is theirs alone: nothing in it is judged, or moved.
+        state.update(run_started=None)
+        return
     if record.worktree:
         workspace = str(state.path / "worktree")
     elif home_copy.is_dir() and not home_copy.is_symlink():

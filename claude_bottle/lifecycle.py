@@ -252,7 +252,13 @@ def _claude_home(bottle: Bottle, *, placeholder: bool) -> None:
     home = bottle.state.claude_home
     # Readable by this user when the bottle user will own it (the state dir around it stays 0700).
     home.mkdir(mode=0o755 if bottle.ids.needs_helper else 0o700, exist_ok=True)
-    seed_config(home, placeholder_key=PLACEHOLDER if placeholder else None)
+    try:
+        seed_config(home, placeholder_key=PLACEHOLDER if placeholder else None)
+    except PermissionError:
+        if not bottle.ids.needs_helper:
+            raise
+        # The bottle user's own ~/.claude (a later generation) that its agent removed the answers from: theirs
+        # to keep as they left it; Claude Code asks its first-run questions again.
     if os.getuid() == 0:
         ids = bottle.ids
         os.lchown(home, ids.agent_uid, ids.agent_gid)
@@ -317,6 +323,19 @@ def remove_state(backend: BottleBackend, state: StateDir) -> None:
         raise BottleError(
             f"cannot remove {exc.filename or state.path} (the bottle's agent owns it): run `sudo rm -rf {state.path}`"
         ) from None
+
+
+def ensure_stopped(state: StateDir, verb: str) -> None:
+    """Refuse to bring a bottle's work home while any of it still runs, asked of its backend (a record can
+    say crashed or blocked while its containers run on: its agent could change what is being read)."""
+    record = state.read()
+    backend = get_bottle_backend(record.backend)
+    live = backend.statuses().get(state.slug)
+    if live is not None and live.status == "running":
+        raise BottleError(
+            f"{state.slug} is running: its work can change between your review and the {verb}; "
+            f"`claude-bottle stop {state.slug}` first (diff and log work while it runs)"
+        )
 
 
 def forget_bottle(state: StateDir) -> None:
@@ -572,6 +591,43 @@ def doctor_checks(base_images: Sequence[str] = ()) -> list[tuple[str, list[Check
         except BottleError as exc:
             checks = [Check(f"{name} backend", False, str(exc))]
         out.append((name, checks))
+    return out
+
+
+def host_checks() -> list[Check]:
+    """What keeps git on this machine from reading a bottle's tree: a bottle user nobody is, and git's
+    ownership check not turned off (`safe.directory = *` trusts every repository, whoever owns it)."""
+    import subprocess
+
+    from .runtime import bottle_uid
+
+    out = []
+    try:
+        uid = bottle_uid()
+        out.append(Check("bottle user", True, f"uid {uid}, no account on this host"))
+    except BottleError as exc:
+        out.append(Check("bottle user", False, str(exc), "set CLAUDE_BOTTLE_AGENT_UID to a free uid"))
+    try:
+        got = subprocess.run(
+            ["git", "config", "--show-origin", "--get-all", "safe.directory"],
+            capture_output=True, text=True, timeout=10, check=False, cwd="/",
+        )  # fmt: skip
+        values = got.stdout.splitlines()
+    except (OSError, subprocess.TimeoutExpired):
+        values = []
+    star = [v for v in values if v.rstrip().endswith("\t*") or v.rstrip().endswith(" *")]
+    if star:
+        where = star[0].split("\t", 1)[0].removeprefix("file:")
+        out.append(
+            Check(
+                "git ownership check",
+                False,
+                f"safe.directory = * in {where}: git here reads every repository, a bottle's included",
+                f"remove that line ({where}); trust single folders by name instead",
+            )
+        )
+    else:
+        out.append(Check("git ownership check", True, "on: git refuses repositories another user owns"))
     return out
 
 

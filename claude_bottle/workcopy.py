@@ -50,6 +50,10 @@ class CopyError(BottleError):
     """Copy mode cannot do what was asked; the text says why and what to do."""
 
 
+class _Refused(Exception):
+    """A change that must not be written, found while writing it (the text says why)."""
+
+
 def copy_path(state: StateDir) -> Path:
     return state.path / COPY
 
@@ -343,6 +347,9 @@ def apply(state: StateDir) -> str:
     tree = _agent_tree(state)
     st = workspace.stat()
     owner = (st.st_uid, st.st_gid) if os.getuid() == 0 else None
+    from .worktree import hook_folders
+
+    hooks = hook_folders(workspace)
     done: dict[str, int] = {"added": 0, "changed": 0, "deleted": 0}
     skipped: list[str] = []
     # Deepest first for deletions (a folder after what it held), shallowest first for the rest.
@@ -352,6 +359,12 @@ def apply(state: StateDir) -> str:
         why = inert(c.path, c.new, data)
         if why is None and manifest is not None and workspace / c.path == manifest:
             why = "the manifest: read the agent's version in the copy and copy what you want by hand"
+        if why is None:
+            on_the_way = gitshape.repository_on_the_way(workspace, c.path)
+            if on_the_way is not None:
+                why = f"inside {on_the_way}, a repository of your workspace (git there would read it)"
+        if why is None and any(h in ("", c.path) or c.path.startswith(h + "/") for h in hooks):
+            why = "in the folder your git runs hooks from (core.hooksPath): review it and copy it by hand"
         if why is None:
             now = _current(workspace, c.path)
             if now not in (c.old, c.new):
@@ -364,6 +377,8 @@ def apply(state: StateDir) -> str:
         if why is None:
             try:
                 _write(workspace, tree, c, owner)
+            except _Refused as exc:
+                why = str(exc)
             except OSError as exc:
                 why = f"could not be written ({exc.strerror})"
         if why is not None:
@@ -418,7 +433,7 @@ def _write(workspace: Path, tree: Path, c: Change, owner: tuple[int, int] | None
             os.symlink(c.new[1], tmp, dir_fd=d)
         else:
             mode = 0o755 if c.new[1] == "x" else 0o644
-            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=d)
+            out = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=d)
             try:
                 with _folder(tree, parts[:-1]) as src_dir:
                     src = os.open(name, _FILE, dir_fd=src_dir)
@@ -430,6 +445,10 @@ def _write(workspace: Path, tree: Path, c: Change, owner: tuple[int, int] | None
                         os.close(src)
                 if got != c.new[2]:
                     raise OSError(0, "changed while being read")
+                if gitshape.is_head(name):  # judged on what was written, not on an earlier read of the copy
+                    os.lseek(out, 0, os.SEEK_SET)
+                    if gitshape.head_like(os.pread(out, gitshape.HEAD_PEEK, 0)):
+                        raise _Refused("a HEAD file: git would take its folder for a repository")
                 os.fchmod(out, mode)
             except BaseException:
                 os.close(out)

@@ -60,6 +60,7 @@ def _git(
     check: bool = True,
     index: Path | None = None,
     owner: tuple[int, int, str] | None = None,
+    harden: bool = True,
 ) -> subprocess.CompletedProcess[bytes]:
     env = dict(os.environ)
     env.update(GIT_TERMINAL_PROMPT="0", GIT_PAGER="cat", PAGER="cat", LC_ALL="C")
@@ -75,7 +76,7 @@ def _git(
         as_owner = {"user": owner[0], "group": owner[1], "extra_groups": [], "cwd": "/"}
     try:
         result = subprocess.run(
-            ["git", *_HARDEN, *map(str, args)],
+            ["git", *(_HARDEN if harden else ()), *map(str, args)],
             input=stdin,
             capture_output=True,
             env=env,
@@ -536,6 +537,31 @@ def merge(state: StateDir, *, squash: bool) -> str:
         return _merge(state, w, squash=squash)
 
 
+def hook_folders(top: Path) -> list[str]:
+    """Folders under `top` (relative to it) that the operator's git runs hooks from: its effective
+    `core.hooksPath` when that lies inside (husky's `.husky/_` dispatches to `.husky/`, so its parent too).
+    Read as the owner, with their own configuration (it is theirs that decides)."""
+    # (`git config --get` runs nothing; unhardened, so that it reports the value git would use, not ours)
+    got = _git("-C", top, "config", "--get", "core.hooksPath", check=False, owner=_owner(top), harden=False)
+    raw = got.stdout.decode(errors="replace").strip()
+    if got.returncode != 0 or not raw:
+        return []
+    where = Path(raw).expanduser()
+    if not where.is_absolute():
+        inner = _git("-C", top, "rev-parse", "--show-toplevel", check=False, owner=_owner(top))
+        base = Path(inner.stdout.decode().strip()) if inner.returncode == 0 else top
+        where = base / where
+    where = Path(os.path.normpath(where))
+    try:
+        rel = where.relative_to(top.resolve())
+    except ValueError:
+        return []
+    out = [rel.as_posix()]
+    if rel.name == "_" and rel.parent != Path():
+        out.append(rel.parent.as_posix())
+    return ["" if x == "." else x for x in out]
+
+
 def _repositories(w: Work, rev: str, verb: str) -> None:
     """Refuse work whose files would make a folder of the operator's tree a repository to git (a HEAD git
     accepts, or a .git by any spelling: gitshape.inert): git there would run the agent's config."""
@@ -557,6 +583,27 @@ def _repositories(w: Work, rev: str, verb: str) -> None:
             raise WorktreeError(
                 f"the bottle's work holds {path} ({why}); nothing was {verb}: remove it in the bottle and commit, "
                 "or bring the work home by hand"
+            )
+    # What it changes must not land in a repository of the operator's tree (a bare mirror in an ignored
+    # folder, a `.bare` git dir) nor where the operator's git runs hooks from.
+    from .gitshape import repository_on_the_way
+
+    changed = w.git("diff", "--name-only", "-z", "--no-renames", w.base, rev).stdout
+    hooks = hook_folders(w.project)
+    for raw in changed.split(b"\0"):
+        if not raw:
+            continue
+        path = os.fsdecode(raw)
+        inside = repository_on_the_way(w.project, path)
+        if inside is not None:
+            raise WorktreeError(
+                f"the bottle's work changes {path}, inside {inside}, a repository of {w.project} (git there would "
+                f"read it); nothing was {verb}: bring that change home by hand"
+            )
+        if any(h in ("", path) or path.startswith(h + "/") for h in hooks):
+            raise WorktreeError(
+                f"the bottle's work changes {path}, in the folder your git runs hooks from (core.hooksPath); nothing "
+                f"was {verb}: review it and bring it home by hand"
             )
 
 

@@ -13,6 +13,7 @@ from rich.markup import escape
 
 from .. import __version__
 from ..errors import EXIT_USAGE, BottleError
+from ..terminal import escape_controls
 from . import (
     _common,
     attach,
@@ -93,13 +94,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         rc: int = args.run(args)
     except BottleError as exc:
-        _common.err.print(f"[red]error:[/] {escape(str(exc))}")
+        _common.err.print(f"[red]error:[/] {escape(escape_controls(str(exc)))}")  # it may name agent-made paths
         return exc.exit_code
     except KeyboardInterrupt:
         _common.err.print("interrupted")
         return 130
     except OSError as exc:  # the host's side: a full disk, a permission, a vanished file
-        _common.err.print(f"[red]error:[/] {escape(os_error_line(exc))}")
+        _common.err.print(f"[red]error:[/] {escape(escape_controls(os_error_line(exc)))}")
         return 1
     except SystemExit as exc:  # SIGTERM/SIGHUP during a start or a foreground run (lifecycle)
         if isinstance(exc.code, int) and exc.code > 128:

@@ -37,6 +37,14 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+def tell(line: str) -> None:
+    """A line for the operator that may carry agent-made names (paths, findings): its control characters
+    escaped, no markup read."""
+    from ..terminal import escape_controls
+
+    err.print(escape_controls(line), markup=False, highlight=False)
+
+
 def is_tty() -> bool:
     return sys.stdin.isatty() and sys.stdout.isatty()
 
@@ -68,7 +76,7 @@ def load(args: argparse.Namespace) -> Manifest:
 
     def ask(lines: list[str]) -> bool:
         for line in lines:
-            err.print(line, markup=False, highlight=False)
+            tell(line)
         return confirm("trust this manifest and use it")
 
     return load_trusted(
@@ -124,7 +132,7 @@ def run_agent(
         detach=detach,
         resume=resume,
         tty=is_tty(),
-        notify=lambda line: err.print(line, markup=False, highlight=False),
+        notify=tell,
         interactive_prompt=interactive_prompt,
     )
     if result.detached:

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from ..errors import BottleError
-from ._common import err, is_tty, slug_arg, state_for
+from ._common import err, is_tty, slug_arg, state_for, tell
 
 
 def register(sub: Any) -> None:
@@ -21,4 +21,4 @@ def run(args: argparse.Namespace) -> int:
     if not is_tty():
         raise BottleError("attach needs a terminal: run it from one (or use `claude-bottle logs SLUG`)")
     err.print("[dim]Ctrl-b d detaches (claude keeps running)[/]")
-    return attach_bottle(state_for(args), notify=lambda line: err.print(line, markup=False, highlight=False))
+    return attach_bottle(state_for(args), notify=tell)

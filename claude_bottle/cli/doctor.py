@@ -35,9 +35,14 @@ def _base_images(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..lifecycle import doctor_checks
+    from ..lifecycle import doctor_checks, host_checks
 
     required_ok = True
+    out.print("this host:")
+    for c in host_checks():
+        mark = "[green]ok[/]  " if c.ok else "[yellow]warn[/]"
+        fix = "" if c.ok else f"  -> {escape(c.fix)}"
+        out.print(f"  {mark} {c.name}: {escape(c.detail)}{fix}")
     for name, found in doctor_checks(_base_images(args)):
         checks = list(found)
         out.print(f"{escape(name)} backend:")

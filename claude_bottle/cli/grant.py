@@ -8,7 +8,7 @@ import argparse
 from typing import Any
 
 from ..errors import BottleError
-from ._common import err, is_tty, out, progress, run_agent, slug_arg, state_for
+from ._common import err, is_tty, out, progress, run_agent, slug_arg, state_for, tell
 
 
 def register(sub: Any) -> None:
@@ -101,7 +101,7 @@ def answer(args: argparse.Namespace, *, grant: bool) -> int:
             err.print(f"{state.slug} still waits for: {', '.join(record.wants)}")
         return 0
     # Every package it asked for is answered: rebuild (with the granted ones) and continue its session.
-    started = resume_bottle(state, progress=progress, notify=lambda line: err.print(line, markup=False))
+    started = resume_bottle(state, progress=progress, notify=tell)
     prompt = continuation_prompt(answered, granted=grant, reason=reason)
     detach = args.detach or record.run_mode == "detached"
     interactive = record.run_mode == "interactive" and is_tty() and not detach

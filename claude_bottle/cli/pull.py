@@ -14,7 +14,7 @@ from typing import Any
 from rich.markup import escape
 
 from ..errors import BottleError
-from ._common import err, out, slug_arg, state_for
+from ._common import err, out, slug_arg, state_for, tell
 
 
 def register(sub: Any) -> None:
@@ -38,7 +38,7 @@ def _not_inert(folder: str, names: list[str]) -> list[str]:
             with contextlib.suppress(OSError), p.open("rb") as f:
                 data = f.read(HEAD_PEEK)
         if inert(name, kind, target=target, data=data) is not None:
-            err.print(f"[yellow]left out of the copy[/]: {escape(str(p))} (git would read it as a repository)")
+            tell(f"left out of the copy: {p} (git would read it as a repository)")
             out.append(name)
     return out
 
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
     findings, _complete = settle(home, 0.0, state.path / "git-quarantine")
     for f in findings:
-        err.print(escape(f.line()), highlight=False)
+        tell(f.line())
     if to is not None:
         # A copy for the operator: nothing in it that git would take for a repository (workcopy.inert).
         shutil.copytree(home, to, symlinks=True, ignore=_not_inert)

@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.markup import escape
 
-from ._common import check_terminal, err, out, progress, run_agent, slug_arg, state_for
+from ._common import check_terminal, err, out, progress, run_agent, slug_arg, state_for, tell
 
 
 def register(sub: Any) -> None:
@@ -28,6 +28,6 @@ def run(args: argparse.Namespace) -> int:
         f"resuming [bold]{escape(state.slug)}[/] (generation {record.generation + 1}, "
         f"session {record.session_id if state.resumable(record) else 'new: no transcript to continue'})"
     )
-    started = resume_bottle(state, progress=progress, notify=lambda line: err.print(line, markup=False))
+    started = resume_bottle(state, progress=progress, notify=tell)
     out.print(started.slug)
     return run_agent(started, prompt=args.prompt, detach=args.detach, resume=True)

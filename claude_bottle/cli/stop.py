@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from ..errors import BackendError
-from ._common import err, out, slug_arg, state_for
+from ._common import err, out, slug_arg, state_for, tell
 
 
 def register(sub: Any) -> None:
@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     kept_before = state.preserved()
     try:
-        stop_bottle(state, remove=args.rm, notify=lambda line: err.print(line, markup=False, highlight=False))
+        stop_bottle(state, remove=args.rm, notify=tell)
     except BackendError as exc:
         if not elsewhere(state):
             raise

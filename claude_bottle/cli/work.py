@@ -74,16 +74,21 @@ def run_log(args: argparse.Namespace) -> int:
 
 
 def run_merge(args: argparse.Namespace) -> int:
+    from ..lifecycle import ensure_stopped
     from ..worktree import merge
 
     state = state_for(args)
     _no_commits(state, "merge")
+    ensure_stopped(state, "merge")
     out.print(escape_controls(merge(state, squash=args.squash)), markup=False, highlight=False)
     return 0
 
 
 def run_apply(args: argparse.Namespace) -> int:
+    from ..lifecycle import ensure_stopped
+
     state = state_for(args)
+    ensure_stopped(state, "apply")
     if _copy_mode(state):
         from ..workcopy import apply as copy_apply
 

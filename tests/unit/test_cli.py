@@ -13,6 +13,7 @@ import pytest
 
 from claude_bottle.backend import _BACKENDS
 from claude_bottle.cli import main
+from claude_bottle.errors import BottleError
 from claude_bottle.state import bottle_home, list_state_dirs
 from claude_bottle.trust import trust_file
 
@@ -264,3 +265,19 @@ def test_every_check_without_the_engine_runs_before_any_build(
     err = capsys.readouterr().err
     assert re.search(expected, err), err
     assert "images" not in FakeBackend.calls and slugs() == []  # refused before minutes of build, nothing left
+
+
+def test_an_error_naming_an_agent_made_path_reaches_the_terminal_escaped(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 21 review: an OSC 52 (clipboard) in a folder name, quoted by an error, was written raw."""
+    from claude_bottle.cli import ls as ls_verb
+    from claude_bottle.cli import main as cli_main
+
+    def boom(_args: object) -> int:
+        raise BottleError("the bottle's work holds e\x1b]52;c;cHduZWQ=\x07/HEAD")
+
+    monkeypatch.setattr(ls_verb, "run", boom)
+    assert cli_main(["ls"]) == 1
+    said = capsys.readouterr().err
+    assert "\x1b" not in said and "\x07" not in said and "HEAD" in said

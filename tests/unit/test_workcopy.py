@@ -163,3 +163,136 @@ def test_a_workspace_too_large_is_refused_in_one_line(tmp_path: Path, monkeypatc
     with pytest.raises(BottleError, match="make it a git repository") as got:
         create(sd, ws, RuntimeIds(os.getuid(), os.getgid(), os.getuid(), os.getgid()))
     assert "\n" not in str(got.value)
+
+
+# -- what a review found (issue 21): the folder a change lands in, hooks, the race, Mercurial -----------------
+def _bare(where: Path) -> None:
+    subprocess.run(["git", "init", "-q", "--bare", str(where)], check=True, capture_output=True)
+
+
+def test_nothing_is_applied_into_a_repository_of_the_workspace(world: tuple[StateDir, Path], tmp_path: Path) -> None:
+    """A `.bare` git dir (the worktree layout), a bare mirror in a build folder: a plain `config` or a hook
+    written into one makes git there run it, whatever its name."""
+    sd, ws = world
+    _bare(ws / ".bare")
+    _bare(ws / "build" / "mirror.git")
+    copy = copy_path(sd)
+    subprocess.run(["cp", "-a", f"{ws}/.bare", f"{ws}/build", str(copy)], check=True)
+    marker = tmp_path / "ran"
+    with (copy / ".bare" / "config").open("a") as f:
+        f.write(f'[core]\n\tfsmonitor = "touch {marker}; false"\n')
+    (copy / "build" / "mirror.git" / "hooks" / "post-update").write_text(f"#!/bin/sh\ntouch {marker}\n")
+    (copy / "src" / "fine.txt").write_text("fine\n")
+    said = apply(sd)
+    assert "not applied: .bare/config: inside .bare, a repository of your workspace" in said, said
+    assert "not applied: build/mirror.git/hooks/post-update: inside build/mirror.git" in said, said
+    assert (ws / "src" / "fine.txt").exists() and "fsmonitor" not in (ws / ".bare" / "config").read_text()
+    assert not (ws / "build" / "mirror.git" / "hooks" / "post-update").exists()
+
+
+def test_a_workspace_that_is_itself_a_repository_takes_nothing(tmp_path: Path) -> None:
+    ws = tmp_path / "bare"
+    _bare(ws)
+    sd = StateDir("claude-cpyba")
+    sd.create()
+    sd.write(BottleRecord(slug=sd.slug, agent="claude", bottle="default", backend="fake", status="stopped",
+                          workspace=str(ws)))  # fmt: skip
+    create(sd, ws, RuntimeIds(os.getuid(), os.getgid(), os.getuid(), os.getgid()))
+    (copy_path(sd) / "hooks" / "post-receive").write_text("#!/bin/sh\ntouch x\n")
+    said = apply(sd)
+    assert said.startswith("applied 0 changes") and "hooks/post-receive: inside ., a repository" in said, said
+
+
+def test_the_folder_git_runs_hooks_from_is_not_written(world: tuple[StateDir, Path], tmp_path: Path) -> None:
+    sd, ws = world
+    subprocess.run(["git", "init", "-q", str(ws)], check=True)
+    subprocess.run(["git", "-C", str(ws), "config", "core.hooksPath", ".husky/_"], check=True)
+    copy = copy_path(sd)
+    (copy / ".husky" / "_").mkdir(parents=True)
+    (copy / ".husky" / "pre-commit").write_text("#!/bin/sh\ntouch ran\n")
+    said = apply(sd)
+    assert "not applied: .husky/pre-commit: in the folder your git runs hooks from" in said, said
+    assert not (ws / ".husky" / "pre-commit").exists()
+
+
+def test_a_head_is_judged_on_what_is_written(world: tuple[StateDir, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The race a review won: the agent shows a harmless HEAD to the first look and a real one to the copy."""
+    from claude_bottle import workcopy
+
+    sd, ws = world
+    (copy_path(sd) / "src" / "HEAD").write_text("ref: refs/heads/main\n")
+    real_read = workcopy._read
+    monkeypatch.setattr(workcopy, "_read", lambda root, path, limit: b"just a file\n" if path.endswith("HEAD")
+                        else real_read(root, path, limit))  # fmt: skip
+    said = apply(sd)
+    assert "not applied: src/HEAD: a HEAD file" in said, said
+    assert not (ws / "src" / "HEAD").exists() and not list((ws / "src").glob(".*apply"))
+
+
+def test_mercurials_hooks_never_come_home(world: tuple[StateDir, Path]) -> None:
+    sd, ws = world
+    (copy_path(sd) / ".hg").mkdir()
+    (copy_path(sd) / ".hg" / "hgrc").write_text("[hooks]\npre-status = touch ran\n")
+    said = apply(sd)
+    assert "not applied: .hg: a .hg" in said and "not applied: .hg/hgrc: a .hg" in said, said
+    assert not (ws / ".hg").exists()
+
+
+def test_a_copy_mode_run_never_touches_the_operators_own_repositories(tmp_path: Path) -> None:
+    """Its settle judged the operator's workspace (which the agent never wrote) and moved their own config."""
+    import time
+
+    from claude_bottle.gitguard import settle_bottle
+
+    ws = tmp_path / "ws"
+    (ws / "a").mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(ws / "a")], check=True)
+    sd = StateDir("claude-cpyst")
+    sd.create()
+    sd.write(BottleRecord(slug=sd.slug, agent="claude", bottle="default", backend="fake", status="stopped",
+                          workspace=str(ws), run_started=time.time() - 5,
+                          manifest={"agent": {"workspace_mode": "copy"}}))  # fmt: skip
+    subprocess.run(["git", "-C", str(ws / "a"), "config", "alias.st", "status"], check=True)
+    said: list[str] = []
+    settle_bottle(sd, said.append)
+    assert said == [] and "alias" in (ws / "a" / ".git" / "config").read_text()
+    assert sd.read().run_started is None
+
+
+def test_apply_and_merge_ask_the_backend_whether_the_bottle_still_runs(
+    world: tuple[StateDir, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record that says crashed (a forged exit file, noticed by `ls`) while the containers run on."""
+    from claude_bottle import lifecycle
+    from claude_bottle.backend import _BACKENDS
+
+    from .fakes import FakeBackend
+
+    monkeypatch.setitem(_BACKENDS, "fake", "tests.unit.fakes:FakeBackend")
+    FakeBackend.reset()
+    sd, _ws = world
+    sd.update(status="crashed")
+    FakeBackend.live[sd.slug] = "running"
+    with pytest.raises(BottleError, match="is running: its work can change between your review and the apply"):
+        lifecycle.ensure_stopped(sd, "apply")
+    FakeBackend.live.clear()
+    lifecycle.ensure_stopped(sd, "apply")
+
+
+def test_an_engine_that_does_not_keep_the_bottle_users_ownership_is_refused(tmp_path: Path) -> None:
+    import json
+
+    from claude_bottle.backend.docker.backend import DockerBottleBackend
+
+    sd = StateDir("claude-cpyow")
+    sd.create()
+    sd.write(BottleRecord(slug=sd.slug, agent="claude", bottle="default", backend="docker", agent_ids=[60999, 60999]))
+    (sd.path / "mounts.json").write_text(json.dumps([]))
+    (sd.path / "run" / "agent").mkdir(parents=True)
+    mark = sd.path / "run" / "agent" / "mounts"
+    mark.write_text("")
+    os.chown(mark, 1234, 1234)  # as an engine that maps owners would leave it
+    with pytest.raises(BottleError, match="owned by uid 1234 on this machine, not the bottle user"):
+        DockerBottleBackend._verify_mounts(sd)
+    os.chown(mark, 60999, 60999)
+    DockerBottleBackend._verify_mounts(sd)

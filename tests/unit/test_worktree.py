@@ -512,3 +512,39 @@ def test_a_git_that_hangs_is_stopped_with_one_line(repo: Path, monkeypatch: pyte
     with pytest.raises(worktree.WorktreeError, match=r"^git \S+ took over 0.001 s: stopped$"):
         worktree.diff(state)
     assert not list(state.path.glob("worktree-view-*"))
+
+
+def test_work_that_lands_in_a_repository_of_the_operators_tree_is_refused(tmp_path: Path, repo: Path) -> None:
+    """A review's attack: a bare mirror in an ignored build folder; the agent commits its `config`."""
+    (repo / ".gitignore").write_text("build/\n")
+    git(repo, "add", ".gitignore")
+    git(repo, "commit", "-q", "-m", "ignore build")
+    subprocess.run(["git", "init", "-q", "--bare", str(repo / "build" / "mirror.git")], check=True)
+    state = new_bottle(repo, "a-wtbmr")
+    co = state.path / "worktree"
+    (co / "build" / "mirror.git").mkdir(parents=True)
+    (co / "build" / "mirror.git" / "config").write_text(f'[core]\n\tfsmonitor = "touch {tmp_path}/ran"\n')
+    agent_git(co, "add", "-f", "build/mirror.git/config")
+    agent_git(co, "commit", "-q", "-m", "cache")
+    before = (repo / "build" / "mirror.git" / "config").read_text()
+    for verb in (lambda: worktree.merge(state, squash=False), lambda: worktree.apply(state)):
+        with pytest.raises(worktree.WorktreeError, match=r"changes build/mirror.git/config, inside build/mirror.git"):
+            verb()
+    assert (repo / "build" / "mirror.git" / "config").read_text() == before
+
+
+def test_work_that_changes_the_operators_hooks_folder_is_refused(repo: Path) -> None:
+    (repo / ".githooks").mkdir()
+    (repo / ".githooks" / "pre-commit").write_text("#!/bin/sh\nexit 0\n")
+    git(repo, "add", ".githooks")
+    git(repo, "commit", "-q", "-m", "hooks")
+    git(repo, "config", "core.hooksPath", ".githooks")
+    state = new_bottle(repo, "a-wthkp")
+    co = state.path / "worktree"
+    (co / ".githooks" / "pre-commit").write_text("#!/bin/sh\ntouch /tmp/ran\n")
+    agent_git(co, "commit", "-q", "-am", "faster hook")
+    with pytest.raises(
+        worktree.WorktreeError, match=r"changes \.githooks/pre-commit, in the folder your git runs hooks"
+    ):
+        worktree.merge(state, squash=False)
+    assert "exit 0" in (repo / ".githooks" / "pre-commit").read_text()

@@ -374,7 +374,17 @@ class DockerBottleBackend(BottleBackend):
         """The agent's entrypoint reported what the engine mounted before anything of the agent ran; it must
         be what the CLI checked (a link swapped in during start would show as another device or inode)."""
         expected = [(str(t), int(d), int(i)) for t, d, i in json.loads((state.path / MOUNTS_FILE).read_text())]
-        report = (state.path / "run" / "agent" / "mounts").read_text(encoding="utf-8", errors="replace")
+        mark = state.path / "run" / "agent" / "mounts"
+        ids = state.read().agent_ids
+        if len(ids) == 2 and ids[0] not in (os.getuid(), 0) and mark.lstat().st_uid != ids[0]:
+            # The agent's tree is safe from git on this machine only if what it writes is the bottle user's
+            # here too (an engine whose binds map owners, as Docker Desktop's do, would make it the operator's).
+            raise BackendError(
+                f"bottle {state.slug}: files its agent writes are owned by uid {mark.lstat().st_uid} on this machine, "
+                f'not the bottle user ({ids[0]}): this engine does not keep owners; use workspace_mode = "mount" '
+                "knowingly, or a Linux engine"
+            )
+        report = mark.read_text(encoding="utf-8", errors="replace")
         wrong = verify_mounts(report, expected)
         if wrong is not None:
             raise BackendError(
