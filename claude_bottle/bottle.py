@@ -7,14 +7,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import BottleError
-from .manifest import AgentSpec, BottleSpec, Manifest
-from .paths import BottlePaths, check_bottle_paths
-from .runtime import RuntimeIds
-from .state import BottleRecord, StateDir, all_state_roots, bottle_home, new_slug
+from claude_bottle.errors import BottleError
+from claude_bottle.manifest import AgentSpec, BottleSpec, Manifest
+from claude_bottle.paths import BottlePaths, check_bottle_paths
+from claude_bottle.runtime import RuntimeIds
+from claude_bottle.state import BottleRecord, StateDir, all_state_roots, bottle_home, new_slug
 
 if TYPE_CHECKING:
-    from .worktree import Project
+    from claude_bottle.worktree import Project
 
 __all__ = ["Bottle"]
 
@@ -83,7 +83,7 @@ class Bottle:
             return ()  # the tree is the agent's own: nothing of the operator's in it to protect
         if not self.worktree:
             return self.paths.protected
-        from .gitguard import protected
+        from claude_bottle.gitguard import protected
 
         return tuple(protected(self.agent_workspace))
 
@@ -120,8 +120,8 @@ class Bottle:
                 f"(agents.{agent_name}.workspace_mode, or leave it out)"
             )
         if mode in ("auto", "worktree"):
-            from .worktree import WorktreeError
-            from .worktree import project as git_project
+            from claude_bottle.worktree import WorktreeError
+            from claude_bottle.worktree import project as git_project
 
             try:
                 project = git_project(paths.workspace)

@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from .egress.capability import KINDS, PACKAGE_KINDS, Invalid, parse_name
-from .state import StateDir, write_private
+from claude_bottle.egress.capability import KINDS, PACKAGE_KINDS, Invalid, parse_name
+from claude_bottle.state import StateDir, write_private
 
 __all__ = ["Request", "decide", "decisions", "guard_decisions", "pending", "read_requests"]
 

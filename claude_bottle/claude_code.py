@@ -13,12 +13,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import BottleError
-from .state import BottleRecord, StateDir, bottle_home, pid_alive, write_private
+from claude_bottle.errors import BottleError
+from claude_bottle.state import BottleRecord, StateDir, bottle_home, pid_alive, write_private
 
 if TYPE_CHECKING:
-    from .backend import BottleBackend
-    from .manifest import AgentSpec
+    from claude_bottle.backend import BottleBackend
+    from claude_bottle.manifest import AgentSpec
 
 __all__ = [
     "EXIT_FILE",
@@ -226,7 +226,7 @@ def notice_crash(state: StateDir, record: BottleRecord, engine: str | None) -> B
         why = f"claude exited with {rc} (a detached run)"
     if why is None or state.busy():
         return record
-    from .capabilities import pending
+    from claude_bottle.capabilities import pending
 
     wants = [r.label for r in pending(state) if r.package]
     if wants:  # it stopped itself to ask for packages: blocked, not crashed

@@ -32,9 +32,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .gitshape import valid_head
-from .state import StateDir
-from .walk import Walk
+from claude_bottle.gitshape import valid_head
+from claude_bottle.state import StateDir
+from claude_bottle.walk import Walk
 
 __all__ = ["Finding", "config_is_safe", "protected", "settle", "settle_bottle", "settle_copy"]
 

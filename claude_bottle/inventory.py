@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .backend import get_bottle_backend
-from .claude_code import NORMAL_ENDS, notice_crash, run_end
-from .errors import BottleError
-from .state import list_state_dirs
+from claude_bottle.backend import get_bottle_backend
+from claude_bottle.claude_code import NORMAL_ENDS, notice_crash, run_end
+from claude_bottle.errors import BottleError
+from claude_bottle.state import list_state_dirs
 
 __all__ = ["BottleRow", "leftovers_hint", "list_bottles"]
 

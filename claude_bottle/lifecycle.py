@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .backend import (
+from claude_bottle.backend import (
     BottleBackend,
     BottleCleanupPlan,
     BottlePlan,
@@ -28,8 +28,8 @@ from .backend import (
     known_backend_names,
     resolve_backend_name,
 )
-from .capabilities import Request, decide, pending
-from .claude_code import (
+from claude_bottle.capabilities import Request, decide, pending
+from claude_bottle.claude_code import (
     NORMAL_ENDS,
     attach_argv,
     claude_argv,
@@ -39,16 +39,16 @@ from .claude_code import (
     start_session,
     terminal_env,
 )
-from .errors import BottleError
-from .gitguard import settle_bottle
-from .guard.files import drop_secrets, load_grants, save_grants
-from .state import BottleRecord, StateDir, process_started
+from claude_bottle.errors import BottleError
+from claude_bottle.gitguard import settle_bottle
+from claude_bottle.guard.files import drop_secrets, load_grants, save_grants
+from claude_bottle.state import BottleRecord, StateDir, process_started
 
 if TYPE_CHECKING:
-    from .bottle import Bottle
-    from .egress.policy import Rule
-    from .guard.inputs import GuardInputs
-    from .manifest import Manifest
+    from claude_bottle.bottle import Bottle
+    from claude_bottle.egress.policy import Rule
+    from claude_bottle.guard.inputs import GuardInputs
+    from claude_bottle.manifest import Manifest
 
 __all__ = [
     "Notify",
@@ -114,7 +114,7 @@ def start_bottle(
 ) -> Started:
     """A new bottle (generation 1): state dir, images, guard inputs, containers, ready. Rolled back on any
     failure. Every host path is checked before anything is built."""
-    from .bottle import Bottle
+    from claude_bottle.bottle import Bottle
 
     spec = manifest.bottles[manifest.agent(agent_name).bottle]
     backend_name, _source = resolve_backend_name(flag=backend_flag, manifest=spec.backend)
@@ -135,13 +135,13 @@ def start_bottle(
             )
         )
         if bottle.project is not None:  # worktree mode: the bottle's own checkout, on its own branch
-            from .worktree import create
+            from claude_bottle.worktree import create
 
             info = create(bottle.state, bottle.project, bottle.ids)
             bottle.state.update(worktree=info)
             bottle = dataclasses.replace(bottle, worktree=info)
         elif bottle.mode == "copy":  # copy mode: a copy of its own, applied home by `claude-bottle apply`
-            from .workcopy import create as create_copy
+            from claude_bottle.workcopy import create as create_copy
 
             create_copy(bottle.state, bottle.workspace, bottle.ids)
     except BaseException:
@@ -152,7 +152,7 @@ def start_bottle(
 
 def resume_bottle(state: StateDir, *, progress: Progress, notify: Notify = _quiet) -> Started:
     """A new generation of an existing bottle from its state dir: same slug, same ~/.claude, same grants."""
-    from .bottle import Bottle
+    from claude_bottle.bottle import Bottle
 
     record = state.read_whole()
     backend = get_bottle_backend(record.backend)
@@ -185,7 +185,7 @@ def _bring_up(
     fresh: bool,
     show_plan: Callable[[BottlePlan], None] | None = None,
 ) -> Started:
-    from .guard.inputs import prepare_guard
+    from claude_bottle.guard.inputs import prepare_guard
 
     state = bottle.state
     engine_touched = False
@@ -246,8 +246,8 @@ def _ran_with(bottle: Bottle, guard: GuardInputs) -> dict[str, str]:
 def _claude_home(bottle: Bottle, *, placeholder: bool) -> None:
     """The agent's ~/.claude on the host (transcripts live there), with Claude Code's first-run answers,
     owned by the agent's uid (changed without following any link the agent may have left there)."""
-    from .guard.credentials import PLACEHOLDER
-    from .walk import Walk
+    from claude_bottle.guard.credentials import PLACEHOLDER
+    from claude_bottle.walk import Walk
 
     home = bottle.state.claude_home
     # Readable by this user when the bottle user will own it (the state dir around it stays 0700).
@@ -473,7 +473,7 @@ def attach_bottle(state: StateDir, notify: Notify = _quiet) -> int:
     """This terminal on claude in a running bottle; claude is started first (continuing the bottle's
     session, if it has one) when none runs. When claude ends while attached, its end is recorded: a
     non-zero exit is a crash (preserved, snapshotted); the bottle itself stays up until `stop`."""
-    from .bottle import Bottle
+    from claude_bottle.bottle import Bottle
 
     record = state.read_whole()
     if record.status != "running":
@@ -539,8 +539,8 @@ def bring_home(state: StateDir) -> str | None:
 def grant_egress(state: StateDir, rules: Sequence[Rule], *, revoke: bool = False) -> list[Rule]:
     """Add (or remove) live egress grants. The guard re-reads its policy file within half a second, so a
     running bottle changes policy without a restart; grants.json keeps them for the bottle's next generation."""
-    from .bottle import Bottle
-    from .guard.inputs import rewrite_policy
+    from claude_bottle.bottle import Bottle
+    from claude_bottle.guard.inputs import rewrite_policy
 
     bottle = Bottle.recorded(state)
     with state.lock():
@@ -564,7 +564,7 @@ def grant_egress(state: StateDir, rules: Sequence[Rule], *, revoke: bool = False
 
 def _record_operator_action(state: StateDir, action: str, what: list[str]) -> None:
     """Operator changes go on the bottle's audit record too (appended; the guard appends alongside)."""
-    from .egress.audit import append_chained
+    from claude_bottle.egress.audit import append_chained
 
     append_chained(
         state.audit_path,
@@ -599,7 +599,7 @@ def host_checks() -> list[Check]:
     ownership check not turned off (`safe.directory = *` trusts every repository, whoever owns it)."""
     import subprocess
 
-    from .runtime import bottle_uid
+    from claude_bottle.runtime import bottle_uid
 
     out = []
     try:
@@ -675,9 +675,9 @@ def answer_requests(
     """The operator's answer. A granted egress request becomes a live grant (the guard lets the waiting
     request through); a granted package is added to the bottle's image as a layer of its own (`rebuilt`),
     built when it resumes. Every answer is recorded and handed to the guard (its policy's decisions)."""
-    from .bottle import Bottle
-    from .egress.policy import Rule
-    from .guard.inputs import rewrite_policy
+    from claude_bottle.bottle import Bottle
+    from claude_bottle.egress.policy import Rule
+    from claude_bottle.guard.inputs import rewrite_policy
 
     egress = [r for r in chosen if not r.package]
     packages = [r for r in chosen if r.package]

@@ -19,8 +19,8 @@ from pydantic import (
     model_validator,
 )
 
-from .egress.policy import DEFAULT_PORTS, Rule, normalise_host
-from .errors import ManifestError
+from claude_bottle.egress.policy import DEFAULT_PORTS, Rule, normalise_host
+from claude_bottle.errors import ManifestError
 
 __all__ = [
     "MANIFEST_NAME",

@@ -14,10 +14,10 @@ from pathlib import Path
 import tomlkit
 from tomlkit.items import Array, Table
 
-from .errors import BottleError
-from .manifest import parse_manifest
-from .state import StateDir, bottle_home, write_private
-from .trust import trust_bytes, trust_lock, untrusted
+from claude_bottle.errors import BottleError
+from claude_bottle.manifest import parse_manifest
+from claude_bottle.state import StateDir, bottle_home, write_private
+from claude_bottle.trust import trust_bytes, trust_lock, untrusted
 
 __all__ = ["add_to_manifest", "save_grants_to_manifest"]
 

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ManifestError
+from claude_bottle.errors import ManifestError
 
 if TYPE_CHECKING:
-    from .manifest import BottleSpec
+    from claude_bottle.manifest import BottleSpec
 
 __all__ = [
     "BottlePaths",
@@ -276,6 +276,6 @@ def check_bottle_paths(
         # What this host trusts, builds and the guard trust too (a TLS-inspecting network is the case).
         found = next((p for p in HOST_CA_BUNDLES if p.is_file()), None)
         ca = check_path(found, "the host's CA bundle", own, read_by_host=True) if found else None
-    from .gitguard import protected
+    from claude_bottle.gitguard import protected
 
     return BottlePaths(ws, tuple(mounts), ca, own, tuple(protected(ws)))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from .errors import BackendError
+from claude_bottle.errors import BackendError
 
 __all__ = [
     "STDERR_KEPT",
@@ -258,7 +258,7 @@ def run_to(argv: Sequence[str], sink: Callable[[bytes], None], *, env: Mapping[s
 def run_interactive(argv: Sequence[str], *, env: Mapping[str, str | None] | None = None) -> int:
     """Run argv with this terminal's input, and return its exit code. Its output is a bottle's, so on a
     terminal it goes through the screen filter (terminal.py): the agent never writes to it directly."""
-    from .terminal import run_on_terminal
+    from claude_bottle.terminal import run_on_terminal
 
     argv = [str(a) for a in argv]
     log.debug("run (interactive): %s", " ".join(redact_argv(argv)))

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import BottleError
+from claude_bottle.errors import BottleError
 
 __all__ = [
     "BOTTLE_UID",

@@ -21,9 +21,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .errors import BottleError, NotFoundError
-from .runtime import DEFAULT_NAMESPACE, namespace
-from .walk import Walk, remove_tree, tree_size
+from claude_bottle.errors import BottleError, NotFoundError
+from claude_bottle.runtime import DEFAULT_NAMESPACE, namespace
+from claude_bottle.walk import Walk, remove_tree, tree_size
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -463,7 +463,7 @@ class StateDir:
 
     def _work(self, record: BottleRecord) -> str | None:
         if not record.worktree and (record.manifest.get("agent") or {}).get("workspace_mode") == "copy":
-            from .workcopy import pending as copy_pending  # only copy-mode bottles pay for the walk
+            from claude_bottle.workcopy import pending as copy_pending  # only copy-mode bottles pay for the walk
 
             return copy_pending(self)
         if not record.worktree:
@@ -471,7 +471,7 @@ class StateDir:
             if home.is_dir() and not home.is_symlink():
                 return f"the workspace a remote engine sent home (`claude-bottle pull {self.slug} --to DIR` keeps it)"
             return None
-        from .worktree import pending  # only worktree bottles pay for git
+        from claude_bottle.worktree import pending  # only worktree bottles pay for git
 
         return pending(self)
 

@@ -28,10 +28,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .errors import BottleError, ManifestError
-from .manifest import Manifest, parse_manifest
-from .paths import writable_roots
-from .state import all_state_roots, write_private
+from claude_bottle.errors import BottleError, ManifestError
+from claude_bottle.manifest import Manifest, parse_manifest
+from claude_bottle.paths import writable_roots
+from claude_bottle.state import all_state_roots, write_private
 
 __all__ = ["TrustStore", "grants", "load_trusted", "read_manifest", "trust_bytes", "trust_lock", "untrusted"]
 

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from . import gitshape
-from .walk import MAX_DEPTH, MAX_ENTRIES
+from claude_bottle import gitshape
+from claude_bottle.walk import MAX_DEPTH, MAX_ENTRIES
 
 __all__ = ["MAX_BYTES", "MAX_HEADER", "Limits", "Unpacked", "unpack"]
 

@@ -28,11 +28,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import gitshape
-from .errors import BottleError
-from .runtime import RuntimeIds
-from .state import StateDir, write_private
-from .walk import Walk
+from claude_bottle import gitshape
+from claude_bottle.errors import BottleError
+from claude_bottle.runtime import RuntimeIds
+from claude_bottle.state import StateDir, write_private
+from claude_bottle.walk import Walk
 
 __all__ = ["COPY", "Change", "apply", "changes", "copy_path", "create", "diff", "inert", "pending"]
 
@@ -347,7 +347,7 @@ def apply(state: StateDir) -> str:
     tree = _agent_tree(state)
     st = workspace.stat()
     owner = (st.st_uid, st.st_gid) if os.getuid() == 0 else None
-    from .worktree import hook_folders
+    from claude_bottle.worktree import hook_folders
 
     hooks = hook_folders(workspace)
     done: dict[str, int] = {"added": 0, "changed": 0, "deleted": 0}

@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import BottleError
-from .runtime import RuntimeIds
-from .state import StateDir
-from .walk import Walk, remove_tree
+from claude_bottle.errors import BottleError
+from claude_bottle.runtime import RuntimeIds
+from claude_bottle.state import StateDir
+from claude_bottle.walk import Walk, remove_tree
 
 __all__ = ["BRANCH_PREFIX", "Project", "Work", "apply", "create", "merge", "pending", "project", "reading"]
 
@@ -565,7 +565,7 @@ def hook_folders(top: Path) -> list[str]:
 def _repositories(w: Work, rev: str, verb: str) -> None:
     """Refuse work whose files would make a folder of the operator's tree a repository to git (a HEAD git
     accepts, or a .git by any spelling: gitshape.inert): git there would run the agent's config."""
-    from .gitshape import HEAD_PEEK, inert, is_head
+    from claude_bottle.gitshape import HEAD_PEEK, inert, is_head
 
     listing = w.git("ls-tree", "-r", "-z", "--full-tree", rev).stdout
     for item in listing.split(b"\0"):
@@ -586,7 +586,7 @@ def _repositories(w: Work, rev: str, verb: str) -> None:
             )
     # What it changes must not land in a repository of the operator's tree (a bare mirror in an ignored
     # folder, a `.bare` git dir) nor where the operator's git runs hooks from.
-    from .gitshape import repository_on_the_way
+    from claude_bottle.gitshape import repository_on_the_way
 
     changed = w.git("diff", "--name-only", "-z", "--no-renames", w.base, rev).stdout
     hooks = hook_folders(w.project)

@@ -22,12 +22,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from .. import process
-from ..egress.audit import chained_after
-from ..errors import BackendError, BottleError
-from ..state import StateDir, write_private
-from ..unpack import Limits, Unpacked, unpack
-from ..walk import remove_tree
+from claude_bottle import process
+from claude_bottle.egress.audit import chained_after
+from claude_bottle.errors import BackendError, BottleError
+from claude_bottle.state import StateDir, write_private
+from claude_bottle.unpack import Limits, Unpacked, unpack
+from claude_bottle.walk import remove_tree
 
 __all__ = [
     "CUT",

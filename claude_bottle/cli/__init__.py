@@ -11,10 +11,8 @@ from collections.abc import Sequence
 
 from rich.markup import escape
 
-from .. import __version__
-from ..errors import EXIT_USAGE, BottleError
-from ..terminal import escape_controls
-from . import (
+from claude_bottle import __version__
+from claude_bottle.cli import (
     _common,
     attach,
     cleanup,
@@ -36,6 +34,8 @@ from . import (
     verify,
     work,
 )
+from claude_bottle.errors import EXIT_USAGE, BottleError
+from claude_bottle.terminal import escape_controls
 
 __all__ = ["main"]
 

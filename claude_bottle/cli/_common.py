@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.markup import escape
 
-from ..errors import BottleError
-from ..state import StateDir, bottle_home, resolve_slug
+from claude_bottle.errors import BottleError
+from claude_bottle.state import StateDir, bottle_home, resolve_slug
 
 if TYPE_CHECKING:
-    from ..lifecycle import Started
-    from ..manifest import Manifest
+    from claude_bottle.lifecycle import Started
+    from claude_bottle.manifest import Manifest
 
 __all__ = [
     "add_manifest_arg",
@@ -40,7 +40,7 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 def tell(line: str) -> None:
     """A line for the operator that may carry agent-made names (paths, findings): its control characters
     escaped, no markup read."""
-    from ..terminal import escape_controls
+    from claude_bottle.terminal import escape_controls
 
     err.print(escape_controls(line), markup=False, highlight=False)
 
@@ -69,8 +69,8 @@ def add_manifest_arg(parser: argparse.ArgumentParser) -> None:
 
 def load(args: argparse.Namespace) -> Manifest:
     """The manifest for this command, once its content is trusted (asked here on a terminal)."""
-    from ..manifest import find_manifest
-    from ..trust import load_trusted
+    from claude_bottle.manifest import find_manifest
+    from claude_bottle.trust import load_trusted
 
     path = args.manifest if getattr(args, "manifest", None) else find_manifest(home=bottle_home())
 
@@ -112,7 +112,7 @@ def run_agent(
     started: Started, *, prompt: str | None, detach: bool, resume: bool, interactive_prompt: bool = False
 ) -> int:
     """After start/resume: claude in the foreground (the bottle stops when it ends), or left running."""
-    from ..lifecycle import run_claude
+    from claude_bottle.lifecycle import run_claude
 
     slug = started.slug
     if detach and not prompt:

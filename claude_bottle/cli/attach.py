@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..errors import BottleError
-from ._common import err, is_tty, slug_arg, state_for, tell
+from claude_bottle.cli._common import err, is_tty, slug_arg, state_for, tell
+from claude_bottle.errors import BottleError
 
 
 def register(sub: Any) -> None:
@@ -16,7 +16,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..lifecycle import attach_bottle
+    from claude_bottle.lifecycle import attach_bottle
 
     if not is_tty():
         raise BottleError("attach needs a terminal: run it from one (or use `claude-bottle logs SLUG`)")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..backend import BottleCleanupPlan, get_bottle_backend, known_backend_names
-from ..errors import EXIT_BACKEND, BottleError
-from ._common import confirm, err, out
+from claude_bottle.backend import BottleCleanupPlan, get_bottle_backend, known_backend_names
+from claude_bottle.cli._common import confirm, err, out
+from claude_bottle.errors import EXIT_BACKEND, BottleError
 
 
 def register(sub: Any) -> None:
@@ -29,7 +29,7 @@ def prepare() -> list[BottleCleanupPlan]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..lifecycle import run_cleanup
+    from claude_bottle.lifecycle import run_cleanup
 
     plans = prepare()
     for plan in plans:

@@ -7,8 +7,8 @@ from typing import Any
 
 from rich.markup import escape
 
-from ..backend import DEFAULT_BACKEND
-from ._common import add_manifest_arg, err, out
+from claude_bottle.backend import DEFAULT_BACKEND
+from claude_bottle.cli._common import add_manifest_arg, err, out
 
 
 def register(sub: Any) -> None:
@@ -20,9 +20,9 @@ def register(sub: Any) -> None:
 def _base_images(args: argparse.Namespace) -> list[str]:
     """The base images the manifest here names (only read for their names: nothing in it is used, so it
     need not be trusted); none when there is no readable manifest."""
-    from ..errors import BottleError
-    from ..manifest import find_manifest, load_manifest
-    from ..state import bottle_home
+    from claude_bottle.errors import BottleError
+    from claude_bottle.manifest import find_manifest, load_manifest
+    from claude_bottle.state import bottle_home
 
     try:
         path = args.manifest or find_manifest(home=bottle_home())
@@ -35,7 +35,7 @@ def _base_images(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..lifecycle import doctor_checks, host_checks
+    from claude_bottle.lifecycle import doctor_checks, host_checks
 
     required_ok = True
     out.print("this host:")

@@ -6,8 +6,8 @@ import argparse
 import sys
 from typing import Any
 
-from ..errors import BottleError
-from ._common import slug_arg, state_for
+from claude_bottle.cli._common import slug_arg, state_for
+from claude_bottle.errors import BottleError
 
 
 def register(sub: Any) -> None:
@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
         cmd = cmd[1:]
     if not cmd:
         raise BottleError("no command given: claude-bottle exec SLUG -- CMD [ARGS...]")
-    from ..lifecycle import exec_in
+    from claude_bottle.lifecycle import exec_in
 
     return exec_in(
         state_for(args), cmd, tty=args.tty, interactive=not sys.stdin.isatty() or args.tty, workdir=args.workdir

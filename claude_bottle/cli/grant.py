@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..errors import BottleError
-from ._common import err, is_tty, out, progress, run_agent, slug_arg, state_for, tell
+from claude_bottle.cli._common import err, is_tty, out, progress, run_agent, slug_arg, state_for, tell
+from claude_bottle.errors import BottleError
 
 
 def register(sub: Any) -> None:
@@ -44,8 +44,8 @@ def run(args: argparse.Namespace) -> int:
         return answer(args, grant=True)
     from pydantic import ValidationError
 
-    from ..lifecycle import grant_egress
-    from ..manifest import EgressRule
+    from claude_bottle.lifecycle import grant_egress
+    from claude_bottle.manifest import EgressRule
 
     if not args.egress:
         raise BottleError("nothing to grant: pass --egress HOST[:PORT] (repeatable), or --request ID / --all")
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     state = state_for(args)
     grants = grant_egress(state, rules, revoke=args.revoke)
     if args.save:
-        from ..manifest_edit import save_grants_to_manifest
+        from claude_bottle.manifest_edit import save_grants_to_manifest
 
         where = save_grants_to_manifest(state, [f"egress:{r.label()}" for r in rules])
         err.print(f"saved {', '.join(r.label() for r in rules)} to {where}")
@@ -82,14 +82,14 @@ def run_deny(args: argparse.Namespace) -> int:
 
 
 def answer(args: argparse.Namespace, *, grant: bool) -> int:
-    from ..lifecycle import answer_requests, choose_requests, continuation_prompt, resume_bottle
+    from claude_bottle.lifecycle import answer_requests, choose_requests, continuation_prompt, resume_bottle
 
     state = state_for(args)
     chosen = choose_requests(state, args.request, every=args.all)
     reason = getattr(args, "reason", "")
     answered = answer_requests(state, chosen, grant=grant, reason=reason, private=getattr(args, "private", False))
     if grant and getattr(args, "save", False):
-        from ..manifest_edit import save_grants_to_manifest
+        from claude_bottle.manifest_edit import save_grants_to_manifest
 
         where = save_grants_to_manifest(state, answered.labels)
         err.print(f"saved {', '.join(answered.labels)} to {where}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._common import err, out, slug_arg, state_for
+from claude_bottle.cli._common import err, out, slug_arg, state_for
 
 
 def register(sub: Any) -> None:

@@ -10,8 +10,8 @@ from typing import Any
 
 from rich.markup import escape
 
-from ..terminal import LineEscaper
-from ._common import err, out, slug_arg, state_for
+from claude_bottle.cli._common import err, out, slug_arg, state_for
+from claude_bottle.terminal import LineEscaper
 
 
 def register(sub: Any) -> None:
@@ -24,7 +24,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..lifecycle import logs_of
+    from claude_bottle.lifecycle import logs_of
 
     state = state_for(args)
     if not args.egress:
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.raw:
             stdout.write(escaper.feed(b"", final=True).encode())
         return rc
-    from ..lifecycle import bring_home, elsewhere
+    from claude_bottle.lifecycle import bring_home, elsewhere
 
     remote = elsewhere(state)
     why = bring_home(state)  # a bottle on a remote engine keeps its log there until it stops

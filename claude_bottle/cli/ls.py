@@ -6,8 +6,8 @@ import argparse
 import json
 from typing import Any
 
-from ..inventory import list_bottles
-from ._common import out, print_columns
+from claude_bottle.cli._common import out, print_columns
+from claude_bottle.inventory import list_bottles
 
 
 def register(sub: Any) -> None:

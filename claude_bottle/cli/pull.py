@@ -13,8 +13,8 @@ from typing import Any
 
 from rich.markup import escape
 
-from ..errors import BottleError
-from ._common import err, out, slug_arg, state_for, tell
+from claude_bottle.cli._common import err, out, slug_arg, state_for, tell
+from claude_bottle.errors import BottleError
 
 
 def register(sub: Any) -> None:
@@ -26,7 +26,7 @@ def register(sub: Any) -> None:
 
 def _not_inert(folder: str, names: list[str]) -> list[str]:
     """What `pull --to` leaves out: whatever would make a folder of the copy a repository to git."""
-    from ..gitshape import HEAD_PEEK, inert, is_head
+    from claude_bottle.gitshape import HEAD_PEEK, inert, is_head
 
     out = []
     for name in names:
@@ -44,7 +44,7 @@ def _not_inert(folder: str, names: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..lifecycle import bring_home, elsewhere
+    from claude_bottle.lifecycle import bring_home, elsewhere
 
     state = state_for(args)
     to = Path(args.to).expanduser().absolute() if args.to else None
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         err.print(f"[yellow]{count} member(s) refused on the way home[/] (links out, devices): see {skipped}")
     # What git would read as configuration or code there was written by the agent: judged whole before
     # the operator is pointed at it (what is not safe is moved to git-quarantine, as after a run).
-    from ..gitguard import settle
+    from claude_bottle.gitguard import settle
 
     findings, _complete = settle(home, 0.0, state.path / "git-quarantine")
     for f in findings:

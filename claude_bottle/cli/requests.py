@@ -7,10 +7,10 @@ import json
 import sys
 from typing import Any
 
-from ..capabilities import Request, pending
-from ..state import list_state_dirs, resolve_slug
-from ..terminal import escape_controls
-from ._common import out, print_columns
+from claude_bottle.capabilities import Request, pending
+from claude_bottle.cli._common import out, print_columns
+from claude_bottle.state import list_state_dirs, resolve_slug
+from claude_bottle.terminal import escape_controls
 
 
 def register(sub: Any) -> None:
@@ -21,7 +21,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..lifecycle import bring_home, elsewhere
+    from claude_bottle.lifecycle import bring_home, elsewhere
 
     states = [resolve_slug(args.slug)] if args.slug else list_state_dirs()
     for s in states:

@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.markup import escape
 
-from ._common import check_terminal, err, out, progress, run_agent, slug_arg, state_for, tell
+from claude_bottle.cli._common import check_terminal, err, out, progress, run_agent, slug_arg, state_for, tell
 
 
 def register(sub: Any) -> None:
@@ -19,7 +19,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..lifecycle import resume_bottle
+    from claude_bottle.lifecycle import resume_bottle
 
     state = state_for(args)
     record = state.read_whole()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._common import is_tty, slug_arg, state_for
+from claude_bottle.cli._common import is_tty, slug_arg, state_for
 
 
 def register(sub: Any) -> None:
@@ -15,6 +15,6 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..lifecycle import exec_in
+    from claude_bottle.lifecycle import exec_in
 
     return exec_in(state_for(args), ["bash", "-l"], tty=is_tty(), interactive=True)

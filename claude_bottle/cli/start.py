@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from ._common import add_manifest_arg, check_terminal, err, load, out, progress, run_agent
+from claude_bottle.cli._common import add_manifest_arg, check_terminal, err, load, out, progress, run_agent
 
 
 def register(sub: Any) -> None:
@@ -54,8 +54,8 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..inventory import leftovers_hint
-    from ..lifecycle import start_bottle
+    from claude_bottle.inventory import leftovers_hint
+    from claude_bottle.lifecycle import start_bottle
 
     if args.context:
         import os

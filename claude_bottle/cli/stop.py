@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..errors import BackendError
-from ._common import err, out, slug_arg, state_for, tell
+from claude_bottle.cli._common import err, out, slug_arg, state_for, tell
+from claude_bottle.errors import BackendError
 
 
 def register(sub: Any) -> None:
@@ -22,7 +22,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..lifecycle import elsewhere, forget_bottle, stop_bottle
+    from claude_bottle.lifecycle import elsewhere, forget_bottle, stop_bottle
 
     state = state_for(args)
     if args.forget:

@@ -8,10 +8,10 @@ import argparse
 import sys
 from typing import Any
 
-from ..errors import BottleError
-from ..state import StateDir
-from ..terminal import escape_controls
-from ._common import err, out, slug_arg, state_for
+from claude_bottle.cli._common import err, out, slug_arg, state_for
+from claude_bottle.errors import BottleError
+from claude_bottle.state import StateDir
+from claude_bottle.terminal import escape_controls
 
 
 def register(sub: Any) -> None:
@@ -46,11 +46,11 @@ def _copy_mode(state: StateDir) -> bool:
 def run_diff(args: argparse.Namespace) -> int:
     state = state_for(args)
     if _copy_mode(state):
-        from ..workcopy import diff as copy_diff
+        from claude_bottle.workcopy import diff as copy_diff
 
         _show(copy_diff(state, stat_only=args.stat))
         return 0
-    from ..worktree import diff
+    from claude_bottle.worktree import diff
 
     _show(diff(state, stat_only=args.stat))
     return 0
@@ -65,7 +65,7 @@ def _no_commits(state: StateDir, verb: str) -> None:
 
 
 def run_log(args: argparse.Namespace) -> int:
-    from ..worktree import log
+    from claude_bottle.worktree import log
 
     state = state_for(args)
     _no_commits(state, "show")
@@ -74,8 +74,8 @@ def run_log(args: argparse.Namespace) -> int:
 
 
 def run_merge(args: argparse.Namespace) -> int:
-    from ..lifecycle import ensure_stopped
-    from ..worktree import merge
+    from claude_bottle.lifecycle import ensure_stopped
+    from claude_bottle.worktree import merge
 
     state = state_for(args)
     _no_commits(state, "merge")
@@ -85,16 +85,16 @@ def run_merge(args: argparse.Namespace) -> int:
 
 
 def run_apply(args: argparse.Namespace) -> int:
-    from ..lifecycle import ensure_stopped
+    from claude_bottle.lifecycle import ensure_stopped
 
     state = state_for(args)
     ensure_stopped(state, "apply")
     if _copy_mode(state):
-        from ..workcopy import apply as copy_apply
+        from claude_bottle.workcopy import apply as copy_apply
 
         err.print(escape_controls(copy_apply(state)), markup=False, highlight=False)
         return 0
-    from ..worktree import apply
+    from claude_bottle.worktree import apply
 
     err.print(escape_controls(apply(state)), markup=False, highlight=False)
     return 0

@@ -8,11 +8,11 @@ import signal
 import sys
 from pathlib import Path
 
-from .audit import AuditLog
-from .config import load_secrets
-from .dns import DnsServer
-from .policy import PolicyFile
-from .proxy import Guard
+from claude_bottle.egress.audit import AuditLog
+from claude_bottle.egress.config import load_secrets
+from claude_bottle.egress.dns import DnsServer
+from claude_bottle.egress.policy import PolicyFile
+from claude_bottle.egress.proxy import Guard
 
 
 def _hostport(text: str) -> tuple[str, int]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .dlp import Scanner
+from claude_bottle.egress.dlp import Scanner
 
 __all__ = ["Route", "Secrets", "load_secrets"]
 

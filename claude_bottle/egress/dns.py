@@ -12,8 +12,8 @@ import struct
 import time
 from collections.abc import Callable
 
-from .audit import AuditLog
-from .dlp import Scanner
+from claude_bottle.egress.audit import AuditLog
+from claude_bottle.egress.dlp import Scanner
 
 __all__ = ["DnsServer", "answer", "parse_query"]
 

@@ -25,14 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from . import HEALTH_PATH
-from .audit import AuditLog, Timer, cap
-from .capability import CAPABILITY_PATH, Desk, Invalid
-from .capability import MAX_BODY as CAPABILITY_MAX_BODY
-from .config import Route, Secrets
-from .dlp import Scanner
-from .gitpush import MAX_COMMANDS_BYTES as GIT_COMMANDS_MAX
-from .gitpush import (
+from claude_bottle.egress import HEALTH_PATH
+from claude_bottle.egress.audit import AuditLog, Timer, cap
+from claude_bottle.egress.capability import CAPABILITY_PATH, Desk, Invalid
+from claude_bottle.egress.capability import MAX_BODY as CAPABILITY_MAX_BODY
+from claude_bottle.egress.config import Route, Secrets
+from claude_bottle.egress.dlp import Scanner
+from claude_bottle.egress.gitpush import MAX_COMMANDS_BYTES as GIT_COMMANDS_MAX
+from claude_bottle.egress.gitpush import (
     BadPush,
     PushTarget,
     capabilities,
@@ -42,8 +42,8 @@ from .gitpush import (
     push_target,
     refusal_report,
 )
-from .policy import Decision, PolicyFile, is_ip, is_public_address, normalise_host
-from .tls import NEED_MORE, client_hello_sni
+from claude_bottle.egress.policy import Decision, PolicyFile, is_ip, is_public_address, normalise_host
+from claude_bottle.egress.tls import NEED_MORE, client_hello_sni
 
 __all__ = ["HEALTH_PATH", "Guard", "Refused", "judge_tunnel", "parse_head"]
 

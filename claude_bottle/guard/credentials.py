@@ -8,9 +8,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import BottleError
-from ..manifest import BottleSpec, CredentialSpec
-from ..paths import Roots, check_path, read_host_file
+from claude_bottle.errors import BottleError
+from claude_bottle.manifest import BottleSpec, CredentialSpec
+from claude_bottle.paths import Roots, check_path, read_host_file
 
 __all__ = ["PLACEHOLDER", "Credential", "agent_credential_env", "resolve_credentials"]
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..egress.policy import Policy, Rule
-from ..state import StateDir, write_private
+from claude_bottle.egress.policy import Policy, Rule
+from claude_bottle.state import StateDir, write_private
 
 __all__ = ["GuardFiles", "drop_secrets", "load_grants", "policy_document", "save_grants"]
 

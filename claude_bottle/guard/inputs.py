@@ -12,14 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..capabilities import guard_decisions
-from ..manifest import BottleSpec
-from ..paths import Roots, read_host_file
-from ..runtime import AGENT_HOME, RuntimeIds
-from ..state import StateDir, write_private
-from .credentials import Credential, agent_credential_env, resolve_credentials
-from .files import GuardFiles, load_grants, policy_document
-from .pipelock import pipelock_config, to_yaml
+from claude_bottle.capabilities import guard_decisions
+from claude_bottle.guard.credentials import Credential, agent_credential_env, resolve_credentials
+from claude_bottle.guard.files import GuardFiles, load_grants, policy_document
+from claude_bottle.guard.pipelock import pipelock_config, to_yaml
+from claude_bottle.manifest import BottleSpec
+from claude_bottle.paths import Roots, read_host_file
+from claude_bottle.runtime import AGENT_HOME, RuntimeIds
+from claude_bottle.state import StateDir, write_private
 
 __all__ = ["GUARD_PORT", "HONEY_FILES", "PIPELOCK_PORT", "GuardInputs", "prepare_guard", "rewrite_policy"]
 

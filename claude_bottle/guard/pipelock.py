@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..egress.dlp import PATTERNS
-from ..manifest import BottleSpec
+from claude_bottle.egress.dlp import PATTERNS
+from claude_bottle.manifest import BottleSpec
 
 __all__ = ["pipelock_config", "to_yaml"]
 

@@ -14,20 +14,29 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ...errors import BackendError, BottleError
-from ...paths import file_identity, verify_mounts
-from ...runtime import LABEL, NAMESPACE_LABEL, Identity, namespace, owned_by
-from ...state import StateDir, bottle_home, list_state_dirs, now_iso, process_started, write_private
-from ...walk import remove_tree
-from .. import BottleBackend, BottleCleanupPlan, BottlePlan, BottleStatus, Check, Progress, Report, homecoming
-from . import engine, owners, remote
-from .cleanup import DockerBottleCleanupPlan, plan_from_engine, run_cleanup
-from .compose import NetPlan, container_name, project_name, render_compose, verified_binds
+from claude_bottle.backend import (
+    BottleBackend,
+    BottleCleanupPlan,
+    BottlePlan,
+    BottleStatus,
+    Check,
+    Progress,
+    Report,
+    homecoming,
+)
+from claude_bottle.backend.docker import engine, owners, remote
+from claude_bottle.backend.docker.cleanup import DockerBottleCleanupPlan, plan_from_engine, run_cleanup
+from claude_bottle.backend.docker.compose import NetPlan, container_name, project_name, render_compose, verified_binds
+from claude_bottle.errors import BackendError, BottleError
+from claude_bottle.paths import file_identity, verify_mounts
+from claude_bottle.runtime import LABEL, NAMESPACE_LABEL, Identity, namespace, owned_by
+from claude_bottle.state import StateDir, bottle_home, list_state_dirs, now_iso, process_started, write_private
+from claude_bottle.walk import remove_tree
 
 if TYPE_CHECKING:
-    from ...bottle import Bottle
-    from ...guard.inputs import GuardInputs
-    from .images import ImageSpec
+    from claude_bottle.backend.docker.images import ImageSpec
+    from claude_bottle.bottle import Bottle
+    from claude_bottle.guard.inputs import GuardInputs
 
 __all__ = ["DockerBottleBackend"]
 
@@ -134,7 +143,7 @@ class DockerBottleBackend(BottleBackend):
         )
 
     def _specs(self, plan: BottlePlan) -> list[ImageSpec]:
-        from .images import agent_image_spec, guard_image_spec
+        from claude_bottle.backend.docker.images import agent_image_spec, guard_image_spec
 
         b = plan.bottle
         return [guard_image_spec(), agent_image_spec(b.spec, b.ids, ca_certs=b.paths.ca_certs, granted=b.granted)]
@@ -188,7 +197,7 @@ class DockerBottleBackend(BottleBackend):
         return images
 
     def _build(self, spec: ImageSpec, progress: Progress) -> None:
-        from .images import build_dir
+        from claude_bottle.backend.docker.images import build_dir
 
         progress(f"building {spec.role} image {spec.tag}")
         with build_dir() as tmp:
@@ -299,7 +308,7 @@ class DockerBottleBackend(BottleBackend):
         return home if home.is_dir() else b.workspace
 
     def _fill(self, b: Bottle, state: StateDir, guard_image: str, guard: GuardInputs, progress: Progress) -> None:
-        from ...claude_code import HOST_EXIT_FILE
+        from claude_bottle.claude_code import HOST_EXIT_FILE
 
         progress("copying the bottle's files to its engine")
         volumes = remote.volumes_of(
@@ -490,8 +499,8 @@ class DockerBottleBackend(BottleBackend):
         ctx = recorded_engine(state)
         if ctx is None or ctx.local:
             return
-        from ...bottle import Bottle
-        from ...guard.files import GuardFiles
+        from claude_bottle.bottle import Bottle
+        from claude_bottle.guard.files import GuardFiles
 
         record = state.read()
         ids = Bottle.recorded(state).ids
@@ -604,7 +613,7 @@ class DockerBottleBackend(BottleBackend):
         return result
 
     def prepare_cleanup(self) -> DockerBottleCleanupPlan:
-        from .. import enumerate_active_bottles
+        from claude_bottle.backend import enumerate_active_bottles
 
         ns = namespace()
         others, warnings = enumerate_active_bottles(skip=self.name)
@@ -673,8 +682,8 @@ class DockerBottleBackend(BottleBackend):
             raise
 
     def doctor(self, base_images: Sequence[str] = ()) -> list[Check]:
-        from ...manifest import BottleSpec
-        from .images import GUARD_BASE_IMAGE
+        from claude_bottle.backend.docker.images import GUARD_BASE_IMAGE
+        from claude_bottle.manifest import BottleSpec
 
         checks = []
         docker_bin = shutil.which("docker")

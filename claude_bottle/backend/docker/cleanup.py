@@ -15,19 +15,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ... import process
-from ...claude_code import notice_crash
-from ...errors import BottleError
-from ...gitguard import settle_bottle
-from ...guard.files import drop_secrets
-from ...runtime import namespace, owned_by
-from ...state import StateDir, StateSummary, list_state_dirs
-from ...walk import remove_tree
-from .. import BottleCleanupPlan, Report
-from .engine import ComposeProject, NetworkRow, PsRow, VolumeRow
+from claude_bottle import process
+from claude_bottle.backend import BottleCleanupPlan, Report
+from claude_bottle.backend.docker.engine import ComposeProject, NetworkRow, PsRow, VolumeRow
+from claude_bottle.claude_code import notice_crash
+from claude_bottle.errors import BottleError
+from claude_bottle.gitguard import settle_bottle
+from claude_bottle.guard.files import drop_secrets
+from claude_bottle.runtime import namespace, owned_by
+from claude_bottle.state import StateDir, StateSummary, list_state_dirs
+from claude_bottle.walk import remove_tree
 
 if TYPE_CHECKING:
-    from .engine import Context
+    from claude_bottle.backend.docker.engine import Context
 
 __all__ = ["DockerBottleCleanupPlan", "mark_stopped", "plan_from_engine", "run_cleanup"]
 
@@ -178,7 +178,7 @@ def _report(what: str, outcome: Outcome, failures: list[str], report: Report) ->
 
 
 def _attempt(args: list[str]) -> Outcome:
-    from .engine import docker
+    from claude_bottle.backend.docker.engine import docker
 
     try:
         return docker(*args, timeout=300)
@@ -220,7 +220,7 @@ def run_cleanup(plan: DockerBottleCleanupPlan, report: Report, *, bring_home: Br
             report(f"kept state dir {s.path}: preserved ({state.preserved()})")
             continue
         if state.foreign_files():  # the bottle user's files, for a normal user: removed through the engine
-            from .backend import DockerBottleBackend
+            from claude_bottle.backend.docker.backend import DockerBottleBackend
 
             with contextlib.suppress(BottleError, OSError):
                 DockerBottleBackend().release_files(state)
@@ -232,8 +232,8 @@ def run_cleanup(plan: DockerBottleCleanupPlan, report: Report, *, bring_home: Br
 def _volumes(volumes: list[Stray], failures: list[str], report: Report, bring_home: BringHome | None) -> None:
     """A remote bottle's volumes that hold its work (log, transcripts, workspace) go only once those are
     home; the others (its guard's secrets among them) go in any case."""
-    from .compose import volume_name
-    from .remote import DATA_PARTS
+    from claude_bottle.backend.docker.compose import volume_name
+    from claude_bottle.backend.docker.remote import DATA_PARTS
 
     removable = []
     for slug in sorted({v.slug for v in volumes}):

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from ... import process
-from ...errors import BackendError, BottleError
+from claude_bottle import process
+from claude_bottle.errors import BackendError, BottleError
 
 __all__ = [
     "ComposeProject",

@@ -10,12 +10,12 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
-from ... import egress
-from ...claude_code import resolve_version
-from ...errors import BottleError
-from ...manifest import BottleSpec
-from ...paths import read_host_file
-from ...runtime import RuntimeIds
+from claude_bottle import egress
+from claude_bottle.claude_code import resolve_version
+from claude_bottle.errors import BottleError
+from claude_bottle.manifest import BottleSpec
+from claude_bottle.paths import read_host_file
+from claude_bottle.runtime import RuntimeIds
 
 __all__ = ["GUARD_BASE_IMAGE", "ImageSpec", "agent_image_spec", "guard_image_spec"]
 

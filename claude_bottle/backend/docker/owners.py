@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import engine
-from .remote import _helper
+from claude_bottle.backend.docker import engine
+from claude_bottle.backend.docker.remote import _helper
 
 __all__ = ["clear", "hand_over"]
 

@@ -27,16 +27,32 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ... import process
-from ...errors import BackendError, BottleError
-from ...runtime import NAMESPACE_LABEL, Identity, namespace
-from ...state import StateDir, now_iso, process_started
-from .. import BottleBackend, BottleCleanupPlan, BottlePlan, BottleStatus, Check, Progress, Report, homecoming
-from .render import HELPER_LABEL, HOME_PARTS, Names, as_list, render_helper, render_objects
+from claude_bottle import process
+from claude_bottle.backend import (
+    BottleBackend,
+    BottleCleanupPlan,
+    BottlePlan,
+    BottleStatus,
+    Check,
+    Progress,
+    Report,
+    homecoming,
+)
+from claude_bottle.backend.kubernetes.render import (
+    HELPER_LABEL,
+    HOME_PARTS,
+    Names,
+    as_list,
+    render_helper,
+    render_objects,
+)
+from claude_bottle.errors import BackendError, BottleError
+from claude_bottle.runtime import NAMESPACE_LABEL, Identity, namespace
+from claude_bottle.state import StateDir, now_iso, process_started
 
 if TYPE_CHECKING:
-    from ...bottle import Bottle
-    from ...guard.inputs import GuardInputs
+    from claude_bottle.bottle import Bottle
+    from claude_bottle.guard.inputs import GuardInputs
 
 __all__ = ["KubernetesBottleBackend", "kubectl_argv"]
 
@@ -107,7 +123,7 @@ class KubernetesBottleBackend(BottleBackend):
         return BottlePlan(bottle, [f"pod {_names(bottle.slug).pod}: agent sealed behind its guard sidecar"])
 
     def prepare_images(self, *, plan: BottlePlan, progress: Progress) -> dict[str, str]:
-        from ..docker.backend import DockerBottleBackend
+        from claude_bottle.backend.docker.backend import DockerBottleBackend
 
         local = DockerBottleBackend().prepare_images(plan=plan, progress=progress)
         registry = os.environ["CLAUDE_BOTTLE_REGISTRY"].rstrip("/")
@@ -121,7 +137,7 @@ class KubernetesBottleBackend(BottleBackend):
         return pushed
 
     def start(self, *, plan: BottlePlan, images: dict[str, str], guard: GuardInputs, progress: Progress) -> None:
-        from ...guard.files import GuardFiles
+        from claude_bottle.guard.files import GuardFiles
 
         b, state = plan.bottle, plan.state
         identity = Identity(b.slug, self.name, os.getpid(), process_started(os.getpid()) or 0.0, now_iso(), namespace())
@@ -183,7 +199,7 @@ class KubernetesBottleBackend(BottleBackend):
     def policy_changed(self, state: StateDir) -> None:
         """The policy ConfigMap rewritten from the local policy file; the kubelet refreshes the guard's
         copy (within its sync period, about a minute), which the guard then re-reads."""
-        from ...guard.files import GuardFiles
+        from claude_bottle.guard.files import GuardFiles
 
         patch = json.dumps({"data": {"policy.json": GuardFiles(state).policy.read_text(encoding="utf-8")}})
         result = kubectl("patch", "configmap", _names(state.slug).policy, "--type", "merge", "-p", patch)
@@ -248,7 +264,7 @@ class KubernetesBottleBackend(BottleBackend):
         """The log, then (unless an earlier trip stopped at a budget) the transcripts, from the claim through
         a helper Pod (render_helper), removed in every case. On success a pending trip is done; a trip that
         stops at a budget preserves the bottle (TripCut); any other failure is a one-line BackendError."""
-        from ...bottle import Bottle
+        from claude_bottle.bottle import Bottle
 
         record = state.read()
         image = record.images.get("agent")
@@ -329,7 +345,7 @@ class KubernetesBottleBackend(BottleBackend):
     def _quiet() -> bool:
         """Nothing to ask a cluster about: no bottle of this backend recorded here, and no cluster to ask
         (no kubectl, or no context): then `ls` and `cleanup` never wait on one."""
-        from ...state import list_state_dirs
+        from claude_bottle.state import list_state_dirs
 
         if any(d.read().backend == "kubernetes" for d in list_state_dirs()):
             return False

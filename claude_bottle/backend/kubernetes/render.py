@@ -19,10 +19,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ...egress import HEALTH_PATH
-from ...guard.inputs import GuardInputs
-from ...manifest import BottleSpec
-from ...runtime import AGENT_HOME, LABEL, NAMESPACE_LABEL, Identity, RuntimeIds
+from claude_bottle.egress import HEALTH_PATH
+from claude_bottle.guard.inputs import GuardInputs
+from claude_bottle.manifest import BottleSpec
+from claude_bottle.runtime import AGENT_HOME, LABEL, NAMESPACE_LABEL, Identity, RuntimeIds
 
 __all__ = [
     "DNS_PORT",

@@ -20,20 +20,20 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ...egress import HEALTH_PATH
-from ...errors import BackendError, BottleError
-from ...runtime import AGENT_HOME, LABEL, NAMESPACE_LABEL, Identity, namespace
-from ...state import StateDir, bottle_home, now_iso, process_started, write_private
-from ...walk import remove_tree
-from .. import BottleBackend, BottleCleanupPlan, BottlePlan, BottleStatus, Check, Progress, Report
-from ..docker import engine
-from . import sdk
-from .bundle import ROLE_LABEL, Bundle, bundle_names, remove_bundle, start_bundle
-from .cleanup import SmolCleanupPlan, ours, plan_cleanup, run_cleanup
+from claude_bottle.backend import BottleBackend, BottleCleanupPlan, BottlePlan, BottleStatus, Check, Progress, Report
+from claude_bottle.backend.docker import engine
+from claude_bottle.backend.smolmachines import sdk
+from claude_bottle.backend.smolmachines.bundle import ROLE_LABEL, Bundle, bundle_names, remove_bundle, start_bundle
+from claude_bottle.backend.smolmachines.cleanup import SmolCleanupPlan, ours, plan_cleanup, run_cleanup
+from claude_bottle.egress import HEALTH_PATH
+from claude_bottle.errors import BackendError, BottleError
+from claude_bottle.runtime import AGENT_HOME, LABEL, NAMESPACE_LABEL, Identity, namespace
+from claude_bottle.state import StateDir, bottle_home, now_iso, process_started, write_private
+from claude_bottle.walk import remove_tree
 
 if TYPE_CHECKING:
-    from ...bottle import Bottle
-    from ...guard.inputs import GuardInputs
+    from claude_bottle.bottle import Bottle
+    from claude_bottle.guard.inputs import GuardInputs
 
 __all__ = ["SmolmachinesBottleBackend"]
 
@@ -77,7 +77,7 @@ class SmolmachinesBottleBackend(BottleBackend):
     name = NAME
 
     def __init__(self) -> None:
-        from ..docker.backend import DockerBottleBackend
+        from claude_bottle.backend.docker.backend import DockerBottleBackend
 
         self._docker = DockerBottleBackend()  # images and the sidecars' engine
 
@@ -306,7 +306,7 @@ class SmolmachinesBottleBackend(BottleBackend):
                 "run with --detach or --headless, follow with `claude-bottle logs`, or use --backend docker"
             )
         self._running(state)
-        from ...terminal import ScreenFilter
+        from claude_bottle.terminal import ScreenFilter
 
         # Piped input is handed over whole (the SDK writes it to the command's stdin, then closes it).
         stdin = sys.stdin.buffer.read(STDIN_LIMIT + 1) if interactive and sys.stdin is not None else b""
@@ -396,6 +396,6 @@ class SmolmachinesBottleBackend(BottleBackend):
         return run_cleanup(plan, report)
 
     def doctor(self, base_images: Sequence[str] = ()) -> list[Check]:
-        from .doctor import checks
+        from claude_bottle.backend.smolmachines.doctor import checks
 
         return checks()

@@ -18,14 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ...errors import BackendError
-from ...runtime import namespace
-from ..docker import engine
-from ..docker.backend import pick_subnet
+from claude_bottle.backend.docker import engine
+from claude_bottle.backend.docker.backend import pick_subnet
+from claude_bottle.errors import BackendError
+from claude_bottle.runtime import namespace
 
 if TYPE_CHECKING:
-    from ...guard.inputs import GuardInputs
-    from ...runtime import RuntimeIds
+    from claude_bottle.guard.inputs import GuardInputs
+    from claude_bottle.runtime import RuntimeIds
 
 __all__ = ["ADDRESS_LABEL", "Bundle", "bundle_names", "pick_address"]
 

@@ -19,10 +19,10 @@ import sys
 import time
 from pathlib import Path
 
-from ...runtime import namespace
-from ...state import bottle_home, write_private
-from .. import Check
-from . import sdk
+from claude_bottle.backend import Check
+from claude_bottle.backend.smolmachines import sdk
+from claude_bottle.runtime import namespace
+from claude_bottle.state import bottle_home, write_private
 
 __all__ = ["checks", "host_virtualisation"]
 
