@@ -125,7 +125,7 @@ def our_guard(servers: Servers, tmp: Path) -> Iterator[tuple[int, int]]:
         [
             sys.executable,
             "-m",
-            "claude_bottle.egress",
+            "claude_bottle.guard",
             "--policy",
             str(policy),
             "--audit",

@@ -14,12 +14,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
+from claude_bottle.bottle.state import StateDir
 from claude_bottle.errors import BottleError
-from claude_bottle.state import StateDir
 
 if TYPE_CHECKING:  # the manifest's models cost ~0.2 s to import: only for commands that read one
     from claude_bottle.bottle import Bottle
-    from claude_bottle.guard.inputs import GuardInputs
+    from claude_bottle.guard_inputs.inputs import GuardInputs
 
 __all__ = [
     "DEFAULT_BACKEND",

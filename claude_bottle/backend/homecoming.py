@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import IO
 
 from claude_bottle import process
-from claude_bottle.egress.audit import chained_after
+from claude_bottle.bottle.state import StateDir, write_private
 from claude_bottle.errors import BackendError, BottleError
-from claude_bottle.state import StateDir, write_private
-from claude_bottle.unpack import Limits, Unpacked, unpack
-from claude_bottle.walk import remove_tree
+from claude_bottle.guard.audit import chained_after
+from claude_bottle.hostfs.unpack import Limits, Unpacked, unpack
+from claude_bottle.hostfs.walk import remove_tree
 
 __all__ = [
     "CUT",

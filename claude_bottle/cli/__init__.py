@@ -26,13 +26,13 @@ from claude_bottle.cli import (
     pull,
     requests,
     resume,
+    review,
     shell,
     start,
     stop,
     suggest,
     trust,
     verify,
-    work,
 )
 from claude_bottle.errors import EXIT_USAGE, BottleError
 from claude_bottle.terminal import escape_controls
@@ -55,7 +55,7 @@ VERBS = (
     requests,
     keep,
     verify,
-    work,
+    review,
     pull,
     cleanup,
     doctor,

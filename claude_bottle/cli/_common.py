@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.markup import escape
 
+from claude_bottle.bottle.state import StateDir, bottle_home, resolve_slug
 from claude_bottle.errors import BottleError
-from claude_bottle.state import StateDir, bottle_home, resolve_slug
 
 if TYPE_CHECKING:
-    from claude_bottle.lifecycle import Started
     from claude_bottle.manifest import Manifest
+    from claude_bottle.work.common import Started
 
 __all__ = [
     "add_manifest_arg",
@@ -70,7 +70,7 @@ def add_manifest_arg(parser: argparse.ArgumentParser) -> None:
 def load(args: argparse.Namespace) -> Manifest:
     """The manifest for this command, once its content is trusted (asked here on a terminal)."""
     from claude_bottle.manifest import find_manifest
-    from claude_bottle.trust import load_trusted
+    from claude_bottle.manifest.trust import load_trusted
 
     path = args.manifest if getattr(args, "manifest", None) else find_manifest(home=bottle_home())
 
@@ -112,7 +112,7 @@ def run_agent(
     started: Started, *, prompt: str | None, detach: bool, resume: bool, interactive_prompt: bool = False
 ) -> int:
     """After start/resume: claude in the foreground (the bottle stops when it ends), or left running."""
-    from claude_bottle.lifecycle import run_claude
+    from claude_bottle.work.run import run_claude
 
     slug = started.slug
     if detach and not prompt:

@@ -16,7 +16,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from claude_bottle.lifecycle import attach_bottle
+    from claude_bottle.work.run import attach_bottle
 
     if not is_tty():
         raise BottleError("attach needs a terminal: run it from one (or use `claude-bottle logs SLUG`)")

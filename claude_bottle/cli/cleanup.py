@@ -29,7 +29,7 @@ def prepare() -> list[BottleCleanupPlan]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from claude_bottle.lifecycle import run_cleanup
+    from claude_bottle.work.upkeep import run_cleanup
 
     plans = prepare()
     for plan in plans:

@@ -20,9 +20,9 @@ def register(sub: Any) -> None:
 def _base_images(args: argparse.Namespace) -> list[str]:
     """The base images the manifest here names (only read for their names: nothing in it is used, so it
     need not be trusted); none when there is no readable manifest."""
+    from claude_bottle.bottle.state import bottle_home
     from claude_bottle.errors import BottleError
     from claude_bottle.manifest import find_manifest, load_manifest
-    from claude_bottle.state import bottle_home
 
     try:
         path = args.manifest or find_manifest(home=bottle_home())
@@ -35,7 +35,7 @@ def _base_images(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from claude_bottle.lifecycle import doctor_checks, host_checks
+    from claude_bottle.work.upkeep import doctor_checks, host_checks
 
     required_ok = True
     out.print("this host:")

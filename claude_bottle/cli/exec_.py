@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
         cmd = cmd[1:]
     if not cmd:
         raise BottleError("no command given: claude-bottle exec SLUG -- CMD [ARGS...]")
-    from claude_bottle.lifecycle import exec_in
+    from claude_bottle.work.run import exec_in
 
     return exec_in(
         state_for(args), cmd, tty=args.tty, interactive=not sys.stdin.isatty() or args.tty, workdir=args.workdir

@@ -44,8 +44,8 @@ def run(args: argparse.Namespace) -> int:
         return answer(args, grant=True)
     from pydantic import ValidationError
 
-    from claude_bottle.lifecycle import grant_egress
     from claude_bottle.manifest import EgressRule
+    from claude_bottle.work.requests import grant_egress
 
     if not args.egress:
         raise BottleError("nothing to grant: pass --egress HOST[:PORT] (repeatable), or --request ID / --all")
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     state = state_for(args)
     grants = grant_egress(state, rules, revoke=args.revoke)
     if args.save:
-        from claude_bottle.manifest_edit import save_grants_to_manifest
+        from claude_bottle.manifest.edit import save_grants_to_manifest
 
         where = save_grants_to_manifest(state, [f"egress:{r.label()}" for r in rules])
         err.print(f"saved {', '.join(r.label() for r in rules)} to {where}")
@@ -82,14 +82,15 @@ def run_deny(args: argparse.Namespace) -> int:
 
 
 def answer(args: argparse.Namespace, *, grant: bool) -> int:
-    from claude_bottle.lifecycle import answer_requests, choose_requests, continuation_prompt, resume_bottle
+    from claude_bottle.work.requests import answer_requests, choose_requests, continuation_prompt
+    from claude_bottle.work.start import resume_bottle
 
     state = state_for(args)
     chosen = choose_requests(state, args.request, every=args.all)
     reason = getattr(args, "reason", "")
     answered = answer_requests(state, chosen, grant=grant, reason=reason, private=getattr(args, "private", False))
     if grant and getattr(args, "save", False):
-        from claude_bottle.manifest_edit import save_grants_to_manifest
+        from claude_bottle.manifest.edit import save_grants_to_manifest
 
         where = save_grants_to_manifest(state, answered.labels)
         err.print(f"saved {', '.join(answered.labels)} to {where}")

@@ -6,9 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from claude_bottle.bottle.state import bottle_home, write_private
 from claude_bottle.cli._common import err, out
 from claude_bottle.errors import BottleError
-from claude_bottle.state import bottle_home, write_private
 
 
 def register(sub: Any) -> None:
@@ -27,7 +27,7 @@ def write_starter(path: Path, *, force: bool) -> Path:
         raise BottleError(f"{path} already exists: edit it, or pass --force to replace it")
     text = starter_manifest()
     # The registries this project's package files need, each named with the file that asked for it.
-    from claude_bottle.suggest import suggest, toml_lines
+    from claude_bottle.manifest.suggest import suggest, toml_lines
 
     lines = toml_lines(suggest(path.resolve().parent), allowed=["api.anthropic.com"])
     if lines:
@@ -38,7 +38,7 @@ def write_starter(path: Path, *, force: bool) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from claude_bottle.trust import trust_file
+    from claude_bottle.manifest.trust import trust_file
 
     path = write_starter(args.path, force=args.force)
     trust_file(path, home=bottle_home())  # written by claude-bottle itself, just now: trusted as it is

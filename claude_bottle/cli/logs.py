@@ -24,7 +24,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from claude_bottle.lifecycle import logs_of
+    from claude_bottle.work.run import logs_of
 
     state = state_for(args)
     if not args.egress:
@@ -41,9 +41,9 @@ def run(args: argparse.Namespace) -> int:
         if not args.raw:
             stdout.write(escaper.feed(b"", final=True).encode())
         return rc
-    from claude_bottle.lifecycle import bring_home, elsewhere
+    from claude_bottle.work.upkeep import bring_home, files_elsewhere
 
-    remote = elsewhere(state)
+    remote = files_elsewhere(state)
     why = bring_home(state)  # a bottle on a remote engine keeps its log there until it stops
     if why:
         err.print(f"[yellow]showing the log as last brought home[/]: {escape(why)}")

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from claude_bottle.cli._common import out, print_columns
-from claude_bottle.inventory import list_bottles
+from claude_bottle.work.inventory import list_bottles
 
 
 def register(sub: Any) -> None:

@@ -26,7 +26,7 @@ def register(sub: Any) -> None:
 
 def _not_inert(folder: str, names: list[str]) -> list[str]:
     """What `pull --to` leaves out: whatever would make a folder of the copy a repository to git."""
-    from claude_bottle.gitshape import HEAD_PEEK, inert, is_head
+    from claude_bottle.git.shape import HEAD_PEEK, inert, is_head
 
     out = []
     for name in names:
@@ -44,13 +44,13 @@ def _not_inert(folder: str, names: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from claude_bottle.lifecycle import bring_home, elsewhere
+    from claude_bottle.work.upkeep import bring_home, files_elsewhere
 
     state = state_for(args)
     to = Path(args.to).expanduser().absolute() if args.to else None
     if to is not None and (to.exists() or to.is_symlink()):
         raise BottleError(f"--to {to}: it exists; name a folder that does not (nothing is copied over files)")
-    if not elsewhere(state):
+    if not files_elsewhere(state):
         raise BottleError(
             f"{state.slug} runs on this machine: its workspace is already here ({state.read().workspace})"
         )
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         err.print(f"[yellow]{count} member(s) refused on the way home[/] (links out, devices): see {skipped}")
     # What git would read as configuration or code there was written by the agent: judged whole before
     # the operator is pointed at it (what is not safe is moved to git-quarantine, as after a run).
-    from claude_bottle.gitguard import settle
+    from claude_bottle.git.settle import settle
 
     findings, _complete = settle(home, 0.0, state.path / "git-quarantine")
     for f in findings:

@@ -7,9 +7,9 @@ import json
 import sys
 from typing import Any
 
-from claude_bottle.capabilities import Request, pending
+from claude_bottle.bottle.capabilities import Request, pending
+from claude_bottle.bottle.state import list_state_dirs, resolve_slug
 from claude_bottle.cli._common import out, print_columns
-from claude_bottle.state import list_state_dirs, resolve_slug
 from claude_bottle.terminal import escape_controls
 
 
@@ -21,13 +21,13 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from claude_bottle.lifecycle import bring_home, elsewhere
+    from claude_bottle.work.upkeep import bring_home, files_elsewhere
 
     states = [resolve_slug(args.slug)] if args.slug else list_state_dirs()
     for s in states:
         # A running bottle elsewhere writes its requests on its engine: fetched first (a stopped one's
         # came home at its stop).
-        if elsewhere(s) and s.read().status == "running":
+        if files_elsewhere(s) and s.read().status == "running":
             bring_home(s)
     rows: list[Request] = [r for s in states for r in pending(s)]
     if args.json:

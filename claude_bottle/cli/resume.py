@@ -19,7 +19,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from claude_bottle.lifecycle import resume_bottle
+    from claude_bottle.work.start import resume_bottle
 
     state = state_for(args)
     record = state.read_whole()

@@ -15,6 +15,6 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from claude_bottle.lifecycle import exec_in
+    from claude_bottle.work.run import exec_in
 
     return exec_in(state_for(args), ["bash", "-l"], tty=is_tty(), interactive=True)

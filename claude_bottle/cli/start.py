@@ -54,8 +54,8 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from claude_bottle.inventory import leftovers_hint
-    from claude_bottle.lifecycle import start_bottle
+    from claude_bottle.work.inventory import leftovers_hint
+    from claude_bottle.work.start import start_bottle
 
     if args.context:
         import os

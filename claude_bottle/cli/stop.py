@@ -22,7 +22,8 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from claude_bottle.lifecycle import elsewhere, forget_bottle, stop_bottle
+    from claude_bottle.work.stop import forget_bottle, stop_bottle
+    from claude_bottle.work.upkeep import files_elsewhere
 
     state = state_for(args)
     if args.forget:
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         stop_bottle(state, remove=args.rm, notify=tell)
     except BackendError as exc:
-        if not elsewhere(state):
+        if not files_elsewhere(state):
             raise
         raise BackendError(
             f"{exc}; if that engine is gone for good, `claude-bottle stop {state.slug} --forget` forgets the "

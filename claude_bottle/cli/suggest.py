@@ -18,10 +18,10 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from claude_bottle.bottle.state import bottle_home
     from claude_bottle.errors import BottleError
     from claude_bottle.manifest import find_manifest, load_manifest
-    from claude_bottle.state import bottle_home
-    from claude_bottle.suggest import suggest, toml_lines
+    from claude_bottle.manifest.suggest import suggest, toml_lines
 
     path = args.manifest or find_manifest(home=bottle_home())
     manifest = load_manifest(path)  # only read for its allow list: nothing in it is used

@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from claude_bottle.bottle.state import bottle_home
 from claude_bottle.cli._common import err, out
-from claude_bottle.state import bottle_home
 
 
 def register(sub: Any) -> None:
@@ -23,7 +23,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from claude_bottle.manifest import find_manifest
-    from claude_bottle.trust import trust_file
+    from claude_bottle.manifest.trust import trust_file
 
     path = args.path or find_manifest(home=bottle_home())
     resolved, lines = trust_file(path, home=bottle_home())

@@ -26,8 +26,8 @@ def register(sub: Any) -> None:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from claude_bottle.egress.audit import verify_chain
-    from claude_bottle.lifecycle import bring_home
+    from claude_bottle.guard.audit import verify_chain
+    from claude_bottle.work.upkeep import bring_home
 
     state = state_for(args)
     why = bring_home(state)
@@ -48,10 +48,10 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from claude_bottle.capabilities import decisions, read_requests
-    from claude_bottle.egress.audit import verify_chain
-    from claude_bottle.guard.files import load_grants
-    from claude_bottle.lifecycle import bring_home
+    from claude_bottle.bottle.capabilities import decisions, read_requests
+    from claude_bottle.guard.audit import verify_chain
+    from claude_bottle.guard_inputs.files import load_grants
+    from claude_bottle.work.upkeep import bring_home
 
     state = state_for(args)
     why = bring_home(state)
@@ -124,7 +124,7 @@ def _work(state: Any, info: dict[str, Any] | None) -> dict[str, Any]:
     """Worktree mode: the bottle's commits and a diffstat of all it changed (committed or not)."""
     if not info:
         return {"commits": None}
-    from claude_bottle.worktree import WorktreeError, reading
+    from claude_bottle.git.worktree import WorktreeError, reading
 
     try:
         with reading(state) as w:

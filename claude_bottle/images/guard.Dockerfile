@@ -5,4 +5,4 @@ COPY claude_bottle /opt/guard/claude_bottle
 RUN python3 -m compileall -q /opt/guard/claude_bottle
 ENV PYTHONPATH=/opt/guard PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 USER 10001:10001
-ENTRYPOINT ["python3", "-m", "claude_bottle.egress"]
+ENTRYPOINT ["python3", "-m", "claude_bottle.guard"]

@@ -10,8 +10,8 @@ import subprocess
 import pytest
 
 from claude_bottle.backend.docker.backend import DockerBottleBackend
-from claude_bottle.backend.docker.images import ImageSpec
 from claude_bottle.errors import BackendError
+from claude_bottle.images.specs import ImageSpec
 
 from .conftest import docker
 

@@ -10,9 +10,9 @@ from typing import ClassVar
 
 from claude_bottle.backend import BottleBackend, BottleCleanupPlan, BottlePlan, BottleStatus, Check, Progress, Report
 from claude_bottle.bottle import Bottle
+from claude_bottle.bottle.state import StateDir
 from claude_bottle.errors import BackendError
-from claude_bottle.guard.inputs import GuardInputs
-from claude_bottle.state import StateDir
+from claude_bottle.guard_inputs.inputs import GuardInputs
 
 
 @dataclass

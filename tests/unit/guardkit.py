@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from claude_bottle.egress.audit import AuditLog
-from claude_bottle.egress.config import Secrets
-from claude_bottle.egress.policy import PolicyFile
-from claude_bottle.egress.proxy import Guard
+from claude_bottle.guard.audit import AuditLog
+from claude_bottle.guard.config import Secrets
+from claude_bottle.guard.policy import PolicyFile
+from claude_bottle.guard.proxy import Guard
 
 
 def client_hello(server_name: str) -> bytes:

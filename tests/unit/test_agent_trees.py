@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from claude_bottle import claude_code, inventory, lifecycle
 from claude_bottle.backend import _BACKENDS, BottlePlan
-from claude_bottle.state import SNAPSHOTS_KEPT, BottleRecord, StateDir
-from claude_bottle.walk import Walk, remove_tree, tree_size
+from claude_bottle.bottle import claude_code
+from claude_bottle.bottle.state import SNAPSHOTS_KEPT, BottleRecord, StateDir
+from claude_bottle.hostfs.walk import Walk, remove_tree, tree_size
+from claude_bottle.work import common, inventory, run, stop
 
 from .fakes import FakeBackend
 
@@ -77,7 +78,7 @@ def test_a_folder_made_unreadable_is_removed_by_its_owner() -> None:
     base.chmod(0o755)
     os.chown(base, 65534, 65534)
     code = (
-        "import os, sys; from pathlib import Path; from claude_bottle.walk import remove_tree\n"
+        "import os, sys; from pathlib import Path; from claude_bottle.hostfs.walk import remove_tree\n"
         "b = Path(sys.argv[1]); t = b / 'tree'; (t / 'x' / 'y').mkdir(parents=True)\n"
         "(t / 'x' / 'y' / 'f').write_text('z'); os.chmod(t / 'x' / 'y', 0); os.chmod(t / 'x', 0o500)\n"
         "remove_tree(t); print('gone' if not t.exists() else 'left')\n"
@@ -106,7 +107,7 @@ def test_deep_claude_home_does_not_break_ls_stop_or_removal(tmp_path: Path, monk
         assert set(rows) == {sd.slug, other.slug}
         summary = sd.summary()
         assert summary.size > 0
-        lifecycle.stop_bottle(sd, remove=True)
+        stop.stop_bottle(sd, remove=True)
         assert not sd.path.exists() and other.path.exists()
     finally:
         remove_tree(sd.path)  # pytest's own clean-up recurses: it must never meet this tree
@@ -130,7 +131,7 @@ def test_a_sparse_transcript_is_not_expanded(tmp_path: Path) -> None:
 
 
 def test_snapshots_are_capped_in_bytes_and_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from claude_bottle import state as state_mod
+    from claude_bottle.bottle import state as state_mod
 
     monkeypatch.setattr(state_mod, "SNAPSHOT_BYTES", 4096)
     sd = new_state(tmp_path)
@@ -152,7 +153,7 @@ def test_ls_marks_a_crash_but_copies_nothing(tmp_path: Path, monkeypatch: pytest
     assert row.status == "crashed" and sd.preserved() == "crash"
     assert not (sd.path / "transcript").exists()
     assert sd.read().snapshot_due
-    lifecycle.stop_bottle(sd)  # the next stop takes the snapshot owed
+    stop.stop_bottle(sd)  # the next stop takes the snapshot owed
     assert list((sd.path / "transcript").iterdir()) and not sd.read().snapshot_due
     assert sd.read().status == "crashed"
 
@@ -185,7 +186,7 @@ def test_a_hostile_exit_file_is_a_crash_not_a_traceback(tmp_path: Path, monkeypa
     from claude_bottle.bottle import Bottle
 
     bottle = Bottle.recorded(sd)
-    started = lifecycle.Started(bottle, FakeBackend(), BottlePlan(bottle))
-    result = lifecycle.run_claude(started, prompt=None, detach=False, resume=False, tty=True)
+    started = common.Started(bottle, FakeBackend(), BottlePlan(bottle))
+    result = run.run_claude(started, prompt=None, detach=False, resume=False, tty=True)
     assert result.crashed and result.exit_code == claude_code.UNREADABLE_EXIT
     assert sd.read().status == "crashed" and sd.preserved() == "crash"

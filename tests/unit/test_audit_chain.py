@@ -9,7 +9,7 @@ import os
 import stat
 from pathlib import Path
 
-from claude_bottle.egress.audit import GENESIS, append_chained, last_line_hash, line_hash, verify_chain
+from claude_bottle.guard.audit import GENESIS, append_chained, last_line_hash, line_hash, verify_chain
 
 
 def test_a_line_is_hashed_without_its_newlines_only() -> None:

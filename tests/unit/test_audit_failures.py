@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from claude_bottle.egress.audit import AuditLog
+from claude_bottle.guard.audit import AuditLog
 
 
 class Clock:

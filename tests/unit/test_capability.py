@@ -16,15 +16,15 @@ from typing import Any
 import pytest
 
 from claude_bottle.backend import _BACKENDS
+from claude_bottle.bottle.state import bottle_home, list_state_dirs
 from claude_bottle.cli import main
-from claude_bottle.egress.audit import AuditLog
-from claude_bottle.egress.capability import MAX_REASON
-from claude_bottle.egress.config import Secrets
-from claude_bottle.egress.dlp import Scanner
-from claude_bottle.egress.policy import PolicyFile
-from claude_bottle.egress.proxy import Guard
-from claude_bottle.state import bottle_home, list_state_dirs
-from claude_bottle.trust import trust_file
+from claude_bottle.guard.audit import AuditLog
+from claude_bottle.guard.capability import MAX_REASON
+from claude_bottle.guard.config import Secrets
+from claude_bottle.guard.dlp import Scanner
+from claude_bottle.guard.policy import PolicyFile
+from claude_bottle.guard.proxy import Guard
+from claude_bottle.manifest.trust import trust_file
 
 from .fakes import FakeBackend
 from .guardkit import send
@@ -306,9 +306,9 @@ def test_grant_save_into_a_manifest_changed_since_trust_keeps_the_grant_and_says
 
 
 def test_the_image_has_a_layer_for_granted_packages() -> None:
-    from claude_bottle.backend.docker.images import agent_image_spec
+    from claude_bottle.identity import RuntimeIds
+    from claude_bottle.images.specs import agent_image_spec
     from claude_bottle.manifest import BottleSpec
-    from claude_bottle.runtime import RuntimeIds
 
     ids = RuntimeIds(1000, 1000, 1000, 1000)
     plain = agent_image_spec(BottleSpec(), ids)

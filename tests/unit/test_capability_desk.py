@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from claude_bottle.egress import capability
-from claude_bottle.egress.capability import DEFAULT_WAIT, MAX_BODY, MAX_REASON, MAX_WAIT, Desk, Invalid, parse_name
+from claude_bottle.guard import capability
+from claude_bottle.guard.capability import DEFAULT_WAIT, MAX_BODY, MAX_REASON, MAX_WAIT, Desk, Invalid, parse_name
 
 ID = re.compile(r"r-[0-9a-f]{8}")
 

@@ -13,10 +13,10 @@ import pytest
 from claude_bottle.backend import _BACKENDS
 from claude_bottle.backend.docker.backend import DockerBottleBackend
 from claude_bottle.backend.docker.cleanup import plan_from_engine
-from claude_bottle.backend.docker.engine import ComposeProject, NetworkRow, PsRow
+from claude_bottle.bottle.state import BottleRecord, StateDir, list_state_dirs
 from claude_bottle.cli import main
-from claude_bottle.inventory import leftovers_hint
-from claude_bottle.state import BottleRecord, StateDir, list_state_dirs
+from claude_bottle.engine import ComposeProject, NetworkRow, PsRow
+from claude_bottle.work.inventory import leftovers_hint
 
 from .fakes import FakeBackend
 
@@ -430,7 +430,7 @@ def test_the_plan_says_exactly_what_it_will_do() -> None:
 
 def test_why_a_state_dir_is_kept() -> None:
     from claude_bottle.backend.docker.cleanup import _why_kept
-    from claude_bottle.state import StateSummary
+    from claude_bottle.bottle.state import StateSummary
 
     def summary(status: str, preserved: str | None = None) -> StateSummary:
         return StateSummary("s-aaaaa", Path("/x"), status, False, False, False, preserved, 0)

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from claude_bottle.backend import _BACKENDS
+from claude_bottle.bottle.state import bottle_home, list_state_dirs
 from claude_bottle.cli import main
 from claude_bottle.errors import BottleError
-from claude_bottle.state import bottle_home, list_state_dirs
-from claude_bottle.trust import trust_file
+from claude_bottle.manifest.trust import trust_file
 
 from .fakes import FakeBackend
 
@@ -233,7 +233,7 @@ def _unused(_: Callable[[], None]) -> None:  # pragma: no cover
 
 
 def test_start_hints_at_leftovers(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from claude_bottle.state import BottleRecord, StateDir
+    from claude_bottle.bottle.state import BottleRecord, StateDir
 
     sd = StateDir("claude-zzzzz")
     sd.create()

@@ -10,10 +10,10 @@ import pytest
 
 from claude_bottle.backend.docker.compose import NetPlan, render_compose
 from claude_bottle.errors import BottleError
-from claude_bottle.guard.inputs import GuardInputs
+from claude_bottle.guard_inputs.inputs import GuardInputs
+from claude_bottle.hostfs.paths import check_bottle_paths
+from claude_bottle.identity import Identity, RuntimeIds
 from claude_bottle.manifest import parse_manifest
-from claude_bottle.paths import check_bottle_paths
-from claude_bottle.runtime import Identity, RuntimeIds
 
 MANIFEST = """
 [bottles.default]

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from claude_bottle.egress.dlp import MIN_SECRET, Scanner, encodings
+from claude_bottle.guard.dlp import MIN_SECRET, Scanner, encodings
 
 
 def stable_run(encode: Callable[[bytes], bytes], raw: bytes, pad: int) -> str:

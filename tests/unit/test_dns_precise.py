@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from claude_bottle.egress.audit import AuditLog
-from claude_bottle.egress.dlp import Scanner
-from claude_bottle.egress.dns import DnsServer, answer, parse_query
+from claude_bottle.guard.audit import AuditLog
+from claude_bottle.guard.dlp import Scanner
+from claude_bottle.guard.dns import DnsServer, answer, parse_query
 
 
 def qname(name: str) -> bytes:
@@ -137,7 +137,7 @@ def test_outsiders_and_floods_are_counted_by_reason(tmp_path: Path, monkeypatch:
 def test_the_rate_window_is_per_second(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(DnsServer, "QUERIES_PER_SECOND", 2)
     now = [100.0]
-    monkeypatch.setattr("claude_bottle.egress.dns.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("claude_bottle.guard.dns.time.monotonic", lambda: now[0])
     dns, log, _ = server(tmp_path)
     assert [dns.handle(query("egress"), "10.0.0.3") is not None for _ in range(3)] == [True, True, False]
     now[0] = 101.2

@@ -9,8 +9,8 @@ import pytest
 
 from claude_bottle.backend import known_backend_names
 from claude_bottle.backend.docker.backend import DockerBottleBackend
-from claude_bottle.backend.docker.engine import image_ids
 from claude_bottle.cli import main
+from claude_bottle.engine import image_ids
 from claude_bottle.errors import BackendError
 
 SAMPLES = Path(__file__).parent / "samples"
@@ -105,7 +105,7 @@ def test_doctor_checks_the_manifests_base_images(
 
 
 def test_compose_missing_for_this_user_is_one_line_naming_the_fix(fake_exe: Callable[[str, str], Path]) -> None:
-    from claude_bottle.backend.docker import engine
+    from claude_bottle import engine
 
     fake_exe(
         "docker",
@@ -128,7 +128,7 @@ def test_compose_missing_for_this_user_is_one_line_naming_the_fix(fake_exe: Call
     ],
 )
 def test_an_engine_is_local_only_when_it_sees_this_machines_files(endpoint: str, local: bool) -> None:
-    from claude_bottle.backend.docker.engine import Context
+    from claude_bottle.engine import Context
 
     assert Context("x", endpoint).local is local
 
@@ -136,7 +136,7 @@ def test_an_engine_is_local_only_when_it_sees_this_machines_files(endpoint: str,
 def test_the_engine_comes_from_the_environment_or_a_named_context(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fake_exe: Callable[[str, str], Path]
 ) -> None:
-    from claude_bottle.backend.docker.engine import Context, context
+    from claude_bottle.engine import Context, context
     from claude_bottle.errors import BottleError
 
     monkeypatch.setenv("DOCKER_HOST", "tcp://10.1.2.3:2375")
@@ -162,8 +162,7 @@ def test_the_engine_comes_from_the_environment_or_a_named_context(
 
 
 def test_every_engine_call_goes_to_the_bottles_engine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from claude_bottle import process
-    from claude_bottle.backend.docker import engine
+    from claude_bottle import engine, process
 
     seen: list[dict[str, str]] = []
 
@@ -188,7 +187,7 @@ def test_every_engine_call_goes_to_the_bottles_engine(monkeypatch: pytest.Monkey
 
 
 def test_an_unreachable_engine_names_itself(fake_exe: Callable[[str, str], Path]) -> None:
-    from claude_bottle.backend.docker import engine
+    from claude_bottle import engine
 
     fake_exe("docker", UNREACHABLE)
     with engine.on(engine.Context("build", "ssh://me@build")), pytest.raises(BackendError) as exc:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from claude_bottle import lifecycle
 from claude_bottle.backend import _BACKENDS
-from claude_bottle.gitguard import config_is_safe, config_keys, protected, settle
-from claude_bottle.state import BottleRecord, StateDir
+from claude_bottle.bottle.state import BottleRecord, StateDir
+from claude_bottle.git.settle import config_is_safe, config_keys, protected, settle
+from claude_bottle.work import stop
 
 from .fakes import FakeBackend
 
@@ -258,11 +258,11 @@ def test_stop_settles_the_workspace_and_keeps_what_it_moved(
     (repo / ".git" / "commondir").write_text("/tmp\n")
     said: list[str] = []
     with pytest.raises(Exception, match="preserved \\(git-quarantine\\)"):
-        lifecycle.stop_bottle(sd, remove=True, notify=said.append)
+        stop.stop_bottle(sd, remove=True, notify=said.append)
     assert not (repo / ".git" / "commondir").exists()
     assert sd.preserved() == "git-quarantine" and (sd.path / "git-quarantine" / "findings.txt").exists()
     assert any("commondir" in line for line in said) and any("keep claude-abcde --release" in line for line in said)
     assert sd.read().run_started is None
     said.clear()
-    lifecycle.stop_bottle(sd, notify=said.append)  # settled once: nothing more to say
+    stop.stop_bottle(sd, notify=said.append)  # settled once: nothing more to say
     assert said == []

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from claude_bottle.egress.audit import AuditLog
-from claude_bottle.egress.config import Route, Secrets
-from claude_bottle.egress.dlp import Scanner
-from claude_bottle.egress.gitpush import BadPush, RefUpdate, commands_end, judge_push, parse_commands, repo_of
-from claude_bottle.egress.policy import PolicyFile
-from claude_bottle.egress.proxy import Guard
+from claude_bottle.guard.audit import AuditLog
+from claude_bottle.guard.config import Route, Secrets
+from claude_bottle.guard.dlp import Scanner
+from claude_bottle.guard.gitpush import BadPush, RefUpdate, commands_end, judge_push, parse_commands, repo_of
+from claude_bottle.guard.policy import PolicyFile
+from claude_bottle.guard.proxy import Guard
 
 from .guardkit import send
 
@@ -233,7 +233,7 @@ def test_listed_refs_and_repositories_come_from_the_policy(tmp_path: Path) -> No
 
 
 def test_a_refusal_is_a_status_report_git_understands() -> None:
-    from claude_bottle.egress.gitpush import capabilities, refusal_report
+    from claude_bottle.guard.gitpush import capabilities, refusal_report
 
     main, own = RefUpdate(OLD, NEW, "refs/heads/main"), RefUpdate(OLD, NEW, f"refs/heads/claude-bottle/{SLUG}")
     verdicts = [(own, True, "the bottle's own branch"), (main, False, "only X may be pushed, not refs/heads/main")]

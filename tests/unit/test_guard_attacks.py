@@ -17,14 +17,14 @@ from typing import Any
 
 import pytest
 
-from claude_bottle.egress import dns as dns_module
-from claude_bottle.egress import proxy
-from claude_bottle.egress.audit import AuditLog
-from claude_bottle.egress.config import Secrets
-from claude_bottle.egress.dlp import Scanner
-from claude_bottle.egress.dns import DnsServer
-from claude_bottle.egress.policy import PolicyFile
-from claude_bottle.egress.proxy import NEED, Guard, judge_tunnel
+from claude_bottle.guard import dns as dns_module
+from claude_bottle.guard import proxy
+from claude_bottle.guard.audit import AuditLog
+from claude_bottle.guard.config import Secrets
+from claude_bottle.guard.dlp import Scanner
+from claude_bottle.guard.dns import DnsServer
+from claude_bottle.guard.policy import PolicyFile
+from claude_bottle.guard.proxy import NEED, Guard, judge_tunnel
 
 from .guardkit import client_hello, decisions, ends, send
 

@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from claude_bottle.bottle.state import BottleRecord, StateDir
 from claude_bottle.errors import BottleError
-from claude_bottle.guard.credentials import PLACEHOLDER, agent_credential_env, resolve_credentials
-from claude_bottle.guard.files import GuardFiles, load_grants, policy_document
-from claude_bottle.guard.inputs import honeytoken_files, make_honeytokens, secrets_document
-from claude_bottle.guard.pipelock import pipelock_config, to_yaml
-from claude_bottle.lifecycle import grant_egress
+from claude_bottle.guard_inputs.credentials import PLACEHOLDER, agent_credential_env, resolve_credentials
+from claude_bottle.guard_inputs.files import GuardFiles, load_grants, policy_document
+from claude_bottle.guard_inputs.inputs import honeytoken_files, make_honeytokens, secrets_document
+from claude_bottle.guard_inputs.pipelock import pipelock_config, to_yaml
+from claude_bottle.hostfs.paths import Roots
 from claude_bottle.manifest import EgressRule, parse_manifest
-from claude_bottle.paths import Roots
-from claude_bottle.state import BottleRecord, StateDir
+from claude_bottle.work.requests import grant_egress
 
 KEY = "sk-ant-api03-" + "a" * 40
 OAUTH = "sk-ant-oat01-" + "b" * 40

@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from claude_bottle.egress.audit import AuditLog
-from claude_bottle.egress.config import Route, Secrets, load_secrets
-from claude_bottle.egress.dlp import Scanner, encodings, is_tunnel_label
-from claude_bottle.egress.dns import DnsServer, answer, parse_query
-from claude_bottle.egress.proxy import inspect_tunnel
-from claude_bottle.egress.tls import NEED_MORE, client_hello_sni
+from claude_bottle.guard.audit import AuditLog
+from claude_bottle.guard.config import Route, Secrets, load_secrets
+from claude_bottle.guard.dlp import Scanner, encodings, is_tunnel_label
+from claude_bottle.guard.dns import DnsServer, answer, parse_query
+from claude_bottle.guard.proxy import inspect_tunnel
+from claude_bottle.guard.tls import NEED_MORE, client_hello_sni
 
 from .guardkit import audit_lines, client_hello, decisions, ends, send, serving_guard
 

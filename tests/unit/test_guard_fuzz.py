@@ -16,10 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from claude_bottle.egress import proxy
-from claude_bottle.egress.audit import AuditLog
-from claude_bottle.egress.policy import PolicyFile
-from claude_bottle.egress.proxy import Guard
+from claude_bottle.guard import proxy
+from claude_bottle.guard.audit import AuditLog
+from claude_bottle.guard.policy import PolicyFile
+from claude_bottle.guard.proxy import Guard
 
 
 class Served:

@@ -20,14 +20,14 @@ from typing import Any
 
 import pytest
 
-from claude_bottle.egress import policy as policy_mod
-from claude_bottle.egress import proxy
-from claude_bottle.egress.audit import AuditLog
-from claude_bottle.egress.config import Route, Secrets
-from claude_bottle.egress.dlp import Scanner
-from claude_bottle.egress.dns import DnsServer
-from claude_bottle.egress.policy import PolicyFile
-from claude_bottle.egress.proxy import Guard
+from claude_bottle.guard import policy as policy_mod
+from claude_bottle.guard import proxy
+from claude_bottle.guard.audit import AuditLog
+from claude_bottle.guard.config import Route, Secrets
+from claude_bottle.guard.dlp import Scanner
+from claude_bottle.guard.dns import DnsServer
+from claude_bottle.guard.policy import PolicyFile
+from claude_bottle.guard.proxy import Guard
 
 from .guardkit import decisions, ends, send
 
@@ -415,7 +415,7 @@ def test_the_guard_process_serves_and_records_open_connections_at_shutdown(tmp_p
     argv = [
         sys.executable,
         "-m",
-        "claude_bottle.egress",
+        "claude_bottle.guard",
         "--policy",
         str(tmp_path / "policy.json"),
         "--audit",
@@ -466,7 +466,7 @@ def test_the_guard_process_serves_and_records_open_connections_at_shutdown(tmp_p
 def test_serve_in_process_answers_proxy_and_dns_and_summarises_on_its_timer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from claude_bottle.egress import __main__ as guard_main
+    from claude_bottle.guard import __main__ as guard_main
 
     monkeypatch.setattr(guard_main, "SUMMARY_INTERVAL", 0.05)
     (tmp_path / "policy.json").write_text(
@@ -537,7 +537,7 @@ def test_serve_in_process_answers_proxy_and_dns_and_summarises_on_its_timer(
 
 
 def test_the_guards_arguments_and_addresses(capsys: pytest.CaptureFixture[str]) -> None:
-    from claude_bottle.egress import __main__ as guard_main
+    from claude_bottle.guard import __main__ as guard_main
 
     args = guard_main.parse_args(["--policy", "p.json"])
     assert (args.listen, args.secrets, args.audit, args.dns, args.clients, args.cafile) == (
@@ -556,7 +556,7 @@ def test_serve_admits_only_its_clients_and_runs_without_optional_files(
 ) -> None:
     """With only a policy (no secrets, audit file or DNS) the guard serves, decisions going to stdout; a
     client outside `--clients` is refused by the proxy and by DNS."""
-    from claude_bottle.egress import __main__ as guard_main
+    from claude_bottle.guard import __main__ as guard_main
 
     (tmp_path / "policy.json").write_text(json.dumps({"bottle": "t-abcde", "allow": []}))
     with socket.socket() as s:
@@ -593,7 +593,7 @@ def test_serve_admits_only_its_clients_and_runs_without_optional_files(
 
 
 def test_dns_refuses_a_non_client(tmp_path: Path) -> None:
-    from claude_bottle.egress import __main__ as guard_main
+    from claude_bottle.guard import __main__ as guard_main
 
     (tmp_path / "policy.json").write_text(json.dumps({"bottle": "t-abcde", "allow": []}))
     with socket.socket() as s:

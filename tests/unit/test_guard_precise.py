@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from claude_bottle.egress import audit as audit_mod
-from claude_bottle.egress.audit import AuditLog, Budget, Timer, cap
-from claude_bottle.egress.config import load_secrets
-from claude_bottle.egress.dlp import Hit, Scanner, entropy, is_tunnel_label
-from claude_bottle.egress.policy import Policy, is_public_address, normalise_host
+from claude_bottle.guard import audit as audit_mod
+from claude_bottle.guard.audit import AuditLog, Budget, Timer, cap
+from claude_bottle.guard.config import load_secrets
+from claude_bottle.guard.dlp import Hit, Scanner, entropy, is_tunnel_label
+from claude_bottle.guard.policy import Policy, is_public_address, normalise_host
 
 SECRET = "sk-ant-api03-SECRETvalue0123456789abcdef"
 HONEY = "AKIAHONEYTOKEN000042"

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from claude_bottle.egress import proxy
+from claude_bottle.guard import proxy
 
 from .guardkit import send as exchange
 from .guardkit import serving_guard

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from claude_bottle import claude_code
-from claude_bottle.backend.docker.images import CA_NAME, agent_image_spec, guard_image_spec
+from claude_bottle.bottle import claude_code
 from claude_bottle.errors import BottleError
+from claude_bottle.identity import RuntimeIds
+from claude_bottle.images.specs import CA_NAME, agent_image_spec, guard_image_spec
 from claude_bottle.manifest import parse_manifest
-from claude_bottle.runtime import RuntimeIds
 
 IDS = RuntimeIds(1000, 1000, 10001, 10001)
 
@@ -66,7 +66,7 @@ def test_bottle_install_passes_each_package_as_one_argument(tmp_path: Path) -> N
     import subprocess
     import sys
 
-    from claude_bottle.backend.docker.images import SCRIPTS
+    from claude_bottle.images.specs import SCRIPTS
 
     assert "bottle-install" in SCRIPTS
     script = Path(__file__).parents[2] / "claude_bottle" / "images" / "bottle-install"

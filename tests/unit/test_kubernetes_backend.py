@@ -18,9 +18,9 @@ import pytest
 
 from claude_bottle.backend import _BACKENDS
 from claude_bottle.backend.docker.backend import DockerBottleBackend
+from claude_bottle.bottle.state import StateDir, bottle_home, list_state_dirs
 from claude_bottle.cli import main
-from claude_bottle.state import StateDir, bottle_home, list_state_dirs
-from claude_bottle.trust import trust_file
+from claude_bottle.manifest.trust import trust_file
 
 KUBECTL = r"""
 import io, tarfile, time
@@ -257,7 +257,7 @@ def test_a_stop_whose_trip_home_hangs_still_stops_and_is_preserved(
     assert state.read().status == "stopped"  # the stop finished: secrets dropped, the record updated
     # `pull` finishes the job once the cluster answers: the transcripts come, the bottle is let go.
     monkeypatch.delenv("FAKE_KUBECTL_EXEC")
-    from claude_bottle.lifecycle import bring_home
+    from claude_bottle.work.upkeep import bring_home
 
     assert bring_home(state) is None
     assert (state.claude_home / "projects" / "p" / "s.jsonl").is_file() and state.preserved() is None
@@ -281,7 +281,7 @@ def test_a_stop_whose_trip_home_is_over_budget_is_cut_off_and_not_carried_again(
     to its deadline, which is far off), what came is kept aside, and no later verb carries it again."""
     from claude_bottle.backend import homecoming
     from claude_bottle.backend.kubernetes import backend
-    from claude_bottle.unpack import Limits
+    from claude_bottle.hostfs.unpack import Limits
 
     state = _started(cluster)
     (state.claude_home / "kept.txt").write_text("the last copy\n")

@@ -13,9 +13,9 @@ import kubernetes_validate
 import pytest
 
 from claude_bottle.backend.kubernetes.render import DNS_PORT, as_list, render_objects
-from claude_bottle.guard.inputs import GuardInputs
+from claude_bottle.guard_inputs.inputs import GuardInputs
+from claude_bottle.identity import Identity, RuntimeIds
 from claude_bottle.manifest import BottleSpec
-from claude_bottle.runtime import Identity, RuntimeIds
 
 VERSIONS = ["1.29.0", "1.33.0", kubernetes_validate.latest_version()]
 

@@ -50,7 +50,7 @@ def test_egress_imports_only_stdlib_and_itself() -> None:
     for path in files("egress"):
         for mod in imports(path):
             top = mod.split(".")[0]
-            ok = top in sys.stdlib_module_names or top == "__future__" or mod.startswith("claude_bottle.egress")
+            ok = top in sys.stdlib_module_names or top == "__future__" or mod.startswith("claude_bottle.guard")
             assert ok, f"{path.relative_to(PKG)} imports {mod}"
 
 
@@ -97,7 +97,7 @@ def test_backends_know_no_screen() -> None:
 def test_the_core_imports_no_backend_and_no_cli(module: str) -> None:
     for path in [PKG / module] if module.endswith(".py") else files(module):
         for mod in imports(path):
-            assert not mod.startswith(("claude_bottle.backend", "claude_bottle.cli", "claude_bottle.lifecycle")), (
+            assert not mod.startswith(("claude_bottle.backend", "claude_bottle.cli", "claude_bottle.work.lifecycle")), (
                 f"{path.relative_to(PKG)} imports {mod}"
             )
 
@@ -115,9 +115,9 @@ def test_a_backend_needs_only_the_abc(tmp_path: Path, monkeypatch: pytest.Monkey
     """tests/unit/fakes.py implements BottleBackend and nothing else; registered by name, it runs start, ls,
     exec, stop and cleanup end to end, and no file of the package names it."""
     from claude_bottle.backend import _BACKENDS
+    from claude_bottle.bottle.state import bottle_home
     from claude_bottle.cli import main
-    from claude_bottle.state import bottle_home
-    from claude_bottle.trust import trust_file
+    from claude_bottle.manifest.trust import trust_file
 
     from .fakes import FakeBackend
 

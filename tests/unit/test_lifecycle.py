@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from claude_bottle import lifecycle
 from claude_bottle.backend import _BACKENDS
-from claude_bottle.claude_code import CAPABILITY_PROMPT
+from claude_bottle.bottle import claude_code
+from claude_bottle.bottle.claude_code import CAPABILITY_PROMPT
+from claude_bottle.bottle.state import StateDir, bottle_home, list_state_dirs
 from claude_bottle.cli import main
 from claude_bottle.manifest import AgentSpec
-from claude_bottle.state import StateDir, bottle_home, list_state_dirs
-from claude_bottle.trust import trust_file
+from claude_bottle.manifest.trust import trust_file
 
 from .fakes import FakeBackend
 
@@ -74,7 +74,7 @@ def test_every_agent_option_reaches_claudes_argv(project: Path) -> None:
 
 def test_the_default_agent_skips_claudes_own_prompts_and_resumes_its_session() -> None:
     a = AgentSpec()
-    assert lifecycle.claude_argv(a, prompt=None, session_id="s1") == [
+    assert claude_code.claude_argv(a, prompt=None, session_id="s1") == [
         "claude",
         "--dangerously-skip-permissions",
         "--append-system-prompt",
@@ -82,9 +82,9 @@ def test_the_default_agent_skips_claudes_own_prompts_and_resumes_its_session() -
         "--session-id",
         "s1",
     ]
-    assert lifecycle.claude_argv(a, prompt="p", session_id="s1", resume=True)[-4:] == ["--resume", "s1", "-p", "p"]
+    assert claude_code.claude_argv(a, prompt="p", session_id="s1", resume=True)[-4:] == ["--resume", "s1", "-p", "p"]
     # A continuation on a terminal is the interactive session's first message, not a headless run.
-    assert lifecycle.claude_argv(a, prompt="go on", session_id="s1", resume=True, headless=False)[-3:] == [
+    assert claude_code.claude_argv(a, prompt="go on", session_id="s1", resume=True, headless=False)[-3:] == [
         "--resume", "s1", "go on",
     ]  # fmt: skip
 
@@ -361,8 +361,8 @@ def test_docker_start_writes_policy_with_grants_secrets_and_the_project(
     project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_exe: Callable[[str, str], Path]
 ) -> None:
     from claude_bottle.backend.docker.backend import DockerBottleBackend
+    from claude_bottle.bottle.state import StateDir
     from claude_bottle.manifest import load_manifest
-    from claude_bottle.state import StateDir
 
     fake_exe("docker", DOCKER)
     monkeypatch.setenv("FAKE_DOCKER_LOG", str(tmp_path / "docker.log"))
@@ -372,7 +372,7 @@ def test_docker_start_writes_policy_with_grants_secrets_and_the_project(
     sd.create()
     (sd.path / "grants.json").write_text(json.dumps({"egress": [{"host": "granted.example", "ports": [8443]}]}))
     from claude_bottle.bottle import Bottle
-    from claude_bottle.guard.inputs import prepare_guard
+    from claude_bottle.guard_inputs.inputs import prepare_guard
 
     bottle = dataclasses.replace(Bottle.new(m, "plain", backend="docker"), slug=sd.slug, state=sd)
     guard = prepare_guard(
@@ -393,7 +393,7 @@ def test_docker_start_writes_policy_with_grants_secrets_and_the_project(
 
 
 def test_the_terminal_env_is_checked_before_it_reaches_the_bottle() -> None:
-    from claude_bottle.claude_code import terminal_env
+    from claude_bottle.bottle.claude_code import terminal_env
 
     assert terminal_env({"TERM": "screen-256color"}) == {"TERM": "screen-256color"}
     assert terminal_env({}) == {"TERM": "xterm-256color"}

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from claude_bottle import manifest_edit
+from claude_bottle.bottle.state import BottleRecord, StateDir, bottle_home, new_slug
 from claude_bottle.errors import BottleError
-from claude_bottle.manifest_edit import save_grants_to_manifest
-from claude_bottle.state import BottleRecord, StateDir, bottle_home, new_slug
-from claude_bottle.trust import TRUST_FILE, digest_of, load_trusted, trust_file
+from claude_bottle.manifest import edit as manifest_edit
+from claude_bottle.manifest.edit import save_grants_to_manifest
+from claude_bottle.manifest.trust import TRUST_FILE, digest_of, load_trusted, trust_file
 
 MANIFEST = """# the operator's comments stay
 [bottles.default]
@@ -133,7 +133,7 @@ def test_a_manifest_changed_while_the_grant_is_saved_is_neither_clobbered_nor_tr
 
 
 def test_grant_save_waits_for_another_command_holding_the_trust_store(state: StateDir, manifest: Path) -> None:
-    from claude_bottle.trust import trust_lock
+    from claude_bottle.manifest.trust import trust_lock
 
     done: list[Path] = []
     with trust_lock(bottle_home()):

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from claude_bottle.backend.docker.compose import container_name, project_name
+from claude_bottle.bottle.state import BottleRecord, StateDir, all_state_roots, list_state_dirs, state_root
 from claude_bottle.cli import main
 from claude_bottle.errors import BottleError
-from claude_bottle.runtime import Identity, namespace, owned_by
-from claude_bottle.state import BottleRecord, StateDir, all_state_roots, list_state_dirs, state_root
+from claude_bottle.identity import Identity, namespace, owned_by
 
 
 def test_the_default_and_a_chosen_namespace(monkeypatch: pytest.MonkeyPatch, isolated_home: Path) -> None:
@@ -56,7 +56,7 @@ def test_verbs_see_only_their_namespace(monkeypatch: pytest.MonkeyPatch, capsys:
 
 
 def test_an_agent_writable_path_counts_in_every_namespace(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from claude_bottle.paths import writable_roots
+    from claude_bottle.hostfs.paths import writable_roots
 
     other = StateDir("claude-bbbbb", state_root("cbtest-y"))
     other.create()

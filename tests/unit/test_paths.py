@@ -8,8 +8,15 @@ from pathlib import Path
 import pytest
 
 from claude_bottle.errors import BottleError
+from claude_bottle.hostfs.paths import (
+    Roots,
+    check_bottle_paths,
+    check_path,
+    file_identity,
+    verify_mounts,
+    writable_roots,
+)
 from claude_bottle.manifest import parse_manifest
-from claude_bottle.paths import Roots, check_bottle_paths, check_path, file_identity, verify_mounts, writable_roots
 
 
 def record(state_root: Path, slug: str, writable: list[Path]) -> None:
@@ -140,7 +147,7 @@ def test_the_hosts_ca_bundle_is_trusted_unless_the_manifest_opts_out(
     bundle = tmp_path / "etc" / "ca-certificates.crt"
     bundle.parent.mkdir()
     bundle.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
-    monkeypatch.setattr("claude_bottle.paths.HOST_CA_BUNDLES", (tmp_path / "absent.crt", bundle))
+    monkeypatch.setattr("claude_bottle.hostfs.paths.HOST_CA_BUNDLES", (tmp_path / "absent.crt", bundle))
     ws = tmp_path / "ws"
     ws.mkdir()
     assert check(tmp_path, ws, bottle()).ca_certs == bundle  # type: ignore[attr-defined]
@@ -148,5 +155,5 @@ def test_the_hosts_ca_bundle_is_trusted_unless_the_manifest_opts_out(
     own = tmp_path / "own.crt"
     own.write_text(bundle.read_text())
     assert check(tmp_path, ws, bottle(ca=f'ca_certs = "{own}"')).ca_certs == own  # type: ignore[attr-defined]
-    monkeypatch.setattr("claude_bottle.paths.HOST_CA_BUNDLES", (tmp_path / "absent.crt",))
+    monkeypatch.setattr("claude_bottle.hostfs.paths.HOST_CA_BUNDLES", (tmp_path / "absent.crt",))
     assert check(tmp_path, ws, bottle()).ca_certs is None  # type: ignore[attr-defined]

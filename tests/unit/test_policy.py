@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from claude_bottle.egress.policy import Decision, Policy, PolicyFile, Rule, is_public_address, normalise_host
+from claude_bottle.guard.policy import Decision, Policy, PolicyFile, Rule, is_public_address, normalise_host
 
 
 @pytest.mark.parametrize(
@@ -177,7 +177,7 @@ def test_the_policy_files_form_is_exact_and_reads_back() -> None:
 @pytest.mark.parametrize("name", ["", "x", "abc", "1.2.3.4x", "0x", ".", "1..2", "1.2.3.4 evil.test", "127.1\tx"])
 def test_what_is_no_legacy_ipv4_spelling_is_left_alone(name: str) -> None:
     """inet_aton (glibc) reads "1.2.3.4 anything" as 1.2.3.4: only the characters of a spelling reach it."""
-    from claude_bottle.egress.policy import _legacy_ipv4
+    from claude_bottle.guard.policy import _legacy_ipv4
 
     assert _legacy_ipv4(name) is None
     assert normalise_host(name + ".test") != "1.2.3.4"

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from claude_bottle.egress.proxy import HEALTH_PATH
+from claude_bottle.guard.proxy import HEALTH_PATH
 
 from .guardkit import serving_guard
 

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from claude_bottle.egress.audit import AuditLog
-from claude_bottle.egress.config import Route, Secrets
-from claude_bottle.egress.dlp import Scanner
-from claude_bottle.egress.policy import PolicyFile
-from claude_bottle.egress.proxy import (
+from claude_bottle.guard.audit import AuditLog
+from claude_bottle.guard.config import Route, Secrets
+from claude_bottle.guard.dlp import Scanner
+from claude_bottle.guard.policy import PolicyFile
+from claude_bottle.guard.proxy import (
     MAX_FIRST_BYTES,
     MAX_SSH_BANNER,
     NEED,

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from claude_bottle.backend import _BACKENDS
+from claude_bottle.bottle.state import bottle_home, list_state_dirs
 from claude_bottle.cli import main
-from claude_bottle.egress.audit import GENESIS, AuditLog, append_chained, line_hash, verify_chain
-from claude_bottle.state import bottle_home, list_state_dirs
-from claude_bottle.trust import trust_file
+from claude_bottle.guard.audit import GENESIS, AuditLog, append_chained, line_hash, verify_chain
+from claude_bottle.manifest.trust import trust_file
 
 from .fakes import FakeBackend
 

@@ -14,14 +14,15 @@ from typing import IO, Any
 
 import pytest
 
-from claude_bottle.backend.docker import engine, remote
+from claude_bottle import engine
+from claude_bottle.backend.docker import remote
 from claude_bottle.backend.docker.backend import DockerBottleBackend
 from claude_bottle.bottle import Bottle
+from claude_bottle.bottle.state import BottleRecord, StateDir
 from claude_bottle.errors import BottleError
+from claude_bottle.hostfs.unpack import unpack
+from claude_bottle.identity import RuntimeIds
 from claude_bottle.manifest import parse_manifest
-from claude_bottle.runtime import RuntimeIds
-from claude_bottle.state import BottleRecord, StateDir
-from claude_bottle.unpack import unpack
 
 from .test_compose import MANIFEST, render, workspace
 
@@ -298,7 +299,7 @@ if sys.argv[1:3] == ["context", "inspect"]:
 
 
 def test_the_operators_own_lines_survive_the_trip_home(tmp_path: Path) -> None:
-    from claude_bottle.egress.audit import append_chained, chained_after, verify_chain
+    from claude_bottle.guard.audit import append_chained, chained_after, verify_chain
 
     log = tmp_path / "egress.jsonl"
     guard = b""
@@ -342,7 +343,7 @@ def test_a_folder_spelled_as_a_link_is_never_written_through(tmp_path: Path) -> 
     # the folder is opened without following it.
     (tmp_path / "in2").mkdir()
     (tmp_path / "in2" / "ws").symlink_to(outside)
-    from claude_bottle import unpack as unpack_mod
+    from claude_bottle.hostfs import unpack as unpack_mod
 
     root = os.open(tmp_path / "in2", os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -415,7 +416,7 @@ def test_on_a_remote_engine_every_control_path_is_judged_when_the_work_comes_hom
 ) -> None:
     import time
 
-    from claude_bottle.gitguard import settle_bottle
+    from claude_bottle.git.settle import settle_bottle
 
     ws = workspace(tmp_path)
     (ws / ".git").mkdir()
@@ -495,7 +496,7 @@ def test_a_trip_home_over_budget_is_cut_off_kept_aside_and_not_carried_again(
     trip of the work is cut off at its budget and kept aside, the bottle is preserved with the reason and its
     work's volumes kept; then no later trip carries it on its own, and it does not start from the older copy."""
     from claude_bottle.backend import homecoming
-    from claude_bottle.unpack import Limits
+    from claude_bottle.hostfs.unpack import Limits
 
     log = tmp_path / "calls"
     monkeypatch.setenv("LOG", str(log))

@@ -17,10 +17,10 @@ import pytest
 
 from claude_bottle.backend.smolmachines import backend as smol_backend
 from claude_bottle.backend.smolmachines import doctor, sdk
+from claude_bottle.bottle.state import StateDir, bottle_home, list_state_dirs
 from claude_bottle.cli import main
-from claude_bottle.runtime import BOTTLE_UID
-from claude_bottle.state import StateDir, bottle_home, list_state_dirs
-from claude_bottle.trust import trust_file
+from claude_bottle.identity import BOTTLE_UID
+from claude_bottle.manifest.trust import trust_file
 
 from .fakedocker import SCRIPT
 
@@ -279,7 +279,7 @@ def test_doctor_lists_the_backend_with_its_checks(world: dict[str, Any], capsys:
 
 
 def test_the_agent_env_points_at_the_guards_address() -> None:
-    from claude_bottle.guard.inputs import GuardInputs
+    from claude_bottle.guard_inputs.inputs import GuardInputs
 
     g = GuardInputs(
         "guard",

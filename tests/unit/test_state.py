@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from claude_bottle.bottle.state import BottleRecord, StateDir, list_state_dirs, new_slug, resolve_slug
 from claude_bottle.errors import BottleError, NotFoundError
-from claude_bottle.state import BottleRecord, StateDir, list_state_dirs, new_slug, resolve_slug
 
 
 def make(root: Path, slug: str) -> StateDir:

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from claude_bottle import state as state_mod
-from claude_bottle.errors import NotFoundError
-from claude_bottle.state import (
+from claude_bottle.bottle import state as state_mod
+from claude_bottle.bottle.state import (
     BottleRecord,
     StateDir,
     StateSummary,
@@ -23,6 +22,7 @@ from claude_bottle.state import (
     process_started,
     resolve_slug,
 )
+from claude_bottle.errors import NotFoundError
 
 
 @pytest.mark.parametrize(

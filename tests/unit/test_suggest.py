@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from claude_bottle.bottle.state import bottle_home
 from claude_bottle.cli import main
 from claude_bottle.manifest import load_manifest
-from claude_bottle.state import bottle_home
-from claude_bottle.suggest import suggest, toml_lines
-from claude_bottle.trust import trust_file
+from claude_bottle.manifest.suggest import suggest, toml_lines
+from claude_bottle.manifest.trust import trust_file
 
 PROJECTS: dict[str, dict[str, str]] = {
     "npm": {

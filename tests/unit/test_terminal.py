@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from claude_bottle.backend import _BACKENDS
+from claude_bottle.bottle.state import BottleRecord, StateDir
 from claude_bottle.cli import logs
-from claude_bottle.state import BottleRecord, StateDir
 from claude_bottle.terminal import LineEscaper, ScreenFilter, escape_controls
 
 from .fakes import FakeBackend

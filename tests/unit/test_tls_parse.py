@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from claude_bottle.egress.tls import MAX_RECORD, NEED_MORE, client_hello_sni
+from claude_bottle.guard.tls import MAX_RECORD, NEED_MORE, client_hello_sni
 
 from .guardkit import client_hello
 

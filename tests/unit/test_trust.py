@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from claude_bottle.backend import _BACKENDS
+from claude_bottle.bottle.state import bottle_home, list_state_dirs
 from claude_bottle.cli import main
-from claude_bottle.state import bottle_home, list_state_dirs
-from claude_bottle.trust import TRUST_FILE, grants, read_manifest
+from claude_bottle.manifest.trust import TRUST_FILE, grants, read_manifest
 
 from .fakes import FakeBackend
 

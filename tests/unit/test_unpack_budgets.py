@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from claude_bottle import unpack as unpack_mod
-from claude_bottle.unpack import Limits, unpack
+from claude_bottle.hostfs import unpack as unpack_mod
+from claude_bottle.hostfs.unpack import Limits, unpack
 
 BIG = 64 * 1024 * 1024  # what a sparse member claims to be: far more than it carries
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from claude_bottle.bottle.state import BottleRecord, StateDir
 from claude_bottle.errors import BottleError
-from claude_bottle.runtime import RuntimeIds
-from claude_bottle.state import BottleRecord, StateDir
-from claude_bottle.workcopy import apply, changes, copy_path, create, diff, inert, pending
+from claude_bottle.hostfs.copy_mode import apply, changes, copy_path, create, diff, inert, pending
+from claude_bottle.identity import RuntimeIds
 
 
 def _git(cwd: Path, *args: str, home: Path) -> subprocess.CompletedProcess[str]:
@@ -151,7 +151,7 @@ def test_apply_refuses_a_running_bottle_and_a_bottle_without_a_copy(world: tuple
 
 
 def test_a_workspace_too_large_is_refused_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from claude_bottle import workcopy
+    from claude_bottle.hostfs import copy_mode as workcopy
 
     ws = tmp_path / "big"
     ws.mkdir()
@@ -217,7 +217,7 @@ def test_the_folder_git_runs_hooks_from_is_not_written(world: tuple[StateDir, Pa
 
 def test_a_head_is_judged_on_what_is_written(world: tuple[StateDir, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     """The race a review won: the agent shows a harmless HEAD to the first look and a real one to the copy."""
-    from claude_bottle import workcopy
+    from claude_bottle.hostfs import copy_mode as workcopy
 
     sd, ws = world
     (copy_path(sd) / "src" / "HEAD").write_text("ref: refs/heads/main\n")
@@ -242,7 +242,7 @@ def test_a_copy_mode_run_never_touches_the_operators_own_repositories(tmp_path: 
     """Its settle judged the operator's workspace (which the agent never wrote) and moved their own config."""
     import time
 
-    from claude_bottle.gitguard import settle_bottle
+    from claude_bottle.git.settle import settle_bottle
 
     ws = tmp_path / "ws"
     (ws / "a").mkdir(parents=True)
@@ -263,8 +263,8 @@ def test_apply_and_merge_ask_the_backend_whether_the_bottle_still_runs(
     world: tuple[StateDir, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A record that says crashed (a forged exit file, noticed by `ls`) while the containers run on."""
-    from claude_bottle import lifecycle
     from claude_bottle.backend import _BACKENDS
+    from claude_bottle.work import stop
 
     from .fakes import FakeBackend
 
@@ -274,9 +274,9 @@ def test_apply_and_merge_ask_the_backend_whether_the_bottle_still_runs(
     sd.update(status="crashed")
     FakeBackend.live[sd.slug] = "running"
     with pytest.raises(BottleError, match="is running: its work can change between your review and the apply"):
-        lifecycle.ensure_stopped(sd, "apply")
+        stop.ensure_stopped(sd, "apply")
     FakeBackend.live.clear()
-    lifecycle.ensure_stopped(sd, "apply")
+    stop.ensure_stopped(sd, "apply")
 
 
 def test_an_engine_that_does_not_keep_the_bottle_users_ownership_is_refused(tmp_path: Path) -> None:

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from claude_bottle import worktree
+from claude_bottle.bottle.state import BottleRecord, StateDir
 from claude_bottle.cli import main
-from claude_bottle.runtime import RuntimeIds
-from claude_bottle.state import BottleRecord, StateDir
+from claude_bottle.git import worktree
+from claude_bottle.identity import RuntimeIds
 
 ENV = {
     "GIT_AUTHOR_NAME": "Op",
@@ -361,8 +361,8 @@ bottle = "default"
 @pytest.fixture
 def fake_project(repo: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     from claude_bottle.backend import _BACKENDS
-    from claude_bottle.state import bottle_home
-    from claude_bottle.trust import trust_file
+    from claude_bottle.bottle.state import bottle_home
+    from claude_bottle.manifest.trust import trust_file
 
     from .fakes import FakeBackend
 
@@ -377,7 +377,7 @@ def fake_project(repo: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_start_worktree_gives_the_backend_the_checkout_and_the_objects_read_only(
     fake_project: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from claude_bottle.state import list_state_dirs
+    from claude_bottle.bottle.state import list_state_dirs
 
     from .fakes import FakeBackend
 
@@ -402,7 +402,7 @@ def test_start_worktree_outside_a_repository_fails_before_any_work(
 ) -> None:
     import shutil
 
-    from claude_bottle.state import list_state_dirs
+    from claude_bottle.bottle.state import list_state_dirs
 
     from .fakes import FakeBackend
 
@@ -413,8 +413,8 @@ def test_start_worktree_outside_a_repository_fails_before_any_work(
     (fake_project / "claude-bottle.toml").write_text(
         MANIFEST.replace('bottle = "default"\n', 'bottle = "default"\nworkspace_mode = "worktree"\n')
     )
-    from claude_bottle.state import bottle_home
-    from claude_bottle.trust import trust_file
+    from claude_bottle.bottle.state import bottle_home
+    from claude_bottle.manifest.trust import trust_file
 
     trust_file(fake_project / "claude-bottle.toml", home=bottle_home())
     assert main(["start", "claude", "--detach"]) == 1  # the manifest's mode, the same refusal

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from claude_bottle import engine
 from claude_bottle.backend import (
     BottleBackend,
     BottleCleanupPlan,
@@ -24,19 +25,19 @@ from claude_bottle.backend import (
     Report,
     homecoming,
 )
-from claude_bottle.backend.docker import engine, owners, remote
+from claude_bottle.backend.docker import owners, remote
 from claude_bottle.backend.docker.cleanup import DockerBottleCleanupPlan, plan_from_engine, run_cleanup
 from claude_bottle.backend.docker.compose import NetPlan, container_name, project_name, render_compose, verified_binds
+from claude_bottle.bottle.state import StateDir, bottle_home, list_state_dirs, now_iso, process_started, write_private
 from claude_bottle.errors import BackendError, BottleError
-from claude_bottle.paths import file_identity, verify_mounts
-from claude_bottle.runtime import LABEL, NAMESPACE_LABEL, Identity, namespace, owned_by
-from claude_bottle.state import StateDir, bottle_home, list_state_dirs, now_iso, process_started, write_private
-from claude_bottle.walk import remove_tree
+from claude_bottle.hostfs.paths import file_identity, verify_mounts
+from claude_bottle.hostfs.walk import remove_tree
+from claude_bottle.identity import LABEL, NAMESPACE_LABEL, Identity, namespace, owned_by
 
 if TYPE_CHECKING:
-    from claude_bottle.backend.docker.images import ImageSpec
     from claude_bottle.bottle import Bottle
-    from claude_bottle.guard.inputs import GuardInputs
+    from claude_bottle.guard_inputs.inputs import GuardInputs
+    from claude_bottle.images.specs import ImageSpec
 
 __all__ = ["DockerBottleBackend"]
 
@@ -143,7 +144,7 @@ class DockerBottleBackend(BottleBackend):
         )
 
     def _specs(self, plan: BottlePlan) -> list[ImageSpec]:
-        from claude_bottle.backend.docker.images import agent_image_spec, guard_image_spec
+        from claude_bottle.images.specs import agent_image_spec, guard_image_spec
 
         b = plan.bottle
         return [guard_image_spec(), agent_image_spec(b.spec, b.ids, ca_certs=b.paths.ca_certs, granted=b.granted)]
@@ -197,7 +198,7 @@ class DockerBottleBackend(BottleBackend):
         return images
 
     def _build(self, spec: ImageSpec, progress: Progress) -> None:
-        from claude_bottle.backend.docker.images import build_dir
+        from claude_bottle.images.specs import build_dir
 
         progress(f"building {spec.role} image {spec.tag}")
         with build_dir() as tmp:
@@ -308,7 +309,7 @@ class DockerBottleBackend(BottleBackend):
         return home if home.is_dir() else b.workspace
 
     def _fill(self, b: Bottle, state: StateDir, guard_image: str, guard: GuardInputs, progress: Progress) -> None:
-        from claude_bottle.claude_code import HOST_EXIT_FILE
+        from claude_bottle.bottle.claude_code import HOST_EXIT_FILE
 
         progress("copying the bottle's files to its engine")
         volumes = remote.volumes_of(
@@ -500,7 +501,7 @@ class DockerBottleBackend(BottleBackend):
         if ctx is None or ctx.local:
             return
         from claude_bottle.bottle import Bottle
-        from claude_bottle.guard.files import GuardFiles
+        from claude_bottle.guard_inputs.files import GuardFiles
 
         record = state.read()
         ids = Bottle.recorded(state).ids
@@ -682,7 +683,7 @@ class DockerBottleBackend(BottleBackend):
             raise
 
     def doctor(self, base_images: Sequence[str] = ()) -> list[Check]:
-        from claude_bottle.backend.docker.images import GUARD_BASE_IMAGE
+        from claude_bottle.images.specs import GUARD_BASE_IMAGE
         from claude_bottle.manifest import BottleSpec
 
         checks = []

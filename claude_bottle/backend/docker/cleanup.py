@@ -17,17 +17,17 @@ from typing import TYPE_CHECKING
 
 from claude_bottle import process
 from claude_bottle.backend import BottleCleanupPlan, Report
-from claude_bottle.backend.docker.engine import ComposeProject, NetworkRow, PsRow, VolumeRow
-from claude_bottle.claude_code import notice_crash
+from claude_bottle.bottle.claude_code import notice_crash
+from claude_bottle.bottle.state import StateDir, StateSummary, list_state_dirs
+from claude_bottle.engine import ComposeProject, NetworkRow, PsRow, VolumeRow
 from claude_bottle.errors import BottleError
-from claude_bottle.gitguard import settle_bottle
-from claude_bottle.guard.files import drop_secrets
-from claude_bottle.runtime import namespace, owned_by
-from claude_bottle.state import StateDir, StateSummary, list_state_dirs
-from claude_bottle.walk import remove_tree
+from claude_bottle.git.settle import settle_bottle
+from claude_bottle.guard_inputs.files import drop_secrets
+from claude_bottle.hostfs.walk import remove_tree
+from claude_bottle.identity import namespace, owned_by
 
 if TYPE_CHECKING:
-    from claude_bottle.backend.docker.engine import Context
+    from claude_bottle.engine import Context
 
 __all__ = ["DockerBottleCleanupPlan", "mark_stopped", "plan_from_engine", "run_cleanup"]
 
@@ -178,7 +178,7 @@ def _report(what: str, outcome: Outcome, failures: list[str], report: Report) ->
 
 
 def _attempt(args: list[str]) -> Outcome:
-    from claude_bottle.backend.docker.engine import docker
+    from claude_bottle.engine import docker
 
     try:
         return docker(*args, timeout=300)

@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from claude_bottle.egress import HEALTH_PATH
-from claude_bottle.runtime import AGENT_HOME
+from claude_bottle.guard import HEALTH_PATH
+from claude_bottle.identity import AGENT_HOME
 
 if TYPE_CHECKING:
-    from claude_bottle.guard.inputs import GuardInputs
+    from claude_bottle.guard_inputs.inputs import GuardInputs
+    from claude_bottle.identity import Identity, RuntimeIds
     from claude_bottle.manifest import BottleSpec
-    from claude_bottle.runtime import Identity, RuntimeIds
 
 __all__ = ["NetPlan", "container_name", "project_name", "render_compose", "verified_binds", "volume_name"]
 
@@ -24,7 +24,7 @@ LOG_MAX_SIZE = "10m"
 
 def project_name(slug: str) -> str:
     """`<namespace>-<slug>`: the Compose project, and the prefix of every container and network in it."""
-    from claude_bottle.runtime import namespace
+    from claude_bottle.identity import namespace
 
     return f"{namespace()}-{slug}"
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from claude_bottle.backend.docker import engine
+from claude_bottle import engine
 from claude_bottle.backend.docker.remote import _helper
 
 __all__ = ["clear", "hand_over"]

@@ -26,15 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from claude_bottle.backend.docker import engine
+from claude_bottle import engine
 from claude_bottle.backend.docker.compose import volume_name
 from claude_bottle.backend.homecoming import Homecoming, merge_log, put_in_place
 from claude_bottle.errors import BackendError
-from claude_bottle.gitguard import settle_copy
-from claude_bottle.runtime import RuntimeIds
+from claude_bottle.git.settle import settle_copy
+from claude_bottle.identity import RuntimeIds
 
 if TYPE_CHECKING:
-    from claude_bottle.state import StateDir
+    from claude_bottle.bottle.state import StateDir
 
 __all__ = [
     "DATA_PARTS",

@@ -46,13 +46,13 @@ from claude_bottle.backend.kubernetes.render import (
     render_helper,
     render_objects,
 )
+from claude_bottle.bottle.state import StateDir, now_iso, process_started
 from claude_bottle.errors import BackendError, BottleError
-from claude_bottle.runtime import NAMESPACE_LABEL, Identity, namespace
-from claude_bottle.state import StateDir, now_iso, process_started
+from claude_bottle.identity import NAMESPACE_LABEL, Identity, namespace
 
 if TYPE_CHECKING:
     from claude_bottle.bottle import Bottle
-    from claude_bottle.guard.inputs import GuardInputs
+    from claude_bottle.guard_inputs.inputs import GuardInputs
 
 __all__ = ["KubernetesBottleBackend", "kubectl_argv"]
 
@@ -137,7 +137,7 @@ class KubernetesBottleBackend(BottleBackend):
         return pushed
 
     def start(self, *, plan: BottlePlan, images: dict[str, str], guard: GuardInputs, progress: Progress) -> None:
-        from claude_bottle.guard.files import GuardFiles
+        from claude_bottle.guard_inputs.files import GuardFiles
 
         b, state = plan.bottle, plan.state
         identity = Identity(b.slug, self.name, os.getpid(), process_started(os.getpid()) or 0.0, now_iso(), namespace())
@@ -199,7 +199,7 @@ class KubernetesBottleBackend(BottleBackend):
     def policy_changed(self, state: StateDir) -> None:
         """The policy ConfigMap rewritten from the local policy file; the kubelet refreshes the guard's
         copy (within its sync period, about a minute), which the guard then re-reads."""
-        from claude_bottle.guard.files import GuardFiles
+        from claude_bottle.guard_inputs.files import GuardFiles
 
         patch = json.dumps({"data": {"policy.json": GuardFiles(state).policy.read_text(encoding="utf-8")}})
         result = kubectl("patch", "configmap", _names(state.slug).policy, "--type", "merge", "-p", patch)
@@ -345,7 +345,7 @@ class KubernetesBottleBackend(BottleBackend):
     def _quiet() -> bool:
         """Nothing to ask a cluster about: no bottle of this backend recorded here, and no cluster to ask
         (no kubectl, or no context): then `ls` and `cleanup` never wait on one."""
-        from claude_bottle.state import list_state_dirs
+        from claude_bottle.bottle.state import list_state_dirs
 
         if any(d.read().backend == "kubernetes" for d in list_state_dirs()):
             return False

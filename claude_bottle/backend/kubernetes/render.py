@@ -19,10 +19,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from claude_bottle.egress import HEALTH_PATH
-from claude_bottle.guard.inputs import GuardInputs
+from claude_bottle.guard import HEALTH_PATH
+from claude_bottle.guard_inputs.inputs import GuardInputs
+from claude_bottle.identity import AGENT_HOME, LABEL, NAMESPACE_LABEL, Identity, RuntimeIds
 from claude_bottle.manifest import BottleSpec
-from claude_bottle.runtime import AGENT_HOME, LABEL, NAMESPACE_LABEL, Identity, RuntimeIds
 
 __all__ = [
     "DNS_PORT",

@@ -20,20 +20,20 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from claude_bottle import engine
 from claude_bottle.backend import BottleBackend, BottleCleanupPlan, BottlePlan, BottleStatus, Check, Progress, Report
-from claude_bottle.backend.docker import engine
 from claude_bottle.backend.smolmachines import sdk
 from claude_bottle.backend.smolmachines.bundle import ROLE_LABEL, Bundle, bundle_names, remove_bundle, start_bundle
 from claude_bottle.backend.smolmachines.cleanup import SmolCleanupPlan, ours, plan_cleanup, run_cleanup
-from claude_bottle.egress import HEALTH_PATH
+from claude_bottle.bottle.state import StateDir, bottle_home, now_iso, process_started, write_private
 from claude_bottle.errors import BackendError, BottleError
-from claude_bottle.runtime import AGENT_HOME, LABEL, NAMESPACE_LABEL, Identity, namespace
-from claude_bottle.state import StateDir, bottle_home, now_iso, process_started, write_private
-from claude_bottle.walk import remove_tree
+from claude_bottle.guard import HEALTH_PATH
+from claude_bottle.hostfs.walk import remove_tree
+from claude_bottle.identity import AGENT_HOME, LABEL, NAMESPACE_LABEL, Identity, namespace
 
 if TYPE_CHECKING:
     from claude_bottle.bottle import Bottle
-    from claude_bottle.guard.inputs import GuardInputs
+    from claude_bottle.guard_inputs.inputs import GuardInputs
 
 __all__ = ["SmolmachinesBottleBackend"]
 

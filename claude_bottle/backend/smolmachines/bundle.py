@@ -18,14 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from claude_bottle.backend.docker import engine
+from claude_bottle import engine
 from claude_bottle.backend.docker.backend import pick_subnet
 from claude_bottle.errors import BackendError
-from claude_bottle.runtime import namespace
+from claude_bottle.identity import namespace
 
 if TYPE_CHECKING:
-    from claude_bottle.guard.inputs import GuardInputs
-    from claude_bottle.runtime import RuntimeIds
+    from claude_bottle.guard_inputs.inputs import GuardInputs
+    from claude_bottle.identity import RuntimeIds
 
 __all__ = ["ADDRESS_LABEL", "Bundle", "bundle_names", "pick_address"]
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from claude_bottle import engine
 from claude_bottle.backend import BottleCleanupPlan, Report
-from claude_bottle.backend.docker import engine
 from claude_bottle.backend.docker.cleanup import mark_stopped
 from claude_bottle.backend.smolmachines import sdk
 from claude_bottle.backend.smolmachines.bundle import ROLE_LABEL
 from claude_bottle.errors import BottleError
-from claude_bottle.runtime import LABEL, NAMESPACE_LABEL, namespace, owned_by
+from claude_bottle.identity import LABEL, NAMESPACE_LABEL, namespace, owned_by
 
 __all__ = ["SmolCleanupPlan", "plan_cleanup", "run_cleanup"]
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from claude_bottle.backend import Check
 from claude_bottle.backend.smolmachines import sdk
-from claude_bottle.runtime import namespace
-from claude_bottle.state import bottle_home, write_private
+from claude_bottle.bottle.state import bottle_home, write_private
+from claude_bottle.identity import namespace
 
 __all__ = ["checks", "host_virtualisation"]
 
