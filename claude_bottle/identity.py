@@ -12,15 +12,18 @@ from pathlib import Path
 from claude_bottle.errors import BottleError
 
 __all__ = [
+    "BACKEND_LABEL",
     "BOTTLE_UID",
     "BOTTLE_UID_ENV",
     "DEFAULT_NAMESPACE",
     "LABEL",
     "NAMESPACE_ENV",
+    "SLUG_LABEL",
     "Identity",
     "RuntimeIds",
     "bottle_uid",
     "namespace",
+    "object_labels",
     "owned_by",
 ]
 
@@ -29,6 +32,17 @@ AGENT_HOME = "/home/claude"  # the agent user's home in every bottle image
 DEFAULT_NAMESPACE = "claude-bottle"
 NAMESPACE_ENV = "CLAUDE_BOTTLE_NAMESPACE"
 NAMESPACE_LABEL = f"{LABEL}.namespace"
+SLUG_LABEL = f"{LABEL}.slug"
+BACKEND_LABEL = f"{LABEL}.backend"
+
+
+def object_labels(backend: str, slug: str = "", ns: str | None = None) -> dict[str, str]:
+    """The labels that select a backend's objects (of one bottle, with `slug`) in a namespace: the part of
+    Identity.labels that every engine object carries and every query selects by."""
+    out = {NAMESPACE_LABEL: ns if ns is not None else namespace(), BACKEND_LABEL: backend}
+    return out | ({SLUG_LABEL: slug} if slug else {})
+
+
 _NAMESPACE_RE = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
 NAMESPACE_MAX = 24
 # The bottle user: who the agent runs as when its workspace is a tree of its own (worktree and copy modes).
@@ -78,7 +92,7 @@ def namespace(environ: Mapping[str, str] | None = None) -> str:
 def owned_by(labels: Mapping[str, str], ns: str) -> bool:
     """Is an engine object, by its labels, a bottle's object in namespace `ns`? Objects made before
     namespaces existed carry our labels but no namespace: they belong to the default one."""
-    if f"{LABEL}.slug" not in labels and NAMESPACE_LABEL not in labels:
+    if SLUG_LABEL not in labels and NAMESPACE_LABEL not in labels:
         return False
     return labels.get(NAMESPACE_LABEL, DEFAULT_NAMESPACE) == ns
 
@@ -150,9 +164,7 @@ class Identity:
 
     def labels(self) -> dict[str, str]:
         return {
-            NAMESPACE_LABEL: self.namespace,
-            f"{LABEL}.slug": self.slug,
-            f"{LABEL}.backend": self.backend,
+            **object_labels(self.backend, self.slug, self.namespace),
             f"{LABEL}.owner-pid": str(self.owner_pid),
             f"{LABEL}.owner-started": f"{self.owner_started:.2f}",
             f"{LABEL}.created": self.created,

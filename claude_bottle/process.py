@@ -18,7 +18,11 @@ from claude_bottle.errors import BackendError
 __all__ = [
     "STDERR_KEPT",
     "TAIL_READ",
+    "Missing",
+    "Output",
     "Result",
+    "TimedOut",
+    "capture",
     "check",
     "redact_argv",
     "run",
@@ -104,6 +108,71 @@ def run(
     except subprocess.TimeoutExpired as exc:
         raise BackendError(f"`{' '.join(redact_argv(argv[:3]))} ...` timed out after {timeout:.0f}s") from exc
     return Result(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
+
+
+class Missing(BackendError):
+    """The command's program is not installed (the text names how to get it)."""
+
+
+class TimedOut(BackendError):
+    """The command did not finish within its time limit (it was killed)."""
+
+
+@dataclass(frozen=True)
+class Output:
+    """A command's outcome as bytes (git objects, tar streams, NUL-separated listings)."""
+
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    def last_error_line(self) -> str:
+        lines = [ln for ln in self.stderr.decode(errors="replace").strip().splitlines() if ln.strip()]
+        return lines[-1] if lines else "no message"
+
+
+def capture(
+    argv: Sequence[str],
+    *,
+    input: bytes | None = None,
+    timeout: float | None = None,
+    env: Mapping[str, str | None] | None = None,
+    only_env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    user: int | None = None,
+    group: int | None = None,
+) -> Output:
+    """Run argv to completion, capturing bytes. `env` goes over this process's environment, `only_env` is the
+    whole environment instead (nothing inherited); `user`/`group` run it as them (root only), with no
+    supplementary groups. Never raises for a non-zero exit; Missing if the program is not there, TimedOut
+    (after killing it) past `timeout`."""
+    argv = [str(a) for a in argv]
+    log.debug("run: %s", " ".join(redact_argv(argv)))
+    try:
+        proc = subprocess.run(
+            argv,
+            env=dict(only_env) if only_env is not None else _env(env),
+            input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
+            capture_output=True,
+            timeout=timeout,
+            cwd=cwd,
+            user=user,
+            group=(group if group is not None else user) if user is not None else None,
+            extra_groups=[] if user is not None else None,
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        missing = _missing(argv)
+        raise Missing(str(missing)) from exc
+    except subprocess.TimeoutExpired as exc:
+        raise TimedOut(f"`{' '.join(redact_argv(argv[:3]))} ...` timed out after {timeout:.0f}s") from exc
+    return Output(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
 
 
 def check(result: Result, what: str) -> Result:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
-from claude_bottle.bottle.state import StateDir
+from claude_bottle.bottle.state import StateDir, StateSummary
 from claude_bottle.errors import BottleError
 
 if TYPE_CHECKING:  # the manifest's models cost ~0.2 s to import: only for commands that read one
@@ -78,9 +78,24 @@ class BottlePlan:
 
 
 class BottleCleanupPlan(ABC):
-    """What `cleanup` would remove for one backend (and what it keeps)."""
+    """What `cleanup` would remove for one backend (and what it keeps). A backend removes its engine's
+    objects only; what follows for a bottle it stopped (its record, secrets, git settle) and which state
+    dirs go is the work layer's (work/upkeep.py), once for every backend: the backend names the slugs it
+    stopped in `stopped` while it cleans, and the orphan state dirs it found (`orphans`, from the same engine
+    calls that told it what is live)."""
 
     backend: str
+
+    @property
+    def stopped(self) -> list[str]:
+        """Slugs whose running objects this cleanup removed (filled while it runs)."""
+        found: list[str] = self.__dict__.setdefault("_stopped", [])
+        return found
+
+    @property
+    def orphans(self) -> list[StateSummary]:
+        """State dirs of no live bottle of any backend, to be removed by the work layer."""
+        return []
 
     @abstractmethod
     def lines(self) -> list[str]: ...
@@ -174,14 +189,14 @@ class BottleBackend(ABC):
         guard re-reads a file it mounts, so only a backend whose guard reads a copy has work here."""
         del state  # nothing to do: the guard mounts the file itself
 
-    def sync(self, state: StateDir) -> None:
+    def bring_home(self, state: StateDir) -> None:
         """Bring home now what a running bottle writes where this machine cannot see it (the audit log, the
         requests, the transcripts and the workspace of a bottle on a remote engine or a cluster). A backend
         whose bottles write into the state dir itself has nothing to do."""
         del state
 
-    def elsewhere(self, state: StateDir) -> bool:
-        """Does this bottle write its log and workspace away from this machine (`sync` brings them)?"""
+    def files_elsewhere(self, state: StateDir) -> bool:
+        """Does this bottle write its log and workspace away from this machine (`bring_home` brings them)?"""
         del state
         return False
 

@@ -38,6 +38,8 @@ class Bottle:
     # record's `worktree` (the checkout exists: <state>/worktree).
     project: Project | None = None
     worktree: dict[str, Any] | None = None
+    # The engine asked for at start (`start --context NAME`), for a backend that has engines to choose from.
+    context: str | None = None
 
     @property
     def workspace(self) -> Path:
@@ -102,6 +104,7 @@ class Bottle:
         root: Path | None = None,
         workspace_mode: str | None = None,
         modes: tuple[str, ...] = ("worktree", "copy", "mount"),
+        context: str | None = None,
     ) -> Bottle:
         """A bottle about to start: its slug drawn, its host paths checked (before anything is built)."""
         agent = manifest.agent(agent_name)
@@ -145,6 +148,7 @@ class Bottle:
             ids=ids,
             state=StateDir(slug, root),
             project=project,
+            context=context,
         )
 
     @classmethod

@@ -14,10 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from claude_bottle.bottle.state import BottleRecord, StateDir, bottle_home, pid_alive, write_private
-from claude_bottle.errors import BottleError
 
 if TYPE_CHECKING:
-    from claude_bottle.backend import BottleBackend
     from claude_bottle.manifest import AgentSpec
 
 __all__ = [
@@ -31,12 +29,9 @@ __all__ = [
     "claude_argv",
     "notice_crash",
     "parse_exit_code",
-    "read_exit_code",
     "resolve_version",
     "run_end",
     "seed_config",
-    "session_running",
-    "start_session",
     "terminal_env",
 ]
 
@@ -148,16 +143,6 @@ def claude_argv(
     return argv
 
 
-def start_session(backend: BottleBackend, state: StateDir, argv: list[str], *, log: bool = False) -> None:
-    """claude in a detached tmux session inside the bottle, so a terminal can attach and detach at will."""
-    env = ["-e", f"BOTTLE_RUN_LOG={RUN_LOG}"] if log else []
-    (state.claude_home / HOST_EXIT_FILE).unlink(missing_ok=True)  # an earlier run's end is not this one's
-    tmux = ["tmux", "-u", "new-session", "-d", "-s", SESSION, "-x", "200", "-y", "50", *env, "--", "bottle-run", *argv]
-    rc = backend.exec(state=state, argv=tmux, tty=False, interactive=False)
-    if rc != 0:
-        raise BottleError(f"could not start claude in {state.slug} (tmux exit {rc})")
-
-
 def attach_argv() -> list[str]:
     return ["tmux", "-u", "attach-session", "-t", SESSION]  # -u: UTF-8 whatever the locale says
 
@@ -174,11 +159,6 @@ def terminal_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     if env.get("COLORTERM") in ("truecolor", "24bit"):
         out["COLORTERM"] = env["COLORTERM"]
     return out
-
-
-def session_running(backend: BottleBackend, state: StateDir) -> bool:
-    code, _ = backend.exec_output(state=state, argv=["tmux", "has-session", "-t", SESSION])
-    return code == 0
 
 
 def parse_exit_code(text: str) -> int | None:
@@ -199,14 +179,6 @@ def run_end(state: StateDir) -> int | None:
         if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
             return None
         return parse_exit_code(f.read(16).decode("ascii", "replace"))
-
-
-def read_exit_code(backend: BottleBackend, state: StateDir) -> int:
-    rc = run_end(state)
-    if rc is None:  # the host file is missing or unreadable: ask the container's copy
-        code, out = backend.exec_output(state=state, argv=["cat", EXIT_FILE])
-        rc = parse_exit_code(out) if code == 0 else None
-    return UNREADABLE_EXIT if rc is None else rc
 
 
 def notice_crash(state: StateDir, record: BottleRecord, engine: str | None) -> BottleRecord:

@@ -1,4 +1,7 @@
-"""Bottle state on the host: ~/.claude-bottle/state/<slug>/ with an atomic, versioned bottle.json."""
+"""Bottle state on the host: ~/.claude-bottle/state/<slug>/ with an atomic, versioned bottle.json (record.py).
+
+(Over 450 lines: a state dir's every file (record, lock, .preserve, snapshots, summaries) is one object's,
+so they change together.)"""
 
 from __future__ import annotations
 
@@ -13,26 +16,27 @@ import stat
 import string
 import tempfile
 import time
-import types
-import typing
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from claude_bottle.bottle.record import SCHEMA_VERSION, STATUSES, BottleRecord, now_iso
 from claude_bottle.errors import BottleError, NotFoundError
 from claude_bottle.hostfs.walk import Walk, remove_tree, tree_size
 from claude_bottle.identity import DEFAULT_NAMESPACE, namespace
 
 __all__ = [
     "SCHEMA_VERSION",
+    "STATUSES",
     "BottleRecord",
     "StateDir",
     "all_state_roots",
     "bottle_home",
     "list_state_dirs",
     "new_slug",
+    "now_iso",
     "pid_alive",
     "process_started",
     "resolve_slug",
@@ -40,7 +44,6 @@ __all__ = [
     "write_private",
 ]
 
-SCHEMA_VERSION = 1
 SNAPSHOT_BYTES = 256 * 1024 * 1024
 SNAPSHOTS_KEPT = 10
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,29}-[a-z0-9]{5}$")
@@ -68,10 +71,6 @@ def all_state_roots(home: Path | None = None) -> list[Path]:
 
 def new_slug(agent: str) -> str:
     return f"{agent}-{''.join(secrets.choice(_ALPHABET) for _ in range(5))}"
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def write_private(
@@ -103,79 +102,7 @@ def write_private(
         raise
 
 
-STATUSES = ("creating", "running", "stopped", "failed", "crashed", "incomplete", "blocked")
 FRESH_SECONDS = 60  # a state dir without bottle.json this young may be a start between mkdir and its record
-
-
-@dataclass
-class BottleRecord:
-    """bottle.json: everything needed to find, show, stop or resume a bottle."""
-
-    slug: str
-    agent: str
-    bottle: str
-    backend: str
-    schema_version: int = SCHEMA_VERSION
-    status: str = "creating"  # one of STATUSES
-    created: str = field(default_factory=now_iso)
-    updated: str = field(default_factory=now_iso)
-    manifest_path: str | None = None
-    manifest: dict[str, Any] = field(default_factory=dict)
-    workspace: str | None = None
-    writable: list[str] = field(default_factory=list)  # host paths the agent can write (workspace, rw mounts)
-    images: dict[str, str] = field(default_factory=dict)
-    session_id: str | None = None
-    owner_pid: int | None = None
-    owner_started: float | None = None
-    generation: int = 1
-    error: str | None = None
-    rebuilt: bool = False  # the Dockerfile was rewritten by a capability rebuild
-    attached_pid: int | None = None  # the CLI running claude in the foreground, while it does
-    attached_started: float | None = None
-    snapshot_due: bool = False  # a crash was noticed (by `ls`) and its transcript snapshot not yet taken
-    run_started: float | None = None  # epoch time the current run began; cleared once its workspace is settled
-    git_protected: list[str] = field(default_factory=list)  # workspace paths mounted read-only in that run
-    wants: list[str] = field(default_factory=list)  # a blocked bottle's pending package requests (kind:name)
-    granted_packages: dict[str, list[str]] = field(default_factory=dict)  # capability grants: kind -> names
-    ran_with: dict[str, str] = field(default_factory=dict)  # sha256 of the policy and manifest a run started with
-    run_mode: str | None = None  # how claude last ran: interactive | headless | detached (a grant resumes so)
-    # Worktree mode: the operator's repository, its object store, the base commit and the bottle's branch.
-    worktree: dict[str, Any] | None = None
-    # Who the agent ran as ([uid, gid]): the bottle user in worktree and copy modes, its files' owner after.
-    agent_ids: list[int] = field(default_factory=list)
-
-    @classmethod
-    def from_json(cls, data: Any) -> BottleRecord:
-        """Validate a parsed bottle.json; unknown keys (from newer versions) are ignored."""
-        if not isinstance(data, dict):
-            raise TypeError("bottle.json is not an object")
-        known = {k: v for k, v in data.items() if k in _RECORD_TYPES}
-        for key, value in known.items():
-            if not isinstance(value, _RECORD_TYPES[key]) or (
-                isinstance(value, bool) and bool not in _RECORD_TYPES[key]
-            ):
-                raise ValueError(f"bottle.json: {key} has the wrong type")
-        for key in ("slug", "agent", "bottle", "backend"):
-            if key not in known:
-                raise ValueError(f"bottle.json: {key} is missing")
-        if known.get("status", "creating") not in STATUSES:
-            raise ValueError("bottle.json: unknown status")
-        return cls(**known)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2) + "\n"
-
-
-def _json_types(annotation: Any) -> tuple[type, ...]:
-    """The JSON value types a field accepts, from its annotation (int is fine where float is expected)."""
-    members = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
-    kinds = [typing.get_origin(a) or a for a in members]
-    return (*kinds, int) if float in kinds else tuple(kinds)
-
-
-# bottle.json is read on every `ls`, so it is a plain dataclass checked by hand against its own
-# annotations (importing pydantic costs ~0.2 s, more than the rest of `ls`).
-_RECORD_TYPES = {name: _json_types(tp) for name, tp in typing.get_type_hints(BottleRecord).items()}
 
 
 def pid_alive(pid: int | None, started: float | None = None) -> bool:
@@ -442,7 +369,7 @@ class StateDir:
         record = record or self.read()
         return record.status == "creating" and not pid_alive(record.owner_pid, record.owner_started)
 
-    def summary(self) -> StateSummary:
+    def summary(self, work: Callable[[StateDir], str | None] | None = None) -> StateSummary:
         record = self.read()
         home = self.claude_home
         sessions = list(home.glob("projects/*/*.jsonl")) if home.is_dir() and not home.is_symlink() else []
@@ -458,24 +385,8 @@ class StateDir:
             preserved=self.preserved(),
             size=size,
             note=record.error if record.bottle == "?" else None,  # a stub: say why nothing more is known
-            work=self._work(record),
+            work=work(self) if work is not None else None,
         )
-
-    def _work(self, record: BottleRecord) -> str | None:
-        if not record.worktree and (record.manifest.get("agent") or {}).get("workspace_mode") == "copy":
-            from claude_bottle.hostfs.copy_mode import (
-                pending as copy_pending,  # only copy-mode bottles pay for the walk
-            )
-
-            return copy_pending(self)
-        if not record.worktree:
-            home = self.home_workspace
-            if home.is_dir() and not home.is_symlink():
-                return f"the workspace a remote engine sent home (`claude-bottle pull {self.slug} --to DIR` keeps it)"
-            return None
-        from claude_bottle.git.worktree import pending  # only worktree bottles pay for git
-
-        return pending(self)
 
 
 @dataclass(frozen=True)

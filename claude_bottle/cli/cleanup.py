@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from claude_bottle.backend import BottleCleanupPlan, get_bottle_backend, known_backend_names
 from claude_bottle.cli._common import confirm, err, out
-from claude_bottle.errors import EXIT_BACKEND, BottleError
+from claude_bottle.errors import EXIT_BACKEND
 
 
 def register(sub: Any) -> None:
@@ -17,21 +16,10 @@ def register(sub: Any) -> None:
     p.set_defaults(run=run)
 
 
-def prepare() -> list[BottleCleanupPlan]:
-    plans = []
-    for name in known_backend_names():
-        try:
-            plans.append(get_bottle_backend(name).prepare_cleanup())
-        except BottleError as exc:
-            # A backend whose tool or engine is missing has nothing we can reap; say so, go on.
-            err.print(f"--- {name} backend: skipped ({exc})", markup=False)
-    return plans
-
-
 def run(args: argparse.Namespace) -> int:
-    from claude_bottle.work.upkeep import run_cleanup
+    from claude_bottle.work.upkeep import cleanup_plans, run_cleanup
 
-    plans = prepare()
+    plans = cleanup_plans(skipped=lambda line: err.print(line, markup=False))
     for plan in plans:
         for line in plan.lines():
             out.print(line, markup=False, highlight=False)

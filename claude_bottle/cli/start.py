@@ -57,10 +57,6 @@ def run(args: argparse.Namespace) -> int:
     from claude_bottle.work.inventory import leftovers_hint
     from claude_bottle.work.start import start_bottle
 
-    if args.context:
-        import os
-
-        os.environ["CLAUDE_BOTTLE_DOCKER_CONTEXT"] = args.context  # read by the Docker backend's plan
     manifest = load(args)
     prompt = args.prompt or manifest.agent(args.agent).prompt
     check_terminal(prompt=prompt, detach=args.detach)
@@ -72,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         args.agent,
         backend_flag=args.backend,
         workspace_mode=args.workspace_mode,
+        context=args.context,
         progress=(lambda _line: None) if args.json else progress,
         show_plan=None if args.json else (lambda plan: err.print(plan.line(), markup=False)),
     )

@@ -368,3 +368,31 @@ def image_ids(refs: Sequence[str]) -> dict[str, str]:
     found = [r for r in refs if r not in missing]
     ids = result.stdout.split()
     return dict(zip(found, ids, strict=False)) if len(ids) == len(found) else {}
+
+
+DEFAULT_SUBNET_POOL = "10.213.0.0/16"
+
+
+def pick_subnet() -> str:
+    """A random /28 from CLAUDE_BOTTLE_SUBNET_POOL (default 10.213.0.0/16) for a bottle's own network (a
+    Compose project's, or a microVM's sidecar bundle's)."""
+    import ipaddress
+    import secrets
+
+    pool = ipaddress.ip_network(os.environ.get("CLAUDE_BOTTLE_SUBNET_POOL") or DEFAULT_SUBNET_POOL)
+    count = 2 ** (28 - pool.prefixlen) if pool.prefixlen <= 28 else 1
+    base = int(pool.network_address) + secrets.randbelow(count) * 16
+    return f"{ipaddress.ip_address(base)}/28"
+
+
+def require_networks(names: Sequence[str], *, where: str = "") -> None:
+    """Each Docker network a manifest's egress.networks names exists on the current engine, or one line
+    naming the fix (checked before anything is built, by every backend whose guard joins them)."""
+    from claude_bottle.errors import BottleError
+
+    for net in names:
+        if not docker("network", "inspect", "--format", "{{.Name}}", net).ok:
+            raise BottleError(
+                f"egress.networks: Docker network {net!r} does not exist{where}: create it "
+                f"(docker network create {net}) or remove it from the manifest"
+            )

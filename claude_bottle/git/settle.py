@@ -26,13 +26,14 @@ import contextlib
 import fnmatch
 import os
 import stat
-import subprocess
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from claude_bottle import process
 from claude_bottle.bottle.state import StateDir
+from claude_bottle.errors import BottleError
 from claude_bottle.git.shape import valid_head
 from claude_bottle.hostfs.walk import Walk
 
@@ -112,18 +113,16 @@ def config_keys(data: bytes | str) -> list[str] | None:
         "LC_ALL": "C",
     }
     try:
-        got = subprocess.run(
+        got = process.capture(
             ["git", "config", "--file", "-", "--no-includes", "--list", "--null"],
             input=raw,
-            capture_output=True,
-            env=env,
+            only_env=env,
             cwd="/",
             timeout=_GIT_TIMEOUT,
-            check=False,
         )
-    except (OSError, subprocess.TimeoutExpired):
+    except BottleError:
         return None  # no git to ask (or it hung): nothing is judged safe
-    if got.returncode != 0:
+    if not got.ok:
         return None
     keys = []
     for entry in got.stdout.split(b"\0"):

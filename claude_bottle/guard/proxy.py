@@ -1,5 +1,10 @@
 """The forward proxy: CONNECT and absolute-URI HTTP to allowed hosts only, credential routes, DLP.
 
+(Over 450 lines, on purpose: the Guard class is one connection's life, decided, recorded and relayed; its
+steps share the connection's state, and split across modules they would pass it all around. What it reads
+is parsed elsewhere: http.py (heads, framing, bodies), tunnel.py (a tunnel's first bytes), gitpush.py,
+tls.py.)
+
 Every request is decided from its head, before any of its body is read, and the decision is written
 to the audit log when it is made (an allow the log cannot record is refused); a closing line with byte
 counts follows when the connection ends. Bodies are streamed, every byte scanned before it leaves, so
@@ -15,7 +20,6 @@ import contextlib
 import ipaddress
 import itertools
 import json
-import re
 import secrets as _random
 import socket
 import ssl
@@ -25,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from claude_bottle.guard import HEALTH_PATH
+from claude_bottle.guard import HEALTH_PATH, http
 from claude_bottle.guard.audit import AuditLog, Timer, cap
 from claude_bottle.guard.capability import CAPABILITY_PATH, Desk, Invalid
 from claude_bottle.guard.capability import MAX_BODY as CAPABILITY_MAX_BODY
@@ -42,258 +46,37 @@ from claude_bottle.guard.gitpush import (
     push_target,
     refusal_report,
 )
-from claude_bottle.guard.policy import Decision, PolicyFile, is_ip, is_public_address, normalise_host
-from claude_bottle.guard.tls import NEED_MORE, client_hello_sni
+from claude_bottle.guard.http import (
+    _CRED_HEADERS,
+    _PHRASES,
+    CHUNK,
+    MAX_CHUNKS,
+    MAX_HEAD,
+    BodyScan,
+    Framing,
+    PushRefused,
+    Refused,
+    Request,
+    _number,
+    body_framing,
+    parse_head,
+    split_host_port,
+)
+from claude_bottle.guard.policy import Decision, PolicyFile, is_ip, is_public_address
+from claude_bottle.guard.tls import client_hello_sni
+from claude_bottle.guard.tunnel import NEED, SNI_MISMATCH, judge_tunnel
 
 __all__ = ["HEALTH_PATH", "Guard", "Refused", "judge_tunnel", "parse_head"]
 
-MAX_HEAD = 32 * 1024
-MAX_BODY = 32 * 1024 * 1024
-MAX_CHUNKS = 16384
-MAX_FIRST_BYTES = 16 * 1024 + 2048  # one TLS record: a ClientHello must fit in it
-MAX_SSH_BANNER = 255
 BODY_TIMEOUT = 120.0
 HEAD_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 10.0
 FIRST_BYTES_TIMEOUT = 30.0
 RESPONSE_TIMEOUT = 300.0
-CHUNK = 32 * 1024
-SCAN_WINDOW = 4096  # bytes held back between body pieces, so a secret split across two is still seen
 SOCKET_BUFFER = 64 * 1024
 # Memory: each connection holds at most ~2*limit in each reader plus the writers' high-water marks and
 # the kernel's socket buffers (~0.5 MiB in all); the cap makes that a fixed budget for the whole guard.
 MAX_CONNECTIONS = 512
-
-# Hop-by-hop headers and the proxy's own: never forwarded upstream.
-_HOP = {
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authorization",
-    "proxy-authenticate",
-    "te",
-    "trailer",
-    "upgrade",
-    "transfer-encoding",
-    "content-length",
-    "expect",
-    "host",
-}
-_CRED_HEADERS = {"x-api-key", "authorization"}
-_PHRASES = {
-    400: "Bad Request",
-    403: "Forbidden",
-    404: "Not Found",
-    408: "Request Timeout",
-    413: "Content Too Large",
-    431: "Request Header Fields Too Large",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-}
-
-
-class Refused(Exception):
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-
-
-class PushRefused(Refused):
-    """A push refused with a receive-pack status report (git shows each ref's reason to the agent)."""
-
-    def __init__(self, reason: str, report: bytes) -> None:
-        super().__init__(200, reason)
-        self.report = report
-
-
-@dataclass
-class Request:
-    method: str
-    target: str
-    version: str
-    headers: list[tuple[str, str]]
-
-    def header(self, name: str) -> str | None:
-        values = self.all(name)
-        if len(values) > 1:
-            raise Refused(400, f"repeated {name} header")
-        return values[0] if values else None
-
-    def all(self, name: str) -> list[str]:
-        name = name.lower()
-        return [v for k, v in self.headers if k.lower() == name]
-
-    def forwarded_headers(self, drop: Collection[str] = ()) -> list[str]:
-        return [f"{k}: {v}" for k, v in self.headers if k.lower() not in _HOP and k.lower() not in drop]
-
-
-METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT"})
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_TARGET = re.compile(r"[\x21-\x7e]+")  # visible ASCII: no spaces, controls or bytes a server may read otherwise
-_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")  # no CR, LF, NUL or other controls
-
-
-def parse_head(raw: bytes) -> Request:
-    """A request head, strictly: anything an upstream could read differently is refused."""
-    text = raw.decode("latin-1")
-    lines = text.split("\r\n")
-    parts = lines[0].split(" ")
-    if len(parts) != 3:
-        raise Refused(400, "malformed request line")
-    method, target, version = parts
-    if method not in METHODS:
-        raise Refused(400, "unsupported method")
-    if not _TARGET.fullmatch(target):
-        raise Refused(400, "malformed request target")
-    if version not in ("HTTP/1.1", "HTTP/1.0"):
-        raise Refused(400, "only HTTP/1.x is proxied")
-    headers = []
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if not sep or not _TOKEN.fullmatch(name) or not _VALUE.fullmatch(value):
-            raise Refused(400, "malformed header")
-        headers.append((name, value.strip(" \t")))
-    return Request(method, target, version, headers)
-
-
-def split_host_port(authority: str, default_port: int) -> tuple[str, int]:
-    if "@" in authority:
-        raise Refused(400, "userinfo in the authority is not allowed")
-    host, port = authority, default_port
-    if authority.startswith("["):
-        end = authority.find("]")
-        if end < 0:
-            raise Refused(400, "bad IPv6 literal")
-        host, rest = authority[: end + 1], authority[end + 1 :]
-        if rest:
-            if not rest.startswith(":"):
-                raise Refused(400, "bad authority")
-            port = _port(rest[1:])
-    elif authority.count(":") == 1:
-        host, p = authority.split(":")
-        port = _port(p)
-    elif ":" in authority:
-        raise Refused(400, "IPv6 literals need brackets")
-    host = normalise_host(host)
-    if not host or host.startswith("["):
-        raise Refused(400, "bad host")
-    return host, port
-
-
-def _number(text: str, base: int = 10) -> int | None:
-    """ASCII digits only (int() also takes "²", "+1", "0x1", "1_0"): None when it is not one."""
-    digits = "0123456789abcdefABCDEF"[: 10 if base == 10 else 22]
-    if not text or len(text) > 16 or any(c not in digits for c in text):
-        return None
-    return int(text, base)
-
-
-def _port(text: str) -> int:
-    n = _number(text)
-    if n is None or not 0 < n < 65536:
-        raise Refused(400, "bad port")  # never echo the agent's bytes into a reason: reasons are logged
-    return n
-
-
-@dataclass(frozen=True)
-class Framing:
-    """How a request body is delimited, judged from the head alone (before any body byte is read)."""
-
-    kind: str  # "none" | "length" | "chunked"
-    length: int = 0
-
-
-def body_framing(req: Request) -> Framing:
-    te = req.header("transfer-encoding")
-    cl = req.header("content-length")
-    if te is not None and cl is not None:
-        raise Refused(400, "both Content-Length and Transfer-Encoding")  # request smuggling shape
-    if te is not None:
-        if te.lower() != "chunked":
-            raise Refused(400, "unsupported Transfer-Encoding")
-        return Framing("chunked")
-    if cl is None:
-        return Framing("none")
-    length = _number(cl)
-    if length is None:
-        raise Refused(400, "bad Content-Length")
-    if length > MAX_BODY:
-        raise Refused(413, "request body over 32 MiB")
-    return Framing("length", length) if length else Framing("none")
-
-
-class BodyScan:
-    """Scans a body piece by piece before it leaves, holding back the last SCAN_WINDOW bytes so a secret
-    split across two pieces is still seen whole. Work per piece is bounded (window + piece)."""
-
-    def __init__(self, scanner: Scanner) -> None:
-        self.scanner = scanner
-        self.tail = b""
-
-    def feed(self, piece: bytes) -> bytes:
-        data = self.tail + piece
-        hit = self.scanner.find_bytes(data)
-        if hit is not None:
-            raise Refused(403, hit.reason)
-        cut = max(0, len(data) - SCAN_WINDOW)
-        self.tail = data[cut:]
-        return data[:cut]
-
-    def finish(self) -> bytes:
-        rest, self.tail = self.tail, b""
-        return rest
-
-
-SNI_MISMATCH = "sni-mismatch"
-NEED = object()  # judge_tunnel: not enough bytes yet
-
-
-def judge_tunnel(buf: bytes, host: str, *, eof: bool = False) -> tuple[object, str | None]:
-    """Judge the first bytes a client sends into a tunnel before any of them is relayed. Returns
-    (NEED, None) for "need more", ("allow", detail) or ("deny", reason); detail/SNI for the log.
-
-    Allowed: a whole TLS ClientHello whose SNI names the CONNECT host (no SNI only for an IP-literal
-    host), or a whole SSH identification line. Anything else, or the client closing before the first
-    bytes could be judged, is refused: plain HTTP in a tunnel could name any virtual host on the
-    allowed address, request after request, unscanned."""
-    if not buf:
-        return ("deny", "tunnel-closed-before-first-bytes") if eof else (NEED, None)
-    if buf[:1] == b"\x16":
-        try:
-            sni = client_hello_sni(buf)
-        except ValueError:
-            return "deny", "bad-client-hello"
-        if sni is NEED_MORE:
-            if eof or len(buf) > MAX_FIRST_BYTES:
-                return "deny", "incomplete-client-hello"
-            return NEED, None
-        if sni is None:
-            return ("allow", None) if is_ip(host) else ("deny", "no-sni")
-        if normalise_host(str(sni)) != host:
-            return "deny", SNI_MISMATCH
-        return "allow", str(sni)
-    if b"SSH-2.0-".startswith(buf[:8]) and len(buf) < 8:
-        return ("deny", "incomplete-ssh-banner") if eof else (NEED, None)
-    if buf.startswith(b"SSH-2.0-"):
-        end = buf.find(b"\n")
-        if end < 0:
-            if eof or len(buf) > MAX_SSH_BANNER:
-                return "deny", "incomplete-ssh-banner"
-            return NEED, None
-        line = buf[: end + 1].rstrip(b"\r\n")
-        if end + 1 > MAX_SSH_BANNER or any(not 0x20 <= c < 0x7F for c in line):
-            return "deny", "bad-ssh-banner"
-        return "allow", None
-    return "deny", "tunnel-not-tls"
-
-
-def inspect_tunnel(buf: bytes, host: str) -> str | None:
-    """Compatibility wrapper: a refusal reason, None when fine; LookupError for "need more"."""
-    verdict, detail = judge_tunnel(buf, host)
-    if verdict is NEED:
-        raise LookupError
-    return detail if verdict == "deny" else None
 
 
 # Agent-shaped fields: redacted before they are written. Reasons are the guard's own words.
@@ -946,7 +729,7 @@ class Guard:
 
 
 async def _body_pieces(framing: Framing, reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
-    """The body's bytes in pieces of at most CHUNK, de-chunked, within MAX_BODY."""
+    """The body's bytes in pieces of at most CHUNK, de-chunked, within http.MAX_BODY (one limit, read when used)."""
     if framing.kind == "length":
         left = framing.length
         while left:
@@ -968,7 +751,7 @@ async def _body_pieces(framing: Framing, reader: asyncio.StreamReader) -> AsyncI
                     return
             raise Refused(400, "too many trailers")
         total += size
-        if total > MAX_BODY:
+        if total > http.MAX_BODY:
             raise Refused(413, "request body over 32 MiB")
         left = size
         while left:

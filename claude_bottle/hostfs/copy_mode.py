@@ -1,5 +1,8 @@
 """Copy mode: a bottle whose workspace is not a git repository works on a copy of its own (issue 21).
 
+(Just over 450 lines: making the copy, reading what changed and writing it home share one entry format and
+one set of descriptor walks; apart, each would carry the other's rules.)
+
 The agent never writes a folder the operator owns: a folder it can write is one git on the host would take
 for a repository the moment the agent leaves a HEAD in it (`git status` there then runs the `core.fsmonitor`
 of the config beside it), and git's ownership check protects only folders someone else owns. So the copy,

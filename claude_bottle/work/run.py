@@ -16,13 +16,11 @@ from claude_bottle.bottle.claude_code import (
     NORMAL_ENDS,
     attach_argv,
     claude_argv,
-    read_exit_code,
-    session_running,
-    start_session,
     terminal_env,
 )
 from claude_bottle.bottle.state import StateDir, process_started
 from claude_bottle.errors import BottleError
+from claude_bottle.work.session import read_exit_code, session_running, start_session
 
 if TYPE_CHECKING:
     pass

@@ -45,6 +45,7 @@ def start_bottle(
     show_plan: Callable[[BottlePlan], None] | None = None,
     root: Path | None = None,
     workspace_mode: str | None = None,
+    context: str | None = None,
 ) -> Started:
     """A new bottle (generation 1): state dir, images, guard inputs, containers, ready. Rolled back on any
     failure. Every host path is checked before anything is built."""
@@ -60,6 +61,7 @@ def start_bottle(
         root=root,
         workspace_mode=workspace_mode,
         modes=backend.workspace_modes,
+        context=context,
     )
     bottle.state.create()
     try:

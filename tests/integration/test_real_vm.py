@@ -27,7 +27,7 @@ def _why_no_vm() -> str | None:
         import smol  # noqa: F401
     except ImportError:
         return "the smolmachines SDK is not installed (pip install 'claude-bottle[smolmachines]')"
-    from claude_bottle.backend.smolmachines.doctor import host_virtualisation, kvm_check
+    from claude_bottle.backend.smolmachines.host import host_virtualisation, kvm_check
 
     for check in (host_virtualisation(), kvm_check()):
         if not check.ok:

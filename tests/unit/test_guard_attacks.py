@@ -24,7 +24,8 @@ from claude_bottle.guard.config import Secrets
 from claude_bottle.guard.dlp import Scanner
 from claude_bottle.guard.dns import DnsServer
 from claude_bottle.guard.policy import PolicyFile
-from claude_bottle.guard.proxy import NEED, Guard, judge_tunnel
+from claude_bottle.guard.proxy import Guard
+from claude_bottle.guard.tunnel import NEED, judge_tunnel
 
 from .guardkit import client_hello, decisions, ends, send
 

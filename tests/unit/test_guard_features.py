@@ -18,8 +18,8 @@ from claude_bottle.guard.audit import AuditLog
 from claude_bottle.guard.config import Route, Secrets, load_secrets
 from claude_bottle.guard.dlp import Scanner, encodings, is_tunnel_label
 from claude_bottle.guard.dns import DnsServer, answer, parse_query
-from claude_bottle.guard.proxy import inspect_tunnel
 from claude_bottle.guard.tls import NEED_MORE, client_hello_sni
+from claude_bottle.guard.tunnel import inspect_tunnel
 
 from .guardkit import audit_lines, client_hello, decisions, ends, send, serving_guard
 

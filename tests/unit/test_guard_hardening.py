@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
+from claude_bottle.guard.http import Refused, parse_head
 from claude_bottle.guard.policy import is_public_address
-from claude_bottle.guard.proxy import Refused, inspect_tunnel, parse_head
 from claude_bottle.guard.tls import client_hello_sni
+from claude_bottle.guard.tunnel import inspect_tunnel
 
 from .guardkit import client_hello, send, serving_guard
 

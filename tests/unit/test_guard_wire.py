@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from claude_bottle.guard import proxy
+from claude_bottle.guard import http
 
 from .guardkit import send as exchange
 from .guardkit import serving_guard
@@ -122,7 +122,7 @@ def test_an_upstream_that_closes_without_answering_is_said_so(tmp_path: Path) ->
 
 @pytest.mark.parametrize("chunked", [False, True])
 def test_the_body_limit_is_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunked: bool) -> None:
-    monkeypatch.setattr(proxy, "MAX_BODY", 64)
+    monkeypatch.setattr(http, "MAX_BODY", 64)
     seen: list[bytes] = []
 
     def request(up_port: int, body: bytes) -> bytes:

@@ -17,9 +17,9 @@ import kubernetes_validate
 import pytest
 
 from claude_bottle.backend import _BACKENDS
-from claude_bottle.backend.docker.backend import DockerBottleBackend
 from claude_bottle.bottle.state import StateDir, bottle_home, list_state_dirs
 from claude_bottle.cli import main
+from claude_bottle.images import builder
 from claude_bottle.manifest.trust import trust_file
 
 KUBECTL = r"""
@@ -114,8 +114,8 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_exe: Callable[
     fake_exe("kubectl", KUBECTL)
     fake_exe("docker", "open(os.environ['FAKE_KUBECTL_LOG'] + '.docker', 'a').write(' '.join(sys.argv[1:]) + '\\n')")
     monkeypatch.setattr(
-        DockerBottleBackend, "prepare_images",
-        lambda self, *, plan, progress: {"agent": "claude-bottle-agent:aaa", "guard": "claude-bottle-guard:bbb"},
+        builder, "prepare",
+        lambda bottle, progress, **_kw: {"agent": "claude-bottle-agent:aaa", "guard": "claude-bottle-guard:bbb"},
     )  # fmt: skip
     monkeypatch.setitem(_BACKENDS, "kubernetes", "claude_bottle.backend.kubernetes.backend:KubernetesBottleBackend")
     project = tmp_path / "proj"

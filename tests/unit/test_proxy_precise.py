@@ -17,19 +17,10 @@ import pytest
 from claude_bottle.guard.audit import AuditLog
 from claude_bottle.guard.config import Route, Secrets
 from claude_bottle.guard.dlp import Scanner
+from claude_bottle.guard.http import Refused, _number, body_framing, parse_head, split_host_port
 from claude_bottle.guard.policy import PolicyFile
-from claude_bottle.guard.proxy import (
-    MAX_FIRST_BYTES,
-    MAX_SSH_BANNER,
-    NEED,
-    Guard,
-    Refused,
-    _number,
-    body_framing,
-    judge_tunnel,
-    parse_head,
-    split_host_port,
-)
+from claude_bottle.guard.proxy import Guard
+from claude_bottle.guard.tunnel import MAX_FIRST_BYTES, MAX_SSH_BANNER, NEED, judge_tunnel
 
 from .guardkit import decisions, ends, send
 

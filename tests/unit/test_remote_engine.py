@@ -4,6 +4,7 @@ visit every engine a bottle was started on, naming one that does not answer."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -23,6 +24,7 @@ from claude_bottle.errors import BottleError
 from claude_bottle.hostfs.unpack import unpack
 from claude_bottle.identity import RuntimeIds
 from claude_bottle.manifest import parse_manifest
+from claude_bottle.work import upkeep
 
 from .test_compose import MANIFEST, render, workspace
 
@@ -161,7 +163,7 @@ def test_what_travels_in_is_owned_as_each_container_needs(tmp_path: Path, monkey
 
     monkeypatch.setattr(engine, "docker", docker)
     monkeypatch.setattr(engine, "pipe_in", pipe_in)
-    remote.fill(slug="claude-abcde", image="guard:y", labels={"k": "v"}, volumes=volumes, log_files=[audit])
+    remote.fill_volumes(slug="claude-abcde", image="guard:y", labels={"k": "v"}, volumes=volumes, log_files=[audit])
     # Each volume made afresh (a stale one from a crash is never trusted), labelled as the bottle's.
     names = [v.name("claude-abcde") for v in volumes]
     assert [a for a in made if a[:2] == ["volume", "rm"]] == [["volume", "rm", "-f", *names]]  # one call
@@ -246,9 +248,10 @@ elif sys.argv[1:3] == ["volume", "ls"] and os.environ.get("DOCKER_CONTEXT") == "
     assert "volume: claude-bottle-claude-far01-workspace -> its files brought home, then docker volume rm" in lines
     assert "volume: claude-bottle-claude-far01-guard -> its files brought home, then docker volume rm" in lines
     order: list[str] = []
-    monkeypatch.setattr(backend, "sync", lambda state: order.append(f"home {state.slug}"))
+    monkeypatch.setattr(DockerBottleBackend, "bring_home", lambda _self, state: order.append(f"home {state.slug}"))
     reports: list[str] = []
-    assert backend.cleanup(plan, report=reports.append) == []
+    assert upkeep.run_cleanup([plan], reports.append) == []  # the backend's removals, then the orphan state dir
+    assert not far.path.exists()
     removed = [ln for ln in log.read_text().splitlines() if " volume rm " in ln]
     assert removed == ["far volume rm -f claude-bottle-claude-far01-guard claude-bottle-claude-far01-workspace"]
     assert order == ["home claude-far01"] and "brought claude-far01's log, transcripts and workspace home" in reports
@@ -257,11 +260,11 @@ elif sys.argv[1:3] == ["volume", "ls"] and os.environ.get("DOCKER_CONTEXT") == "
     def fail(state: StateDir) -> None:
         raise BottleError("the engine went away")
 
-    monkeypatch.setattr(backend, "sync", fail)
+    monkeypatch.setattr(DockerBottleBackend, "bring_home", lambda _self, state: fail(state))
     _record(far, status="stopped")  # (the run above removed it: an orphan once its files were home)
     (far.path / "engine.json").write_text(FAR)
     log.write_text("")
-    failures = backend.cleanup(backend.prepare_cleanup(), report=reports.append)
+    failures = upkeep.run_cleanup([backend.prepare_cleanup()], reports.append)
     assert failures == [
         "volume claude-bottle-claude-far01-workspace: kept, its files could not be brought home (the engine went away)"
     ]
@@ -288,8 +291,8 @@ if sys.argv[1:3] == ["context", "inspect"]:
     monkeypatch.setenv("DOCKER_HOST", "tcp://10.9.9.9:2375")
     bottle = Bottle.new(m, "claude", backend="docker")
     assert "on the remote engine build (ssh://me@build)" in DockerBottleBackend().plan(bottle=bottle).line()
-    monkeypatch.setenv("CLAUDE_BOTTLE_DOCKER_CONTEXT", "ci")  # what `start --context ci` sets
-    assert "on the remote engine ci (tcp://10.0.0.9:2376)" in DockerBottleBackend().plan(bottle=bottle).line()
+    asked = dataclasses.replace(bottle, context="ci")  # `start --context ci`
+    assert "on the remote engine ci (tcp://10.0.0.9:2376)" in DockerBottleBackend().plan(bottle=asked).line()
     # A bottle that ran goes back to its engine, whatever the flag, manifest or environment say now.
     bottle.state.create()
     (bottle.state.path / "engine.json").write_text(FAR)
@@ -404,7 +407,7 @@ def test_a_stop_whose_files_cannot_come_home_still_stops_and_keeps_the_work(
     # The next trip home (`pull`) finishes the stop: the work's volumes go, the bottle is let go.
     state.update(status="stopped")
     monkeypatch.setattr(remote, "bring_home", lambda **_kw: [])
-    DockerBottleBackend().sync(state)
+    DockerBottleBackend().bring_home(state)
     assert log.read_text().splitlines()[-1] == "volume rm -f " + " ".join(
         f"claude-bottle-claude-far01-{p}" for p in remote.DATA_PARTS
     )
@@ -544,7 +547,7 @@ elif a[:1] == ["run"]:
     state.update(status="stopped")
     before = len(log.read_text().splitlines())
     with pytest.raises(homecoming.TripCut, match=r"^too much to bring home"):
-        DockerBottleBackend().sync(state)
+        DockerBottleBackend().bring_home(state)
     assert len(log.read_text().splitlines()) == before
     with pytest.raises(BottleError, match=f"keep {state.slug} --release"):
         homecoming.refuse_start(state)
@@ -591,7 +594,7 @@ elif a[:1] == ["run"]:
     _record(state, status="running")
     state.update(images={"guard": "guard:y"})
     (state.path / "engine.json").write_text(FAR)
-    DockerBottleBackend().sync(state)
+    DockerBottleBackend().bring_home(state)
     home = state.home_workspace
     assert not (home / ".git" / "HEAD").exists() and not (home / "src" / "HEAD").exists()
     assert not (home / "data" / "HEAD").is_symlink() and not (home / "sub" / ".git").exists()

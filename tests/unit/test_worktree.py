@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from claude_bottle.bottle.state import BottleRecord, StateDir
+from claude_bottle.bottle.work_left import work_left
 from claude_bottle.cli import main
-from claude_bottle.git import worktree
+from claude_bottle.git import command, worktree
 from claude_bottle.identity import RuntimeIds
 
 ENV = {
@@ -339,7 +340,9 @@ def test_cleanup_and_report_name_the_work_a_state_dir_holds(repo: Path, capsys: 
     agent_git(co, "add", ".")
     agent_git(co, "commit", "-q", "-m", "add a")
     (co / "README.md").write_text("changed\n")
-    assert state.summary().describe().endswith(": claude-bottle/a-wtrep: 1 unmerged commit, uncommitted changes")
+    assert (
+        state.summary(work_left).describe().endswith(": claude-bottle/a-wtrep: 1 unmerged commit, uncommitted changes")
+    )
     assert main(["report", state.slug, "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert [c["subject"] for c in data["commits"]] == ["add a"] and data["branch"] == "claude-bottle/a-wtrep"
@@ -430,13 +433,13 @@ def test_git_never_walks_or_reads_the_agents_checkout(repo: Path, monkeypatch: p
     agent_git(co, "add", ".")
     agent_git(co, "commit", "-qm", "new")
     seen: list[tuple[str, ...]] = []
-    real = worktree._git
+    real = command.git
 
     def spy(*args: object, **kw: object) -> object:
         seen.append(tuple(map(str, args)))
         return real(*args, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(worktree, "_git", spy)
+    monkeypatch.setattr(command, "git", spy)
     worktree.diff(state)
     worktree.log(state)
     inside = [a for a in seen if any(x == str(co) or x.startswith(f"{co}/") for x in a)]
@@ -508,7 +511,7 @@ def test_merge_and_apply_wait_until_the_bottle_stops(repo: Path) -> None:
 
 def test_a_git_that_hangs_is_stopped_with_one_line(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     state = new_bottle(repo, "a-wthng")
-    monkeypatch.setattr(worktree, "GIT_TIMEOUT", 0.001)
+    monkeypatch.setattr(command, "GIT_TIMEOUT", 0.001)
     with pytest.raises(worktree.WorktreeError, match=r"^git \S+ took over 0.001 s: stopped$"):
         worktree.diff(state)
     assert not list(state.path.glob("worktree-view-*"))

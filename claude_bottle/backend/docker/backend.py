@@ -1,13 +1,14 @@
-"""DockerBottleBackend: one Compose project per bottle, driven with `docker compose` v2 (engine.py)."""
+"""DockerBottleBackend: one Compose project per bottle, driven with `docker compose` v2 (the engine client).
+
+(Over 450 lines, on purpose: it is the whole BottleBackend ABC, for a local and a remote engine, each
+method a few lines over its helpers; what is not the ABC lives beside it: compose.py renders the project,
+remote.py fills and empties a remote engine's volumes, owners.py hands a normal user's bottle user its
+files, cleanup.py plans and removes leftovers, the engine client and the image builder are shared.)"""
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import ipaddress
 import json
 import os
-import secrets
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -28,31 +29,23 @@ from claude_bottle.backend import (
 from claude_bottle.backend.docker import owners, remote
 from claude_bottle.backend.docker.cleanup import DockerBottleCleanupPlan, plan_from_engine, run_cleanup
 from claude_bottle.backend.docker.compose import NetPlan, container_name, project_name, render_compose, verified_binds
-from claude_bottle.bottle.state import StateDir, bottle_home, list_state_dirs, now_iso, process_started, write_private
+from claude_bottle.bottle.state import StateDir, list_state_dirs, now_iso, process_started, write_private
+from claude_bottle.engine import pick_subnet
 from claude_bottle.errors import BackendError, BottleError
 from claude_bottle.hostfs.paths import file_identity, verify_mounts
 from claude_bottle.hostfs.walk import remove_tree
-from claude_bottle.identity import LABEL, NAMESPACE_LABEL, Identity, namespace, owned_by
+from claude_bottle.identity import SLUG_LABEL, Identity, namespace, object_labels, owned_by
+from claude_bottle.images import builder
 
 if TYPE_CHECKING:
     from claude_bottle.bottle import Bottle
     from claude_bottle.guard_inputs.inputs import GuardInputs
-    from claude_bottle.images.specs import ImageSpec
 
 __all__ = ["DockerBottleBackend"]
 
 COMPOSE_FILE = "compose.json"
 MOUNTS_FILE = "mounts.json"
 SUBNET_ATTEMPTS = 6
-DEFAULT_SUBNET_POOL = "10.213.0.0/16"
-
-
-def pick_subnet() -> str:
-    """A random /28 from CLAUDE_BOTTLE_SUBNET_POOL (default 10.213.0.0/16) for a bottle's internal network."""
-    pool = ipaddress.ip_network(os.environ.get("CLAUDE_BOTTLE_SUBNET_POOL") or DEFAULT_SUBNET_POOL)
-    count = 2 ** (28 - pool.prefixlen) if pool.prefixlen <= 28 else 1
-    base = int(pool.network_address) + secrets.randbelow(count) * 16
-    return f"{ipaddress.ip_address(base)}/28"
 
 
 def _compose(state: StateDir, *args: str) -> list[str]:
@@ -60,7 +53,6 @@ def _compose(state: StateDir, *args: str) -> list[str]:
 
 
 ANSWER_TIMEOUT = 10.0  # seconds a recorded engine elsewhere has to answer `ls` and `cleanup`
-CONTEXT_ENV = "CLAUDE_BOTTLE_DOCKER_CONTEXT"  # `start --context NAME` sets it for this process
 
 
 def recorded_engine(state: StateDir) -> engine.Context | None:
@@ -76,36 +68,22 @@ def recorded_engine(state: StateDir) -> engine.Context | None:
 
 def _labels(slug: str) -> dict[str, str]:
     """What marks a remote bottle's volumes and helpers as its (cleanup selects by these)."""
-    return {NAMESPACE_LABEL: namespace(), f"{LABEL}.slug": slug, f"{LABEL}.backend": "docker"}
-
-
-# What npm, pip, curl, git and apt print when a TLS-inspecting network's certificate is not trusted.
-CERT_ERRORS = (
-    "SELF_SIGNED_CERT_IN_CHAIN",
-    "UNABLE_TO_GET_ISSUER_CERT_LOCALLY",
-    "UNABLE_TO_VERIFY_LEAF_SIGNATURE",
-    "CERTIFICATE_VERIFY_FAILED",
-    "certificate verify failed",
-    "self-signed certificate in certificate chain",
-    "unable to get local issuer certificate",
-    "server certificate verification failed",
-)
-
-
-def build_failure(role: str, code: int, output: str) -> str:
-    """The build's failure: its cause and fix on the first line when it is a certificate problem."""
-    tail = "\n".join(output.strip().splitlines()[-20:])
-    if any(marker in output for marker in CERT_ERRORS):
-        return (
-            f"building the {role} image failed: a TLS certificate was not trusted (a TLS-inspecting network?): "
-            "set bottles.<name>.ca_certs to the CA bundle that network uses, or leave host_ca on to trust "
-            f"this host's\nlast output:\n{tail}"
-        )
-    return f"building the {role} image failed (exit {code}); last output:\n{tail}"
+    return object_labels("docker", slug)
 
 
 class DockerBottleBackend(BottleBackend):
     name = "docker"
+
+    def prepare_images(self, *, plan: BottlePlan, progress: Progress) -> dict[str, str]:
+        """The bottle's images, built on its engine by the neutral builder (images/builder.py); Compose must
+        be able to run them, so a build that will take minutes first checks it is there."""
+
+        def compose_first() -> None:
+            if not engine.client("compose", "version", "--short").ok:
+                raise BackendError(engine.COMPOSE_HINT)
+
+        with engine.on(self._ctx):
+            return builder.prepare(plan.bottle, progress, ctx=self._ctx, before_build=compose_first)
 
     # -- start -----------------------------------------------------------------------------------
     _ctx: engine.Context | None = None  # the engine of the bottle being planned and started
@@ -116,7 +94,7 @@ class DockerBottleBackend(BottleBackend):
         recorded = recorded_engine(bottle.state)
         if recorded is not None:
             return recorded
-        return engine.context(os.environ.get(CONTEXT_ENV) or bottle.spec.context)
+        return engine.context(bottle.context or bottle.spec.context)
 
     def plan(self, *, bottle: Bottle) -> BottlePlan:
         """The project it will be, after checking what the manifest names in the engine (its networks):
@@ -133,84 +111,10 @@ class DockerBottleBackend(BottleBackend):
                     "local engine"
                 )
         with engine.on(ctx):
-            for net in bottle.spec.egress.networks:
-                if not engine.docker("network", "inspect", "--format", "{{.Name}}", net).ok:
-                    raise BottleError(
-                        f"egress.networks: Docker network {net!r} does not exist{where}: create it "
-                        f"(docker network create {net}) or remove it from the manifest"
-                    )
+            engine.require_networks(bottle.spec.egress.networks, where=where)
         return BottlePlan(
             bottle, [f"compose project {project_name(bottle.slug)}{where}: agent sealed behind its guard"]
         )
-
-    def _specs(self, plan: BottlePlan) -> list[ImageSpec]:
-        from claude_bottle.images.specs import agent_image_spec, guard_image_spec
-
-        b = plan.bottle
-        return [guard_image_spec(), agent_image_spec(b.spec, b.ids, ca_certs=b.paths.ca_certs, granted=b.granted)]
-
-    def prepare_images(self, *, plan: BottlePlan, progress: Progress) -> dict[str, str]:
-        with engine.on(self._ctx):
-            return self._prepare_images(plan, progress)
-
-    def _prepare_images(self, plan: BottlePlan, progress: Progress) -> dict[str, str]:
-        """The images by role. Warm, this is one engine call: the base images' ids are remembered (per
-        engine), so the content-addressed tags can be asked about together with the bases; a base that
-        changed since costs a second call (and a build)."""
-        specs = self._specs(plan)
-        ctx = self._ctx
-        suffix = "" if ctx is None or ctx.local else "-" + hashlib.sha256(ctx.endpoint.encode()).hexdigest()[:12]
-        cache = bottle_home() / "cache" / f"base-images{suffix}.json"
-        try:
-            known: dict[str, str] = json.loads(cache.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            known = {}
-        base_names = sorted({s.base for s in specs})
-        guessed = [dataclasses.replace(s, base_id=known.get(s.base, "")) for s in specs]
-        found = engine.image_ids([*base_names, *(s.tag for s in guessed)])
-        bases = {b: found[b] for b in base_names if b in found}
-        for base in sorted(set(base_names) - set(bases)):
-            if not engine.docker("pull", "-q", base, timeout=600).ok:
-                raise BackendError(
-                    f"base image {base} is not present and cannot be pulled: run ./scripts/setup "
-                    "(it builds it from Debian packages) or set base_image to an image you have"
-                )
-            bases.update(engine.image_ids([base]))
-        specs = [dataclasses.replace(s, base_id=bases[s.base]) for s in specs]
-        if bases != {b: known.get(b) for b in bases}:
-            found = engine.image_ids([s.tag for s in specs])
-            cache.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            write_private(cache, json.dumps({**known, **bases}) + "\n")
-        images = {}
-        if any(s.tag not in found for s in specs):
-            # Minutes of build ahead: first make sure Compose can run what they are for.
-            comp = engine.client("compose", "version", "--short")
-            if not comp.ok:
-                raise BackendError(engine.COMPOSE_HINT)
-        for spec in specs:
-            if spec.tag not in found:
-                self._build(spec, progress)
-            images[spec.role] = spec.tag
-            if spec.role == "agent":
-                granted = "; ".join(f"{k}: {' '.join(v)}" for k, v in sorted(plan.bottle.granted.items()) if v)
-                note = f"# rebuilt: granted packages ({granted}), built in the last layer\n" if granted else ""
-                write_private(plan.state.path / "Dockerfile", note + spec.dockerfile)
-        return images
-
-    def _build(self, spec: ImageSpec, progress: Progress) -> None:
-        from claude_bottle.images.specs import build_dir
-
-        progress(f"building {spec.role} image {spec.tag}")
-        with build_dir() as tmp:
-            spec.write_context(Path(tmp))
-            # --force-rm: the legacy builder otherwise leaves a failed step's container behind, one per failure.
-            result = engine.streaming(
-                ["build", "--force-rm", "--label", f"claude-bottle.image={spec.role}", "-t", spec.tag, tmp],
-                lambda line: progress(line) if line.startswith(("Step ", "Successfully")) else None,
-                env={"DOCKER_BUILDKIT": "0"},
-            )
-        if not result.ok:
-            raise BackendError(build_failure(spec.role, result.returncode, result.stderr))
 
     def start(self, *, plan: BottlePlan, images: dict[str, str], guard: GuardInputs, progress: Progress) -> None:
         ctx = self._ctx or self._engine_for(plan.bottle)
@@ -322,7 +226,7 @@ class DockerBottleBackend(BottleBackend):
             if b.worktree
             else (),
         )
-        remote.fill(
+        remote.fill_volumes(
             slug=b.slug,
             image=guard_image,
             labels=_labels(b.slug),
@@ -437,7 +341,7 @@ class DockerBottleBackend(BottleBackend):
             halt = engine.docker(*_compose(state, "stop", "--timeout", "1"), timeout=300)
             engine.check(halt, f"stopping {state.slug}")
         try:
-            self.sync(state)
+            self.bring_home(state)
         except homecoming.TripCut:
             pass  # preserved by sync: the volumes holding the rest stay
         except BottleError as exc:
@@ -457,11 +361,11 @@ class DockerBottleBackend(BottleBackend):
         parts = {n.removeprefix(prefix) for n in names if n.startswith(prefix)}
         return sorted(parts | {"guard", "log", "run", "home", "workspace"})
 
-    def elsewhere(self, state: StateDir) -> bool:
+    def files_elsewhere(self, state: StateDir) -> bool:
         ctx = recorded_engine(state)
         return ctx is not None and not ctx.local
 
-    def sync(self, state: StateDir) -> None:
+    def bring_home(self, state: StateDir) -> None:
         """A remote bottle's log, requests, transcripts and workspace, brought home now. For a stopped one
         whose files stayed behind (the engine did not answer at its stop), this finishes that stop."""
         ctx = recorded_engine(state)
@@ -522,7 +426,7 @@ class DockerBottleBackend(BottleBackend):
             engine.check(down, f"stopping {state.slug}")
             return
         # No compose file (a start interrupted before writing it): remove by label.
-        ids = [r.id for r in engine.ps_rows(f"label=claude-bottle.slug={state.slug}")]
+        ids = [r.id for r in engine.ps_rows(f"label={SLUG_LABEL}={state.slug}")]
         if ids:
             engine.check(engine.docker("rm", "-f", *ids), "docker rm")
 
@@ -568,7 +472,7 @@ class DockerBottleBackend(BottleBackend):
         return [(None, []), *(others[k] for k in sorted(others))]
 
     @staticmethod
-    def _silent(ctx: engine.Context, slugs: Sequence[str]) -> str:
+    def _not_answering(ctx: engine.Context, slugs: Sequence[str]) -> str:
         names = ", ".join(slugs)
         return f"engine {ctx.name} ({ctx.endpoint}) does not answer: its bottles ({names}) are left as they are"
 
@@ -592,14 +496,14 @@ class DockerBottleBackend(BottleBackend):
                     raise
                 for slug in slugs:
                     why = f"unknown (engine {ctx.name} at {ctx.endpoint} does not answer)"
-                    result[slug] = BottleStatus(slug, self.name, why, None, self._silent(ctx, slugs))
+                    result[slug] = BottleStatus(slug, self.name, why, None, self._not_answering(ctx, slugs))
         return result
 
     def _statuses_here(self) -> dict[str, BottleStatus]:
         by_slug: dict[str, dict[str, str]] = {}
         ns = namespace()
         for row in engine.ps_rows(f"label=claude-bottle.backend={self.name}"):
-            slug = row.labels.get("claude-bottle.slug")
+            slug = row.labels.get(SLUG_LABEL)
             if not slug or not owned_by(row.labels, ns) or row.labels.get(remote.HELPER_LABEL):
                 continue
             entry = by_slug.setdefault(slug, {"owner": row.labels.get("claude-bottle.owner-pid", "")})
@@ -636,13 +540,13 @@ class DockerBottleBackend(BottleBackend):
             except BackendError:
                 if ctx is None:
                     raise
-                warnings.append(self._silent(ctx, slugs))
+                warnings.append(self._not_answering(ctx, slugs))
                 live |= set(slugs)  # nothing of theirs can be judged: their state dirs are kept
                 continue
             live |= {
                 slug
                 for r in rows[ctx][1]
-                if (slug := r.labels.get("claude-bottle.slug"))
+                if (slug := r.labels.get(SLUG_LABEL))
                 and owned_by(r.labels, ns)
                 and not r.labels.get(remote.HELPER_LABEL)
             }
@@ -676,7 +580,7 @@ class DockerBottleBackend(BottleBackend):
         try:
             state = StateDir(slug)
             if state.exists():
-                self.sync(state)
+                self.bring_home(state)
                 report(f"brought {slug}'s log, transcripts and workspace home")
         except (BottleError, OSError) as exc:
             report(f"could not bring {slug}'s files home ({exc}): its volumes are kept")

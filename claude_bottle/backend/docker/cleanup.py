@@ -8,7 +8,6 @@ named `<namespace>-...` and labelled with it (runtime.owned_by); a name alone cl
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -18,18 +17,16 @@ from typing import TYPE_CHECKING
 from claude_bottle import process
 from claude_bottle.backend import BottleCleanupPlan, Report
 from claude_bottle.bottle.claude_code import notice_crash
-from claude_bottle.bottle.state import StateDir, StateSummary, list_state_dirs
+from claude_bottle.bottle.state import StateSummary, list_state_dirs
+from claude_bottle.bottle.work_left import work_left
 from claude_bottle.engine import ComposeProject, NetworkRow, PsRow, VolumeRow
 from claude_bottle.errors import BottleError
-from claude_bottle.git.settle import settle_bottle
-from claude_bottle.guard_inputs.files import drop_secrets
-from claude_bottle.hostfs.walk import remove_tree
-from claude_bottle.identity import namespace, owned_by
+from claude_bottle.identity import SLUG_LABEL, namespace, owned_by
 
 if TYPE_CHECKING:
     from claude_bottle.engine import Context
 
-__all__ = ["DockerBottleCleanupPlan", "mark_stopped", "plan_from_engine", "run_cleanup"]
+__all__ = ["DockerBottleCleanupPlan", "plan_from_engine", "run_cleanup"]
 
 COMPOSE_LABEL = "com.docker.compose.project"
 PARALLEL = 8
@@ -58,6 +55,10 @@ class DockerBottleCleanupPlan(BottleCleanupPlan):
     abandoned: list[str] = field(default_factory=list)  # slugs whose owner died mid-start
     warnings: list[str] = field(default_factory=list)  # another backend, or an engine, that could not say
     engines: list[tuple[Context, DockerBottleCleanupPlan]] = field(default_factory=list)  # other engines used
+
+    @property
+    def orphans(self) -> list[StateSummary]:
+        return self.state_dirs
 
     def empty(self) -> bool:
         mine = not (self.projects or self.containers or self.networks or self.volumes or self.state_dirs)
@@ -125,7 +126,7 @@ def plan_from_engine(
     plan.networks = sorted((Stray(r.id, r.name) for r in mine_n if COMPOSE_LABEL not in r.labels), key=lambda s: s.name)
     plan.volumes = sorted(
         (
-            Stray(r.name, r.name, r.labels.get("claude-bottle.slug", ""))
+            Stray(r.name, r.name, r.labels.get(SLUG_LABEL, ""))
             for r in volumes
             if owned_by(r.labels, namespace) and _docker_backend(r.labels)
         ),
@@ -134,15 +135,13 @@ def plan_from_engine(
     if not with_state:  # another engine's objects: the state dirs are judged once, with the first
         return plan
     agents = {
-        r.labels.get("claude-bottle.slug", ""): r.state
-        for r in mine_c
-        if r.labels.get("com.docker.compose.service") == "agent"
+        r.labels.get(SLUG_LABEL, ""): r.state for r in mine_c if r.labels.get("com.docker.compose.service") == "agent"
     }
     for state in list_state_dirs(state_root):
         try:
             # A run that ended badly and was not yet noticed is recorded first (and so preserved, kept).
             record = notice_crash(state, state.read(), agents.get(state.slug))
-            summary = state.summary()
+            summary = state.summary(work_left)
         except (OSError, BottleError) as exc:  # one odd dir is shown as it is; the rest goes on
             plan.kept.append(StateSummary(state.slug, state.path, "unreadable", False, False, False, None, 0, str(exc)))
             continue
@@ -204,28 +203,12 @@ def run_cleanup(plan: DockerBottleCleanupPlan, report: Report, *, bring_home: Br
     with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
         for project, outcome in zip(plan.projects, pool.map(_down, plan.projects), strict=True):
             if _report(f"compose project {project.name}", outcome, failures, report):
-                mark_stopped(_slug(project), report)
+                plan.stopped.append(_slug(project))
     # Containers before networks: they hold the network attachments. One call for each kind, and one
     # per object only if the batch failed, so a single bad object is named and does not stop the rest.
     _batch(["rm", "-f"], "container", plan.containers, failures, report)
     _batch(["network", "rm"], "network", plan.networks, failures, report)
     _volumes(plan.volumes, failures, report, bring_home)
-    for s in plan.state_dirs:
-        # Its last run is settled first (secrets dropped, workspace checked): what that moves aside keeps it.
-        state = StateDir(s.slug, s.path.parent)
-        with contextlib.suppress(BottleError, OSError):
-            drop_secrets(state)
-            settle_bottle(state, report)
-        if state.preserved():
-            report(f"kept state dir {s.path}: preserved ({state.preserved()})")
-            continue
-        if state.foreign_files():  # the bottle user's files, for a normal user: removed through the engine
-            from claude_bottle.backend.docker.backend import DockerBottleBackend
-
-            with contextlib.suppress(BottleError, OSError):
-                DockerBottleBackend().release_files(state)
-        outcome = _remove_tree(s.path)
-        _report(f"state dir {s.path}", outcome, failures, report)
     return failures
 
 
@@ -251,14 +234,6 @@ def _volumes(volumes: list[Stray], failures: list[str], report: Report, bring_ho
     _batch(["volume", "rm", "-f"], "volume", removable, failures, report)
 
 
-def _remove_tree(path: Path) -> Outcome:
-    try:
-        remove_tree(path)
-    except OSError as exc:
-        return exc
-    return process.Result(("rm", "-r", str(path)), 0, "", "")
-
-
 def _batch(args: list[str], kind: str, items: list[Stray], failures: list[str], report: Report) -> None:
     if not items:
         return
@@ -269,19 +244,3 @@ def _batch(args: list[str], kind: str, items: list[Stray], failures: list[str], 
         return
     for i in items:
         _report(f"{kind} {i.name}", _attempt([*args, i.id]), failures, report)
-
-
-def mark_stopped(slug: str, report: Report) -> None:
-    """A bottle whose containers cleanup removed is no longer running: say so in its record, and settle
-    what follows a run (secrets dropped, workspace checked)."""
-    try:
-        state = StateDir(slug)
-    except BottleError:
-        return  # a project name that is not a slug: nothing to mark
-    if state.exists():
-        record = state.read()
-        if record.status in ("running", "creating"):
-            state.update(status="stopped")
-        with contextlib.suppress(BottleError, OSError):
-            drop_secrets(state)
-            settle_bottle(state, report)

@@ -42,7 +42,7 @@ __all__ = [
     "HELPER_LABEL",
     "Volume",
     "bring_home",
-    "fill",
+    "fill_volumes",
     "merge_log",
     "push_guard_files",
     "remove_volumes",
@@ -173,7 +173,7 @@ def _helper(slug: str, image: str, labels: dict[str, str], mounts: Sequence[str]
     return ["run", "--name", name, *_HELPER, *label_args, *vols, "--entrypoint", argv[0], image, *argv[1:]]
 
 
-def fill(
+def fill_volumes(
     *,
     slug: str,
     image: str,

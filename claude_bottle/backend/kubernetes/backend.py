@@ -20,7 +20,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
 import tarfile
 import time
 from collections.abc import Callable, Sequence
@@ -48,7 +47,8 @@ from claude_bottle.backend.kubernetes.render import (
 )
 from claude_bottle.bottle.state import StateDir, now_iso, process_started
 from claude_bottle.errors import BackendError, BottleError
-from claude_bottle.identity import NAMESPACE_LABEL, Identity, namespace
+from claude_bottle.identity import SLUG_LABEL, Identity, namespace, object_labels
+from claude_bottle.images import builder
 
 if TYPE_CHECKING:
     from claude_bottle.bottle import Bottle
@@ -76,8 +76,7 @@ def _names(slug: str) -> Names:
 
 
 def _selector(slug: str | None = None) -> str:
-    sel = f"{NAMESPACE_LABEL}={namespace()},claude-bottle.backend=kubernetes"
-    return sel + (f",claude-bottle.slug={slug}" if slug else "")
+    return ",".join(f"{k}={v}" for k, v in object_labels("kubernetes", slug or "").items())
 
 
 def _tar(root: Path, arcname: str) -> bytes:
@@ -123,18 +122,9 @@ class KubernetesBottleBackend(BottleBackend):
         return BottlePlan(bottle, [f"pod {_names(bottle.slug).pod}: agent sealed behind its guard sidecar"])
 
     def prepare_images(self, *, plan: BottlePlan, progress: Progress) -> dict[str, str]:
-        from claude_bottle.backend.docker.backend import DockerBottleBackend
-
-        local = DockerBottleBackend().prepare_images(plan=plan, progress=progress)
-        registry = os.environ["CLAUDE_BOTTLE_REGISTRY"].rstrip("/")
-        pushed = {}
-        for role, image in local.items():
-            remote = f"{registry}/{image.rsplit('/', 1)[-1]}"
-            progress(f"pushing {remote}")
-            for args in (("tag", image, remote), ("push", "-q", remote)):
-                process.check(process.run(["docker", *args], timeout=1800), f"docker {args[0]} {remote}")
-            pushed[role] = remote
-        return pushed
+        """The images from the neutral builder (built here), pushed to the registry the cluster pulls from."""
+        local = builder.prepare(plan.bottle, progress)
+        return builder.push(local, os.environ["CLAUDE_BOTTLE_REGISTRY"], progress)
 
     def start(self, *, plan: BottlePlan, images: dict[str, str], guard: GuardInputs, progress: Progress) -> None:
         from claude_bottle.guard_inputs.files import GuardFiles
@@ -186,15 +176,13 @@ class KubernetesBottleBackend(BottleBackend):
             time.sleep(0.5)
 
     def _untar(self, pod: str, container: str, dest: str, data: bytes) -> None:
-        proc = subprocess.run(
+        proc = process.capture(
             kubectl_argv("exec", "-i", pod, "-c", container, "--", "tar", "-xf", "-", "-C", dest),
             input=data,
-            capture_output=True,
             timeout=1800,
-            check=False,
-        )
-        if proc.returncode != 0:
-            raise BackendError(f"copying into {pod} failed: {proc.stderr.decode(errors='replace').strip()[-300:]}")
+        )  # (a hang is process.TimedOut: a BackendError, one line, and the start is rolled back)
+        if not proc.ok:
+            raise BackendError(f"copying into {pod} failed: {proc.last_error_line()[-300:]}")
 
     def policy_changed(self, state: StateDir) -> None:
         """The policy ConfigMap rewritten from the local policy file; the kubelet refreshes the guard's
@@ -235,7 +223,7 @@ class KubernetesBottleBackend(BottleBackend):
             why = " ".join(str(exc).split())
             state.preserve(f"{PENDING} ({self._context()}): `claude-bottle pull {state.slug}` ({why})")
 
-    def sync(self, state: StateDir) -> None:
+    def bring_home(self, state: StateDir) -> None:
         """While the bottle runs, its log and requests from the guard's container (the agent cannot touch
         that container or what it reads). Stopped, the trip its stop could not finish, from the claim; after
         a trip that stopped at a budget, nothing travels on its own (the reason is the answer)."""
@@ -305,7 +293,7 @@ class KubernetesBottleBackend(BottleBackend):
         if homecoming.is_pending(state):
             state.preserve_path.unlink(missing_ok=True)  # the trip its stop owed is done
 
-    def elsewhere(self, state: StateDir) -> bool:
+    def files_elsewhere(self, state: StateDir) -> bool:
         del state
         return True
 
@@ -342,7 +330,7 @@ class KubernetesBottleBackend(BottleBackend):
         return process.run_to(argv, sink)
 
     @staticmethod
-    def _quiet() -> bool:
+    def _nothing_to_ask() -> bool:
         """Nothing to ask a cluster about: no bottle of this backend recorded here, and no cluster to ask
         (no kubectl, or no context): then `ls` and `cleanup` never wait on one."""
         from claude_bottle.bottle.state import list_state_dirs
@@ -354,7 +342,7 @@ class KubernetesBottleBackend(BottleBackend):
         return not (os.environ.get("CLAUDE_BOTTLE_KUBE_CONTEXT") or kubectl("config", "current-context").ok)
 
     def _pods(self) -> list[dict[str, Any]]:
-        if self._quiet():
+        if self._nothing_to_ask():
             return []
         got = kubectl("get", "pods", "-l", _selector(), "-o", "json", "--request-timeout=10s", timeout=30)
         process.check(got, "kubectl get pods")
@@ -367,7 +355,7 @@ class KubernetesBottleBackend(BottleBackend):
             meta = pod.get("metadata", {})
             if meta.get("labels", {}).get(HELPER_LABEL):
                 continue  # a trip home, not the bottle
-            slug = meta.get("labels", {}).get("claude-bottle.slug", "")
+            slug = meta.get("labels", {}).get(SLUG_LABEL, "")
             phase = str(pod.get("status", {}).get("phase", "Unknown")).lower()
             status = "running" if phase == "running" else phase
             pid = meta.get("annotations", {}).get("claude-bottle.owner-pid", "")
@@ -398,7 +386,7 @@ class KubernetesBottleBackend(BottleBackend):
         return checks
 
     def prepare_cleanup(self) -> KubernetesPlan:
-        if self._quiet():
+        if self._nothing_to_ask():
             return KubernetesPlan([], [])
         if shutil.which("kubectl") is None:
             raise BottleError("kubectl not on PATH: bottles of this backend are recorded here")
@@ -409,7 +397,7 @@ class KubernetesBottleBackend(BottleBackend):
         running = {s for s, st in self.statuses().items() if st.status == "running"}
         objects, kept = [], set()
         for item in json.loads(got.stdout).get("items", []):
-            slug = item["metadata"].get("labels", {}).get("claude-bottle.slug", "")
+            slug = item["metadata"].get("labels", {}).get(SLUG_LABEL, "")
             if slug in running or (item["kind"] == "PersistentVolumeClaim" and self._owed(slug)):
                 kept.add(slug)
                 continue

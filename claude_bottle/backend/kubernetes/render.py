@@ -21,7 +21,7 @@ from typing import Any
 
 from claude_bottle.guard import HEALTH_PATH
 from claude_bottle.guard_inputs.inputs import GuardInputs
-from claude_bottle.identity import AGENT_HOME, LABEL, NAMESPACE_LABEL, Identity, RuntimeIds
+from claude_bottle.identity import AGENT_HOME, LABEL, Identity, RuntimeIds, object_labels
 from claude_bottle.manifest import BottleSpec
 
 __all__ = [
@@ -83,9 +83,7 @@ class Names:
 def _labels(identity: Identity) -> dict[str, str]:
     """Selectable labels (label values allow no ':' or spaces); the rest of the identity is annotations."""
     return {
-        NAMESPACE_LABEL: identity.namespace,
-        f"{LABEL}.slug": identity.slug,
-        f"{LABEL}.backend": identity.backend,
+        **object_labels(identity.backend, identity.slug, identity.namespace),
         "app.kubernetes.io/managed-by": "claude-bottle",
     }
 

@@ -17,7 +17,6 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from claude_bottle import engine
@@ -25,11 +24,12 @@ from claude_bottle.backend import BottleBackend, BottleCleanupPlan, BottlePlan, 
 from claude_bottle.backend.smolmachines import sdk
 from claude_bottle.backend.smolmachines.bundle import ROLE_LABEL, Bundle, bundle_names, remove_bundle, start_bundle
 from claude_bottle.backend.smolmachines.cleanup import SmolCleanupPlan, ours, plan_cleanup, run_cleanup
-from claude_bottle.bottle.state import StateDir, bottle_home, now_iso, process_started, write_private
+from claude_bottle.bottle.state import StateDir, now_iso, process_started, write_private
 from claude_bottle.errors import BackendError, BottleError
 from claude_bottle.guard import HEALTH_PATH
 from claude_bottle.hostfs.walk import remove_tree
-from claude_bottle.identity import AGENT_HOME, LABEL, NAMESPACE_LABEL, Identity, namespace
+from claude_bottle.identity import AGENT_HOME, LABEL, SLUG_LABEL, Identity, namespace, object_labels
+from claude_bottle.images import builder
 
 if TYPE_CHECKING:
     from claude_bottle.bottle import Bottle
@@ -40,7 +40,6 @@ __all__ = ["SmolmachinesBottleBackend"]
 NAME = "smolmachines"
 VM_FILE = "vm.json"  # the bundle's address and the agent's environment (no secrets), for exec and resume
 BOOT_TIMEOUT = 90.0
-ARCHIVES_KEPT = 3
 STDIN_LIMIT = 16 * 2**20
 RUN_LOG = "bottle-run.log"  # claude-home: a detached headless run's output (claude_code.RUN_LOG)
 
@@ -68,18 +67,11 @@ def guard_answers(url: str) -> bool:
 
 
 def _labels(state_slug: str) -> dict[str, str]:
-    return {NAMESPACE_LABEL: namespace(), f"{LABEL}.backend": NAME} | (
-        {f"{LABEL}.slug": state_slug} if state_slug else {}
-    )
+    return object_labels(NAME, state_slug)
 
 
 class SmolmachinesBottleBackend(BottleBackend):
     name = NAME
-
-    def __init__(self) -> None:
-        from claude_bottle.backend.docker.backend import DockerBottleBackend
-
-        self._docker = DockerBottleBackend()  # images and the sidecars' engine
 
     # -- start -----------------------------------------------------------------------------------
     def plan(self, *, bottle: Bottle) -> BottlePlan:
@@ -91,12 +83,7 @@ class SmolmachinesBottleBackend(BottleBackend):
                 "egress.engine = 'pipelock' runs on the docker backend only: use the built-in guard, or "
                 "--backend docker"
             )
-        for net in spec.egress.networks:
-            if not engine.docker("network", "inspect", "--format", "{{.Name}}", net).ok:
-                raise BottleError(
-                    f"egress.networks: Docker network {net!r} does not exist: create it "
-                    f"(docker network create {net}) or remove it from the manifest"
-                )
+        engine.require_networks(spec.egress.networks)
         names = bundle_names(bottle.slug)
         return BottlePlan(
             bottle,
@@ -104,30 +91,10 @@ class SmolmachinesBottleBackend(BottleBackend):
         )
 
     def prepare_images(self, *, plan: BottlePlan, progress: Progress) -> dict[str, str]:
-        images = self._docker.prepare_images(plan=plan, progress=progress)
-        images["agent-archive"] = str(self._archive(images["agent"], progress))
+        """The images from the neutral builder; the agent's handed to the VM as a cached `docker save`."""
+        images = builder.prepare(plan.bottle, progress)
+        images["agent-archive"] = str(builder.archive(images["agent"], progress, folder="smolmachines"))
         return images
-
-    @staticmethod
-    def _archive(tag: str, progress: Progress) -> Path:
-        """The agent image as a `docker save` archive, once per image id (a new build, a new archive)."""
-        ids = engine.image_ids([tag])
-        if tag not in ids:
-            raise BackendError(f"image {tag} vanished after it was built: run start again")
-        image_id = ids[tag].removeprefix("sha256:")[:32]
-        cache = bottle_home() / "cache" / "smolmachines"
-        cache.mkdir(parents=True, exist_ok=True, mode=0o700)
-        archive = cache / f"{image_id}.tar"
-        if archive.is_file():
-            os.utime(archive)
-            return archive
-        progress(f"exporting {tag} for the microVM")
-        partial = cache / f".{image_id}.tar.partial"
-        engine.check(engine.docker("save", "-o", str(partial), tag, timeout=900), f"docker save {tag}")
-        partial.rename(archive)
-        for old in sorted(cache.glob("*.tar"), key=lambda p: p.stat().st_mtime)[:-ARCHIVES_KEPT]:
-            old.unlink(missing_ok=True)
-        return archive
 
     def start(self, *, plan: BottlePlan, images: dict[str, str], guard: GuardInputs, progress: Progress) -> None:
         b, state = plan.bottle, plan.state
@@ -362,9 +329,9 @@ class SmolmachinesBottleBackend(BottleBackend):
         ns = namespace()
         # Without the SDK no machine can be listed: the sidecars still are (and show the agent missing).
         listed = sdk.Vm().list(_labels("")) if sdk.installed() else []
-        machines = {m.labels.get(f"{LABEL}.slug", ""): m for m in listed if ours(dict(m.labels), ns)}
+        machines = {m.labels.get(SLUG_LABEL, ""): m for m in listed if ours(dict(m.labels), ns)}
         guards = {
-            r.labels.get(f"{LABEL}.slug", ""): r
+            r.labels.get(SLUG_LABEL, ""): r
             for r in engine.ps_rows(f"label={LABEL}.backend={NAME}", f"label={ROLE_LABEL}=sidecars")
             if ours(r.labels, ns) and r.labels.get(ROLE_LABEL) == "sidecars"
         }
@@ -384,9 +351,7 @@ class SmolmachinesBottleBackend(BottleBackend):
         if not sdk.installed():
             return set()
         ns = namespace()
-        return {
-            s for m in sdk.Vm().list(_labels("")) if ours(dict(m.labels), ns) and (s := m.labels.get(f"{LABEL}.slug"))
-        }
+        return {s for m in sdk.Vm().list(_labels("")) if ours(dict(m.labels), ns) and (s := m.labels.get(SLUG_LABEL))}
 
     def prepare_cleanup(self) -> SmolCleanupPlan:
         return plan_cleanup()

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from claude_bottle import engine
-from claude_bottle.backend.docker.backend import pick_subnet
 from claude_bottle.errors import BackendError
 from claude_bottle.identity import namespace
 
@@ -136,7 +135,7 @@ def create_network(slug: str, labels: Mapping[str, str]) -> str:
     """The bundle network, on a subnet of our choosing (so its gateway is known); its gateway."""
     name = bundle_names(slug).network
     for attempt in range(ATTEMPTS):
-        subnet = ipaddress.ip_network(pick_subnet())
+        subnet = ipaddress.ip_network(engine.pick_subnet())
         gateway = str(subnet[1])
         argv = ["network", "create", "--subnet", str(subnet), "--gateway", gateway]
         for k, v in labels.items():

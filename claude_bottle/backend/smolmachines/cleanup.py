@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 
 from claude_bottle import engine
 from claude_bottle.backend import BottleCleanupPlan, Report
-from claude_bottle.backend.docker.cleanup import mark_stopped
 from claude_bottle.backend.smolmachines import sdk
 from claude_bottle.backend.smolmachines.bundle import ROLE_LABEL
 from claude_bottle.errors import BottleError
-from claude_bottle.identity import LABEL, NAMESPACE_LABEL, namespace, owned_by
+from claude_bottle.identity import LABEL, SLUG_LABEL, namespace, object_labels, owned_by
 
 __all__ = ["SmolCleanupPlan", "plan_cleanup", "run_cleanup"]
 
@@ -66,8 +65,8 @@ def plan_cleanup() -> SmolCleanupPlan:
     plan = SmolCleanupPlan()
     machines: dict[str, sdk.Summary] = {}
     if sdk.installed():
-        labels = {NAMESPACE_LABEL: ns, f"{LABEL}.backend": BACKEND}
-        machines = {m.labels.get(f"{LABEL}.slug", m.name): m for m in sdk.Vm().list(labels) if ours(dict(m.labels), ns)}
+        labels = object_labels(BACKEND, ns=ns)
+        machines = {m.labels.get(SLUG_LABEL, m.name): m for m in sdk.Vm().list(labels) if ours(dict(m.labels), ns)}
     else:
         plan.notes.append(f"the smolmachines SDK is not installed ({sdk.INSTALL}): machines not listed")
     try:
@@ -81,7 +80,7 @@ def plan_cleanup() -> SmolCleanupPlan:
     except BottleError as exc:
         plan.notes.append(f"sidecars not listed ({exc})")
         containers, networks = [], []
-    guards = {r.labels.get(f"{LABEL}.slug", ""): r for r in containers}
+    guards = {r.labels.get(SLUG_LABEL, ""): r for r in containers}
     live = {
         slug
         for slug, m in machines.items()
@@ -93,11 +92,11 @@ def plan_cleanup() -> SmolCleanupPlan:
             guard = guards[slug].state if slug in guards else "missing"
             plan.machines.append(Item(slug, m.name, f"{m.state}, guard {guard}"))
     for r in sorted(containers, key=lambda r: r.name):
-        slug = r.labels.get(f"{LABEL}.slug", "")
+        slug = r.labels.get(SLUG_LABEL, "")
         if slug not in live:
             plan.containers.append(Item(slug, r.name, r.state))
     for n in sorted(networks, key=lambda n: n.name):
-        slug = n.labels.get(f"{LABEL}.slug", "")
+        slug = n.labels.get(SLUG_LABEL, "")
         if slug not in live:
             plan.networks.append(Item(slug, n.name))
     return plan
@@ -127,13 +126,13 @@ def run_cleanup(plan: SmolCleanupPlan, report: Report) -> list[str]:
                 fail(f"machine {m.name}", str(exc))
                 continue
             report(f"removed machine {m.name}")
-            mark_stopped(m.slug, report)
+            plan.stopped.append(m.slug)
     for c in plan.containers:
         r = engine.docker("rm", "-f", c.name)
         if r.ok or "no such container" in r.stderr.lower():
             report(f"removed sidecar container {c.name}")
             if c.slug and c.slug not in {m.slug for m in plan.machines}:
-                mark_stopped(c.slug, report)
+                plan.stopped.append(c.slug)
         else:
             fail(f"sidecar container {c.name}", (r.stderr.strip().splitlines() or ["failed"])[-1])
     for n in plan.networks:

@@ -68,7 +68,7 @@ def explain(text: str) -> str | None:
     if "KvmOpen(Error(13))" in text:
         return "the VMM's unprivileged uid cannot open /dev/kvm (chmod 0666 /dev/kvm; see `claude-bottle doctor`)"
     if "before the agent was ready" in text or "did not become ready" in text or "boot" in text:
-        from claude_bottle.backend.smolmachines.doctor import host_virtualisation
+        from claude_bottle.backend.smolmachines.host import host_virtualisation
 
         virt = host_virtualisation()
         if not virt.ok:
