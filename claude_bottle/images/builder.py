@@ -97,7 +97,7 @@ def prepare(
     images = {}
     for spec in specs:
         if spec.tag not in found:
-            _build(spec, progress)
+            build(spec, progress)
         images[spec.role] = spec.tag
         if spec.role == "agent":
             granted = "; ".join(f"{k}: {' '.join(v)}" for k, v in sorted(bottle.granted.items()) if v)
@@ -106,7 +106,7 @@ def prepare(
     return images
 
 
-def _build(spec: ImageSpec, progress: Progress) -> None:
+def build(spec: ImageSpec, progress: Progress) -> None:
     progress(f"building {spec.role} image {spec.tag}")
     with build_dir() as tmp:
         spec.write_context(Path(tmp))

@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
-from claude_bottle.backend.docker.backend import DockerBottleBackend
 from claude_bottle.errors import BackendError
+from claude_bottle.images import builder
 from claude_bottle.images.specs import ImageSpec
 
 from .conftest import docker
@@ -26,7 +26,7 @@ def test_a_failed_build_leaves_no_container_behind() -> None:
     spec = ImageSpec("agent", f"# test\nFROM debian:bookworm-slim\nRUN echo {marker} && false\n")
     try:
         with pytest.raises(BackendError, match=r"building the agent image failed \(exit 1\)"):
-            DockerBottleBackend()._build(spec, lambda _line: None)
+            builder.build(spec, lambda _line: None)
         assert leftovers(marker) == []
         # The control: the legacy builder without --force-rm does leave the failed step's container.
         ctx = f"FROM debian:bookworm-slim\nRUN echo {marker} && false\n"
@@ -46,7 +46,7 @@ def test_a_certificate_failure_says_the_fix_first() -> None:
     )
     try:
         with pytest.raises(BackendError) as exc:
-            DockerBottleBackend()._build(spec, lambda _line: None)
+            builder.build(spec, lambda _line: None)
         first = str(exc.value).splitlines()[0]
         assert "a TLS certificate was not trusted" in first and "ca_certs" in first and "host_ca" in first
     finally:
