@@ -128,6 +128,8 @@ class BottleBackend(ABC):
     # How its agents may work on a workspace (`auto` picks worktree where it is listed and the workspace is a
     # repository, else copy): a checkout of its own, a copy of its own, or the operator's files mounted.
     workspace_modes: ClassVar[tuple[str, ...]] = ("worktree", "copy", "mount")
+    # What its agents may run under (a bottle's `isolation`): the host's kernel (container), gVisor's.
+    isolations: ClassVar[tuple[str, ...]] = ("container", "gvisor")
 
     @abstractmethod
     def plan(self, *, bottle: Bottle) -> BottlePlan: ...

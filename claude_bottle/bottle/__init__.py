@@ -105,11 +105,20 @@ class Bottle:
         workspace_mode: str | None = None,
         modes: tuple[str, ...] = ("worktree", "copy", "mount"),
         context: str | None = None,
+        isolation: str | None = None,
+        isolations: tuple[str, ...] = ("container", "gvisor"),
     ) -> Bottle:
         """A bottle about to start: its slug drawn, its host paths checked (before anything is built)."""
         agent = manifest.agent(agent_name)
         mode = workspace_mode or agent.workspace_mode
         spec = manifest.bottles[agent.bottle]
+        if isolation is not None and isolation != spec.isolation:
+            spec = spec.model_copy(update={"isolation": isolation})
+        if spec.isolation not in isolations:
+            raise BottleError(
+                f"the {backend} backend has no {spec.isolation} isolation: use one of {', '.join(isolations)} "
+                f"(bottles.{agent.bottle}.isolation, or start --isolation)"
+            )
         workspace = manifest.workspace(agent_name)
         if not workspace.is_dir():
             raise BottleError(f"workspace {workspace} does not exist: create it or fix agents.{agent_name}.workspace")

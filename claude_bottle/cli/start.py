@@ -49,6 +49,12 @@ def register(sub: Any) -> None:
         help="the Docker context to run on (docker context ls; default: the manifest's, then DOCKER_HOST, "
         "then the current one); the bottle keeps it",
     )
+    p.add_argument(
+        "--isolation",
+        choices=("container", "gvisor"),
+        help="what the agent runs under: container (the host's kernel) or gvisor (gVisor's user-space kernel, "
+        "runsc); default: the bottle's isolation",
+    )
     add_manifest_arg(p)
     p.set_defaults(run=run)
 
@@ -69,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         backend_flag=args.backend,
         workspace_mode=args.workspace_mode,
         context=args.context,
+        isolation=args.isolation,
         progress=(lambda _line: None) if args.json else progress,
         show_plan=None if args.json else (lambda plan: err.print(plan.line(), markup=False)),
     )

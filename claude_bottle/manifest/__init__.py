@@ -215,6 +215,11 @@ class BottleSpec(_Strict):
     egress: EgressSpec = Field(default_factory=EgressSpec)
     credentials: Credentials = Field(default_factory=Credentials)
     backend: str | None = None
+    # container: the agent shares the host's kernel (runc). gvisor: the agent runs under gVisor's user-space
+    # kernel (runsc), the guard and the network fence as they are (docs/design/isolation.md).
+    isolation: Literal["container", "gvisor"] = "container"
+    # Kubernetes: the RuntimeClass an isolation = "gvisor" Pod names (the cluster's gVisor handler).
+    runtime_class: str = Field("gvisor", pattern=r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
     # The Docker context a new bottle runs on (`docker context ls`; else DOCKER_HOST, then the current one).
     context: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
@@ -374,6 +379,10 @@ claude_code_version = "latest"   # or a pinned "2.1.3"
 # host_ca = false stops that; ca_certs = "/path/to/bundle.crt" names another bundle instead.
 # Environment for the agent (no secrets: credentials are held by the guard).
 env = {}
+
+# The agent under gVisor's user-space kernel (runsc, which ./scripts/setup registers): a kernel bug reachable
+# from its system calls is then gVisor's, not the host's. Default "container" (the host's kernel).
+# isolation = "gvisor"
 
 [bottles.default.resources]
 cpus = 2

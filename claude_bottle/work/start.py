@@ -46,6 +46,7 @@ def start_bottle(
     root: Path | None = None,
     workspace_mode: str | None = None,
     context: str | None = None,
+    isolation: str | None = None,
 ) -> Started:
     """A new bottle (generation 1): state dir, images, guard inputs, containers, ready. Rolled back on any
     failure. Every host path is checked before anything is built."""
@@ -62,6 +63,8 @@ def start_bottle(
         workspace_mode=workspace_mode,
         modes=backend.workspace_modes,
         context=context,
+        isolation=isolation,
+        isolations=backend.isolations,
     )
     bottle.state.create()
     try:

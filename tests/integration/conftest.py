@@ -274,6 +274,11 @@ class Cli:
         return {r["slug"]: r for r in json.loads(self.run("ls", "--json", check=True).stdout)}
 
 
+# What every test manifest's agent runs under: scripts/test runs the escape and attack suites (and the
+# verbs' own) once more with CLAUDE_BOTTLE_TEST_ISOLATION=gvisor.
+ISOLATION = os.environ.get("CLAUDE_BOTTLE_TEST_ISOLATION", "container")
+
+
 def write_manifest(directory: Path, internet: Internet) -> Path:
     """The starter manifest from `init`, plus the demo's two edits and credential routes to fake upstreams."""
     from claude_bottle.cli.init import write_starter
@@ -285,6 +290,8 @@ def write_manifest(directory: Path, internet: Internet) -> Path:
         'allow = [\n  { host = "allowed.test", ports = [80], private = true },\n  "private.test:80",\n',
     )
     text = text.replace('# networks = ["my-services"]', f'networks = ["{internet.network}"]')
+    if ISOLATION != "container":  # the gVisor pass of scripts/test runs the suites it names under gVisor
+        text = text.replace('# isolation = "gvisor"', f'isolation = "{ISOLATION}"')
     # Credential routes to the fake upstreams; the keys come from the CLI's environment (Cli.env).
     text += (
         "\n[bottles.default.credentials.anthropic]\n"

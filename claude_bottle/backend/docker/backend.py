@@ -30,7 +30,7 @@ from claude_bottle.backend.docker import owners, remote
 from claude_bottle.backend.docker.cleanup import DockerBottleCleanupPlan, plan_from_engine, run_cleanup
 from claude_bottle.backend.docker.compose import NetPlan, container_name, project_name, render_compose, verified_binds
 from claude_bottle.bottle.state import StateDir, list_state_dirs, now_iso, process_started, write_private
-from claude_bottle.engine import pick_subnet
+from claude_bottle.engine import pick_subnet, runtimes
 from claude_bottle.errors import BackendError, BottleError
 from claude_bottle.hostfs.paths import file_identity, verify_mounts
 from claude_bottle.hostfs.walk import remove_tree
@@ -64,6 +64,21 @@ def recorded_engine(state: StateDir) -> engine.Context | None:
     except (OSError, ValueError) as exc:
         raise BackendError(f"bottle {state.slug}: its recorded Docker engine is unreadable ({exc})") from exc
     return engine.Context.from_dict(data if isinstance(data, dict) else {})
+
+
+def _refuse_swappable_binds(bottle: Bottle) -> None:
+    """Under gVisor the agent cannot report what the engine mounted (the sandbox numbers its own devices and
+    inodes), so no bind may lie where an agent could swap a link in on the way while it starts: inside
+    another bottle's writable files. Then nothing but the operator can change what is mounted."""
+    own = {"this bottle", f"bottle {bottle.slug}"}
+    for src, what in [(bottle.agent_workspace, "the workspace"), *((s, f"mount {g}") for s, g, _ro in bottle.mounts)]:
+        who = bottle.paths.roots.holding(src)
+        if who is not None and who not in own:
+            raise BottleError(
+                f'isolation = "gvisor": {what} ({src}) lies in {who}\'s writable files, where its agent could swap '
+                "a link in while this bottle starts, and gVisor cannot show what was mounted: move it out, or "
+                'use isolation = "container"'
+            )
 
 
 def _labels(slug: str) -> dict[str, str]:
@@ -112,6 +127,9 @@ class DockerBottleBackend(BottleBackend):
                 )
         with engine.on(ctx):
             engine.require_networks(bottle.spec.egress.networks, where=where)
+            if bottle.spec.isolation == "gvisor":
+                runtimes.require_gvisor(where=where)
+                _refuse_swappable_binds(bottle)
         return BottlePlan(
             bottle, [f"compose project {project_name(bottle.slug)}{where}: agent sealed behind its guard"]
         )
@@ -160,11 +178,13 @@ class DockerBottleBackend(BottleBackend):
                 manifest_file=b.manifest_path,
                 protected=b.protected,
                 remote=remote_engine,
+                runtime=runtimes.gvisor_runtime() if b.spec.isolation == "gvisor" else None,
             )
             write_private(state.path / COMPOSE_FILE, json.dumps(doc, indent=2) + "\n")
             # What the engine must mount, named by device and inode (opened without following a link, so a
             # link swapped in since the paths were checked fails here), for wait_ready to compare.
-            binds = verified_binds(doc["services"]["agent"], state.path)
+            agent = doc["services"]["agent"]
+            binds = [] if "runtime" in agent else verified_binds(agent, state.path)  # gVisor: see compose.py
             expected = [(v["target"], *file_identity(Path(v["source"]))) for v in binds]
             write_private(state.path / MOUNTS_FILE, json.dumps(expected) + "\n")
             result = engine.docker(
@@ -648,4 +668,6 @@ class DockerBottleBackend(BottleBackend):
                         f"docker pull {image}, or ./scripts/setup to build it from Debian packages",
                     )
                 )
+            # Optional (isolation = "gvisor" only): doctor fails on these only for a manifest that asks for it.
+            checks += [Check(*row) for row in runtimes.gvisor_report(wanted[0])]
         return checks

@@ -147,10 +147,12 @@ def render_compose(
     manifest_file: Path | None = None,
     protected: Sequence[str] = (),
     remote: bool = False,
+    runtime: str | None = None,
 ) -> dict[str, Any]:
     """The project: the guard, the net container that fences the agent's namespace in, and the agent.
     `remote`: the engine does not see this machine's files, so every place is one of the bottle's volumes
-    (remote.py fills them) and the honeytokens are copied in by Compose (configs)."""
+    (remote.py fills them) and the honeytokens are copied in by Compose (configs). `runtime`: the engine
+    runtime the agent alone runs under (gVisor's); the guard and the net container stay on runc."""
     pj = _Project(identity, state_path, remote, net, guard)
     labels = identity.labels()
     if bottle.egress.networks:
@@ -160,6 +162,11 @@ def render_compose(
     guard_svc = _guard_service(pj, guard_image, ids, outbound_nets)
     net_svc = _net_service(pj, agent_image)
     agent_svc = _agent_service(pj, bottle, agent_image, ids, workspace, mounts, manifest_file, protected)
+    if runtime is not None:
+        agent_svc["runtime"] = runtime
+        # gVisor reports device and inode numbers of its own at a mount point, so the agent cannot say what
+        # the engine mounted; the backend refuses a bind an agent could swap instead (docs/design/isolation.md).
+        agent_svc["environment"]["BOTTLE_VERIFY"] = ""
     extra = _remote_parts(pj, guard_svc, net_svc, agent_svc) if remote else {}
     return {
         **extra,

@@ -118,6 +118,13 @@ class KubernetesBottleBackend(BottleBackend):
             raise BottleError(
                 "the kubernetes backend runs the guard's own engine, without egress.networks or worktree mode"
             )
+        if bottle.spec.isolation == "gvisor":
+            rc = bottle.spec.runtime_class
+            if not kubectl("get", "runtimeclass", rc, "-o", "name", timeout=30).ok:
+                raise BottleError(
+                    f'isolation = "gvisor": the cluster has no RuntimeClass {rc!r} (kubectl get runtimeclass): '
+                    "install gVisor's on its nodes, or name the one it has in bottles.*.runtime_class"
+                )
         homecoming.refuse_start(bottle.state)
         return BottlePlan(bottle, [f"pod {_names(bottle.slug).pod}: agent sealed behind its guard sidecar"])
 

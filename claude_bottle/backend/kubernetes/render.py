@@ -254,6 +254,8 @@ def render_objects(
         "terminationGracePeriodSeconds": 1,
         "hostAliases": [{"ip": GUARD_LISTEN, "hostnames": ["egress"]}],
         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}, "fsGroup": ids.agent_gid},
+        # gVisor: the cluster's RuntimeClass for runsc; it holds the whole Pod (the guard beside the agent).
+        **({"runtimeClassName": spec.runtime_class} if spec.isolation == "gvisor" else {}),
         "initContainers": [
             {
                 "name": "firewall",

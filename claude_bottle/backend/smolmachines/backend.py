@@ -72,6 +72,8 @@ def _labels(state_slug: str) -> dict[str, str]:
 
 class SmolmachinesBottleBackend(BottleBackend):
     name = NAME
+    # The agent is in a microVM of its own already, with its own kernel: stronger than gVisor's.
+    isolations = ("container",)
 
     # -- start -----------------------------------------------------------------------------------
     def plan(self, *, bottle: Bottle) -> BottlePlan:

@@ -1,0 +1,123 @@
+"""The engine's container runtimes, as `docker info` reports them: whether the gVisor runtime a bottle
+asks for (`isolation = "gvisor"`) is registered, and registered the one way the bottle's seal holds.
+
+The runtime is ours by name (`claude-bottle-gvisor`, or CLAUDE_BOTTLE_GVISOR_RUNTIME): an operator's own
+`runsc` entry may use gVisor's network stack, which takes the namespace's interfaces over and sends raw
+frames past the iptables fence the bottle's net container puts in that namespace. So the entry must run
+runsc with `--network=host` (the sandbox's sockets are the namespace's, fenced like runc's); anything
+else is refused in one line before any work (docs/design/isolation.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from claude_bottle.engine import docker
+from claude_bottle.errors import BottleError
+
+__all__ = ["ISOLATIONS", "gvisor_runtime", "judge_gvisor", "require_gvisor", "runtimes"]
+
+ISOLATIONS = ("container", "gvisor")
+DEFAULT_GVISOR_RUNTIME = "claude-bottle-gvisor"
+FIX = "run ./scripts/setup on the engine's host (it installs runsc and registers it), or see docs/design/isolation.md"
+
+
+def gvisor_runtime() -> str:
+    return os.environ.get("CLAUDE_BOTTLE_GVISOR_RUNTIME") or DEFAULT_GVISOR_RUNTIME
+
+
+def runtimes() -> dict[str, Any]:
+    """The engine's registered runtimes ({name: {"path": ..., "runtimeArgs": [...]}}); {} when unreadable."""
+    r = docker("info", "--format", "{{json .Runtimes}}", timeout=30)
+    try:
+        found = json.loads(r.stdout) if r.ok else {}
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _network_flag(args: Sequence[str]) -> str:
+    """The value of runsc's --network among its arguments (the last one wins, as in runsc's flag parsing);
+    "sandbox" (runsc's default) when none is given."""
+    value = "sandbox"
+    it = iter(args)
+    for a in it:
+        name, eq, rest = a.lstrip("-").partition("=")
+        if not a.startswith("-") or name != "network":
+            continue
+        value = rest if eq else next(it, "sandbox")
+    return value
+
+
+def judge_gvisor(found: Mapping[str, Any], name: str, *, where: str = "") -> str | None:
+    """Why the engine's runtime `name` cannot carry a gVisor bottle, or None when it can."""
+    entry = found.get(name)
+    if not isinstance(entry, dict):
+        have = ", ".join(sorted(found)) or "none"
+        return f'isolation = "gvisor": the engine{where} has no runtime {name!r} (it has: {have}): {FIX}'
+    path = str(entry.get("path") or "")
+    args = [str(a) for a in entry.get("runtimeArgs") or []]
+    if "runsc" not in Path(path).name:
+        return f'isolation = "gvisor": the engine{where}\'s runtime {name!r} runs {path!r}, not runsc: {FIX}'
+    if _network_flag(args) != "host":
+        return (
+            f'isolation = "gvisor": the engine{where}\'s runtime {name!r} runs runsc without --network=host '
+            "(gVisor's own network stack would send the agent's packets past the bottle's firewall): "
+            f"register it with --network=host ({FIX})"
+        )
+    return None
+
+
+def require_gvisor(*, where: str = "") -> None:
+    """One line naming the fix when the current engine cannot run a gVisor bottle (before any build)."""
+    why = judge_gvisor(runtimes(), gvisor_runtime(), where=where)
+    if why is not None:
+        raise BottleError(why)
+
+
+def gvisor_report(image: str) -> list[tuple[str, bool, str, str]]:
+    """What `doctor` says about gVisor on the current engine: (name, ok, detail, fix) rows, the last a
+    probe container (of `image`) that must boot and report a kernel that is not the host's."""
+    name = gvisor_runtime()
+    found = runtimes()
+    why = judge_gvisor(found, name)
+    raw = found.get(name)
+    entry: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    args = [str(a) for a in entry.get("runtimeArgs") or []]
+    platform = next((a.partition("=")[2] for a in args if a.startswith("--platform=")), "ptrace (runsc's default)")
+    path = str(entry.get("path") or "")
+    version = "version unknown (runsc is on the engine's host)"
+    if path and Path(path).is_absolute() and os.access(path, os.X_OK):
+        from claude_bottle import process
+
+        r = process.run([path, "--version"], timeout=20)
+        version = r.stdout.splitlines()[0] if r.ok and r.stdout else version
+    if why is not None:
+        return [
+            ("gvisor runtime", False, why.partition(": ")[2], "./scripts/setup (as root) installs and registers it")
+        ]
+    rows = [("gvisor runtime", True, f"{name}: {path}, {version}, platform {platform}, --network=host", "")]
+    probe = docker(
+        "run", "--rm", "--runtime", name, "--network", "none", "--label", "claude-bottle.probe=gvisor",
+        image, "uname", "-r",
+        timeout=120,
+    )  # fmt: skip
+    kernel = probe.stdout.strip()
+    booted = probe.ok and kernel != "" and kernel != os.uname().release
+    tail = (probe.stderr.strip().splitlines() or ["no output"])[-1]
+    rows.append(
+        (
+            "gvisor probe",
+            booted,
+            f"a container under {name} boots, kernel {kernel} (the host's is {os.uname().release})"
+            if booted
+            else f"a probe container under {name} did not boot: {tail}",
+            "see /var/log/claude-bottle-dockerd.log; a runsc older than the host kernel fails with 'cannot run "
+            "with network enabled in root network namespace' unless registered with --network=host",
+        )
+    )
+    return rows
