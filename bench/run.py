@@ -1,4 +1,4 @@
-"""Run the benchmarks: ./scripts/bench [--quick] [--only lifecycle|guard] (or python -m bench.run ...)
+"""Run the benchmarks: ./scripts/bench [--quick] [--only lifecycle|guard|isolation] (or python -m bench.run ...)
 
 Writes bench/results/<date>.json and prints a Markdown table (ratios against bare baselines measured
 in the same run; absolute times only beside their ratio).
@@ -12,10 +12,10 @@ import platform
 import subprocess
 from datetime import UTC, datetime
 
-from . import guard, lifecycle
+from . import guard, isolation, lifecycle
 from .common import ROOT, Row
 
-SECTIONS = {"guard": guard.run, "lifecycle": lifecycle.run}
+SECTIONS = {"guard": guard.run, "lifecycle": lifecycle.run, "isolation": isolation.run}
 
 
 def fmt(v: float | None, unit: str) -> str:

@@ -54,6 +54,10 @@ def run(args: argparse.Namespace) -> int:
             out.print(f"  {mark} {c.name}: {escape(c.detail)}{fix}")
         if name == DEFAULT_BACKEND:
             # gVisor's checks count when the manifest here asks for it (isolation = "gvisor").
-            optional = {"kvm"} | (set() if getattr(args, "wants_gvisor", False) else {"gvisor runtime", "gvisor probe"})
+            optional = {"kvm"} | (
+                set()
+                if getattr(args, "wants_gvisor", False)
+                else {"gvisor runtime", "gvisor probe", "gvisor file status"}
+            )
             required_ok = all(c.ok for c in checks if c.name not in optional)
     return 0 if required_ok else 3

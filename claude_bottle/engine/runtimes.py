@@ -103,10 +103,11 @@ def gvisor_report(image: str) -> list[tuple[str, bool, str, str]]:
     rows = [("gvisor runtime", True, f"{name}: {path}, {version}, platform {platform}, --network=host", "")]
     probe = docker(
         "run", "--rm", "--runtime", name, "--network", "none", "--label", "claude-bottle.probe=gvisor",
-        image, "uname", "-r",
+        image, "sh", "-c", "uname -r; ls /etc/hostname >/dev/null 2>&1 && echo statx-ok || echo statx-broken",
         timeout=120,
     )  # fmt: skip
-    kernel = probe.stdout.strip()
+    out = probe.stdout.split()
+    kernel = out[0] if out else ""
     booted = probe.ok and kernel != "" and kernel != os.uname().release
     tail = (probe.stderr.strip().splitlines() or ["no output"])[-1]
     rows.append(
@@ -120,4 +121,18 @@ def gvisor_report(image: str) -> list[tuple[str, bool, str, str]]:
             "with network enabled in root network namespace' unless registered with --network=host",
         )
     )
+    if booted:
+        # Measured with Debian's runsc 0.0~20221219 on a 6.x host: statx answers EINVAL, so `ls FILE` and
+        # `stat FILE` fail in the agent (coreutils calls statx; glibc falls back only on ENOSYS).
+        ok = out[-1:] == ["statx-ok"]
+        rows.append(
+            (
+                "gvisor file status",
+                ok,
+                "ls FILE and stat FILE work in the sandbox"
+                if ok
+                else "this runsc answers statx with 'Invalid argument': ls FILE, stat FILE fail in the agent",
+                "install a newer runsc (gVisor's release-2023 or later, from gvisor.dev) and rerun ./scripts/setup",
+            )
+        )
     return rows

@@ -9,8 +9,10 @@ is labelled `claude-bottle-test=1` and removed by `close()`.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
+import shutil
 import subprocess
 import tempfile
 import time
@@ -21,6 +23,8 @@ from pathlib import Path
 IMAGE = "cbtest-dind:1"
 BASE = "debian:bookworm-slim"
 TEST_LABEL = "claude-bottle-test=1"
+GVISOR = "claude-bottle-gvisor"
+GVISOR_ARGS = ["--platform=ptrace", "--network=host"]
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 FLAGS = [
     "--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE",
@@ -65,6 +69,7 @@ class Dind:
     network: str
     volume: str
     ip: str
+    config: Path | None = None  # its daemon.json (gVisor's runtime), on this machine
 
     @property
     def host(self) -> str:
@@ -105,6 +110,8 @@ class Dind:
         docker("rm", "-f", "-v", self.name, check=False)
         docker("volume", "rm", "-f", self.volume, check=False)
         docker("network", "rm", self.network, check=False)
+        if self.config is not None:
+            shutil.rmtree(self.config.parent, ignore_errors=True)
 
 
 def start(prefix: str = "cbtest-dind") -> Dind:
@@ -114,9 +121,17 @@ def start(prefix: str = "cbtest-dind") -> Dind:
     d = Dind(f"{prefix}-{tag}", f"{prefix}-net-{tag}", f"{prefix}-lib-{tag}", "")
     docker("network", "create", "--label", TEST_LABEL, d.network)
     docker("volume", "create", "--label", TEST_LABEL, d.volume)
+    # This machine's runsc, registered in the remote engine as scripts/setup registers it here (issue 23).
+    runsc = shutil.which("runsc")
+    gvisor: list[str] = []
+    if runsc is not None:
+        conf = {"runtimes": {GVISOR: {"path": "/usr/local/bin/runsc", "runtimeArgs": GVISOR_ARGS}}}
+        d.config = Path(tempfile.mkdtemp(prefix="cbtest-dind-conf-")) / "daemon.json"
+        d.config.write_text(json.dumps(conf))
+        gvisor = ["-v", f"{runsc}:/usr/local/bin/runsc:ro", "-v", f"{d.config}:/etc/docker/daemon.json:ro"]
     try:
         docker(
-            "run", "-d", "--name", d.name, "--label", TEST_LABEL, "--network", d.network, *FLAGS,
+            "run", "-d", "--name", d.name, "--label", TEST_LABEL, "--network", d.network, *FLAGS, *gvisor,
             "-v", f"{d.volume}:/var/lib/docker",
             IMAGE, "dockerd", "-H", "tcp://0.0.0.0:2375", "--tls=false", "--storage-driver", "overlay2",
         )  # fmt: skip

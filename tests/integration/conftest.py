@@ -312,6 +312,8 @@ def trusted(cli: Cli, manifest: Path) -> Path:
 # Who runs the CLI: the invoker (root here, on a user's project) and, when the invoker is root, a normal
 # user in the docker group as well (uid 1000 through setpriv: no account is made or changed).
 WHO = ["invoker", "docker-group user"] if os.getuid() == 0 else ["invoker"]
+if os.environ.get("CLAUDE_BOTTLE_TEST_WHO"):  # scripts/test's gVisor pass: the invoker alone (the kernel's test)
+    WHO = [os.environ["CLAUDE_BOTTLE_TEST_WHO"]]
 NORMAL_UID = 1000
 
 

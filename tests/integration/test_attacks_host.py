@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import NS, STATE, Cli, Internet, docker, host_git, trusted, write_manifest
+from .conftest import ISOLATION, NS, STATE, Cli, Internet, docker, host_git, trusted, write_manifest
 
 
 def containers(slug: str) -> list[str]:
@@ -136,6 +136,15 @@ def test_a_link_swapped_in_while_the_bottle_starts_is_caught_before_the_agent_ru
 ) -> None:
     """The race: the swap happens after the paths were checked, just before the engine mounts them."""
     c, w, victim, _manifest = two_agents
+    if ISOLATION == "gvisor":
+        # gVisor cannot show what the engine mounted, so the race may not arise: a bottle whose bind lies in
+        # another bottle's writable files (the only agent that could swap a link in) is refused at plan.
+        outer = c.start("outer")
+        r = c.run("start", "inner", "--detach")
+        assert r.returncode == 1 and f"lies in bottle {outer}'s writable files" in r.stderr, r.stderr
+        assert "gVisor cannot show what was mounted" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+        assert [s for s in c.ls() if s.startswith("inner-")] == []
+        return
     shim = tmp_path / "shim"
     shim.mkdir()
     real = subprocess.run(["sh", "-c", "command -v docker"], capture_output=True, text=True, check=True).stdout.strip()
@@ -184,7 +193,9 @@ def test_deep_nesting_in_claude_home_breaks_no_verb(cli: Cli) -> None:
 def test_a_planted_manifest_is_refused_before_anything_starts(cli: Cli, internet: Internet) -> None:
     """(In mount mode, where the agent writes the operator's tree; in the default modes `apply` would bring
     such a file home, and the same trust check refuses it.)"""
-    bottle = cli.start("claude", "--mount")
+    # (Under gVisor a mount-mode bottle on a workspace an earlier bottle of this module holds is refused, as
+    # test_a_link_swapped_in_* shows; this attack is the manifest's, so its bottle runs on runc there.)
+    bottle = cli.start("claude", "--mount", *(["--isolation", "container"] if ISOLATION == "gvisor" else []))
     planted = (
         "[bottles.default]\\n"
         'mounts = [{ host = "/etc", guest = "/hostetc", mode = "rw" }]\\n'

@@ -26,6 +26,7 @@ from ..fakes import dind as dind_mod
 from .conftest import (
     FAKES,
     NORMAL_UID,
+    NS,
     TEST_IMAGE,
     TEST_KEY,
     WHO,
@@ -350,3 +351,24 @@ def test_a_normal_user_runs_a_bottle_on_the_remote_engine(remote: Remote, who: s
     finally:
         release_all(c)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_gvisor_bottle_on_the_remote_engine_and_one_it_cannot_carry(remote: Remote) -> None:
+    """isolation = "gvisor" on a remote engine with the runtime registered (issue 23), and the one line when
+    the runtime it names is not there (before anything is sent or built)."""
+    c = remote.cli
+    r = c.run("start", "claude", "--detach", "--isolation", "gvisor", CLAUDE_BOTTLE_GVISOR_RUNTIME="cbtest-nosuch")
+    assert r.returncode != 0
+    last = [ln for ln in r.stderr.splitlines() if ln.strip()][-1]
+    assert "on the remote engine" in last and "no runtime 'cbtest-nosuch'" in last, r.stderr
+    slug = c.start("claude", "--isolation", "gvisor")
+    try:
+        rc, out = c.sh(slug, "uname -r; echo remote-gvisor > /workspace/g.txt")
+        assert rc == 0 and out.splitlines()[0] == "4.4.0" != os.uname().release, out
+        agent = f"{NS}-{slug}-agent"
+        assert remote.engine.docker("inspect", "--format", "{{.HostConfig.Runtime}}", agent).stdout.strip() == (
+            "claude-bottle-gvisor"
+        )
+    finally:
+        c.run("stop", slug, "--rm")
+    assert remote.objects(slug) == []

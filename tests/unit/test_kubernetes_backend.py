@@ -76,6 +76,10 @@ elif a[:2] == ["get", "pods"]:
     items = [{"metadata": {"name": n, "labels": lb, "annotations": {"claude-bottle.owner-pid": "1"}},
               "status": {"phase": "Running"}} for n, lb in st["pods"].items()]
     out = json.dumps({"items": items}).encode()
+elif a[:2] == ["get", "runtimeclass"]:
+    if a[2] != os.environ.get("FAKE_KUBECTL_RUNTIMECLASS"):
+        sys.stderr.write(f'Error from server (NotFound): runtimeclasses.node.k8s.io "{a[2]}" not found\n'); sys.exit(1)
+    out = f"runtimeclass.node.k8s.io/{a[2]}\n".encode()
 elif a[:1] == ["get"] and a[1].startswith("pod/"):
     running = [{"name": n, "state": {"running": {}}} for n in ("guard", "agent", "log", "home")]
     out = json.dumps({"status": {"initContainerStatuses": [{"name": "seed", "state": {"running": {}}}],
@@ -304,3 +308,23 @@ def test_a_stop_whose_trip_home_is_over_budget_is_cut_off_and_not_carried_again(
     assert main(["resume", state.slug, "--detach"]) == 1
     assert f"keep {state.slug} --release" in capsys.readouterr().err
     assert not any(a[:1] == ["apply"] for a in calls(cluster)[before:])
+
+
+def test_a_gvisor_bottle_names_the_clusters_runtime_class_or_is_refused_first(
+    cluster: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """isolation = "gvisor" (issue 23): the Pod names the RuntimeClass; a cluster without it is one line
+    before anything is built, pushed or applied."""
+    assert main(["start", "claude", "--detach", "--isolation", "gvisor"]) != 0
+    err = capsys.readouterr().err
+    assert "the cluster has no RuntimeClass 'gvisor'" in err and "runtime_class" in err, err
+    assert not (cluster.parent / "kubectl.json.apply.json").exists()
+    assert list_state_dirs() == []
+    monkeypatch.setenv("FAKE_KUBECTL_RUNTIMECLASS", "gvisor")
+    assert main(["start", "claude", "--detach", "--isolation", "gvisor"]) == 0
+    applied = json.loads((cluster.parent / "kubectl.json.apply.json").read_text())
+    pod = next(i for i in applied["items"] if i["kind"] == "Pod")
+    assert pod["spec"]["runtimeClassName"] == "gvisor"
+    kubernetes_validate.validate(pod, kubernetes_validate.latest_version(), strict=True)
+    (state,) = list_state_dirs()
+    assert main(["stop", state.slug, "--rm"]) == 0
