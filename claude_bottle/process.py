@@ -324,7 +324,9 @@ def run_to(argv: Sequence[str], sink: Callable[[bytes], None], *, env: Mapping[s
         return proc.wait()
 
 
-def run_interactive(argv: Sequence[str], *, env: Mapping[str, str | None] | None = None) -> int:
+def run_interactive(
+    argv: Sequence[str], *, env: Mapping[str, str | None] | None = None, done: Callable[[], bool] | None = None
+) -> int:
     """Run argv with this terminal's input, and return its exit code. Its output is a bottle's, so on a
     terminal it goes through the screen filter (terminal.py): the agent never writes to it directly."""
     from claude_bottle.terminal import run_on_terminal
@@ -332,6 +334,6 @@ def run_interactive(argv: Sequence[str], *, env: Mapping[str, str | None] | None
     argv = [str(a) for a in argv]
     log.debug("run (interactive): %s", " ".join(redact_argv(argv)))
     try:
-        return run_on_terminal(argv, env=_env(env))
+        return run_on_terminal(argv, env=_env(env), done=done)
     except FileNotFoundError as exc:
         raise _missing(argv) from exc

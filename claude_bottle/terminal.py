@@ -28,7 +28,7 @@ import subprocess
 import sys
 import termios
 import tty
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 __all__ = ["ScreenFilter", "escape_controls", "run_on_terminal"]
 
@@ -138,11 +138,24 @@ class ScreenFilter:
             out += seq
 
 
-def run_on_terminal(argv: Sequence[str], *, env: dict[str, str] | None = None) -> int:
+def run_on_terminal(
+    argv: Sequence[str], *, env: dict[str, str] | None = None, done: Callable[[], bool] | None = None
+) -> int:
     """Run argv on a pseudo-terminal of ours, this terminal's input passed through, its output filtered.
-    Without a terminal on both ends there is nothing to protect: argv runs plainly."""
+    Without a terminal on both ends there is nothing to protect: argv runs plainly. `done`, asked every
+    0.2 s: the command is over though argv has not returned (argv is then ended)."""
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
-        return subprocess.call(list(argv), env=env)
+        plain = subprocess.Popen(list(argv), env=env)
+        while done is not None:
+            try:
+                return plain.wait(timeout=0.2)
+            except subprocess.TimeoutExpired:
+                if done():
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        return plain.wait(timeout=1.0)  # the client's last output still on its way
+                    plain.terminate()
+                    break
+        return plain.wait()
     master, slave = os.openpty()
     _copy_size(sys.stdin.fileno(), master)
     proc = subprocess.Popen(
@@ -164,9 +177,12 @@ def run_on_terminal(argv: Sequence[str], *, env: dict[str, str] | None = None) -
         tty.setraw(stdin)
         while True:
             try:
-                ready, _, _ = select.select([stdin, master], [], [])
+                ready, _, _ = select.select([stdin, master], [], [], None if done is None else 0.2)
             except InterruptedError:
                 continue
+            if not ready and done is not None and done():
+                proc.terminate()  # over inside: the client would wait for input that no longer goes anywhere
+                break
             if master in ready:
                 try:
                     data = os.read(master, 65536)

@@ -233,9 +233,10 @@ def streaming(
     return result
 
 
-def interactive(args: Sequence[str]) -> int:
-    """`docker ARGS` with this terminal's input; its output through the screen filter (process.py)."""
-    return process.run_interactive(["docker", *args], env=_env())
+def interactive(args: Sequence[str], *, done: Callable[[], bool] | None = None) -> int:
+    """`docker ARGS` with this terminal's input; its output through the screen filter (process.py). `done`:
+    the command is over though the client has not returned (terminal.run_on_terminal)."""
+    return process.run_interactive(["docker", *args], env=_env(), done=done)
 
 
 def to_sink(args: Sequence[str], sink: Callable[[bytes], None]) -> int:

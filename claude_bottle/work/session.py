@@ -35,6 +35,10 @@ def start_session(backend: BottleBackend, state: StateDir, argv: list[str], *, l
 
 
 def session_running(backend: BottleBackend, state: StateDir) -> bool:
+    if run_end(state) is not None:
+        # claude has ended (its exit is written before its pane closes): a session still closing, as under
+        # gVisor when the attached client returns first, is not one to come back to.
+        return False
     code, _ = backend.exec_output(state=state, argv=["tmux", "has-session", "-t", SESSION])
     return code == 0
 

@@ -84,3 +84,42 @@ def test_logs_escape_control_characters_unless_raw(
     assert shown == b"agent | hi \\x1b]52;c;aGVsbG8=\\x07\\x1b[2J\n"
     assert logs.run(argparse.Namespace(**{**vars(args), "raw": True})) == 0
     assert capsysbinary.readouterr().out == FakeBackend.logs_output
+
+
+def test_a_client_that_outlives_its_command_is_ended_when_done_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """gVisor's `docker exec -i` waits on its input after the command ended (issue 23): `done` ends it,
+    after a grace for its last output; without `done` the command runs to its own end."""
+    import sys
+    import time
+
+    from claude_bottle import terminal
+
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: False, raising=False)
+    asked = []
+
+    def done() -> bool:
+        asked.append(1)
+        return len(asked) >= 3
+
+    t0 = time.monotonic()
+    rc = terminal.run_on_terminal([sys.executable, "-c", "import time; time.sleep(60)"], done=done)
+    assert time.monotonic() - t0 < 10 and rc != 0 and len(asked) == 3
+    assert terminal.run_on_terminal([sys.executable, "-c", "raise SystemExit(7)"], done=lambda: False) == 7
+    assert terminal.run_on_terminal([sys.executable, "-c", "raise SystemExit(5)"]) == 5
+
+
+def test_a_session_whose_claude_has_ended_is_not_running(tmp_path: Path) -> None:
+    """claude's exit written means its session is over, even while tmux is still closing (gVisor), so an
+    attached run that ended is finished, not taken for a detach; the engine is not asked."""
+    from claude_bottle.bottle.claude_code import HOST_EXIT_FILE
+    from claude_bottle.work.session import session_running
+
+    state = StateDir("claude-abcde", tmp_path)
+    state.claude_home.mkdir(parents=True)
+    (state.claude_home / HOST_EXIT_FILE).write_text("0\n")
+
+    class Asked(FakeBackend):
+        def exec_output(self, **_kw: object) -> tuple[int, str]:
+            raise AssertionError("the engine was asked")
+
+    assert session_running(Asked(), state) is False

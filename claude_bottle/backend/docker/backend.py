@@ -460,11 +460,50 @@ class DockerBottleBackend(BottleBackend):
         workdir: str | None = None,
         env: dict[str, str] | None = None,
     ) -> int:
-        cmd = engine.exec_argv(
-            container_name(state.slug, "agent"), argv, tty=tty, interactive=interactive, workdir=workdir, env=env
-        )
-        with engine.on(recorded_engine(state)):
-            return engine.interactive(cmd)
+        ctx = recorded_engine(state)
+        local = ctx is None or ctx.local
+        if not (interactive and local and (state.read().manifest.get("bottle") or {}).get("isolation") == "gvisor"):
+            cmd = engine.exec_argv(
+                container_name(state.slug, "agent"), argv, tty=tty, interactive=interactive, workdir=workdir, env=env
+            )
+            with engine.on(ctx):
+                return engine.interactive(cmd)
+        return self._exec_gvisor(state, argv, tty=tty, workdir=workdir, env=env)
+
+    @staticmethod
+    def _exec_gvisor(
+        state: StateDir, argv: Sequence[str], *, tty: bool, workdir: str | None, env: dict[str, str] | None
+    ) -> int:
+        """runsc 0.0~20221219's `docker exec -i` does not return when its process ends, or its container
+        stops, while its input stays open (docs/design/isolation.md). So the command says it ended in a mark
+        of its own (the agent's marks: run/agent on the host), and the CLI ends the client when the mark
+        appears or the container stops. The agent can write that mark: it can end its own session, no more."""
+        import secrets
+
+        mark = secrets.token_hex(8)
+        path = state.path / "run" / "agent" / f"exec-{mark}"
+        wrapped = ["sh", "-c", 'm=$1; shift; "$@"; rc=$?; echo $rc > "/bottle-run/agent/exec-$m"; exit $rc']
+        agent = container_name(state.slug, "agent")
+        cmd = engine.exec_argv(agent, [*wrapped, "bottle-exec", mark, *argv], tty=tty, interactive=True,
+                               workdir=workdir, env=env)  # fmt: skip
+        asked = [0.0]
+
+        def done() -> bool:
+            if path.exists():
+                return True
+            now = time.monotonic()
+            if now - asked[0] < 1.0:
+                return False
+            asked[0] = now
+            r = engine.docker("inspect", "--format", "{{.State.Running}}", agent, timeout=10)
+            return r.ok and r.stdout.strip() != "true"
+
+        rc = engine.interactive(cmd, done=done)
+        try:
+            text = path.read_text(encoding="ascii", errors="replace").strip()[:4]
+        except OSError:
+            return rc
+        return int(text) if text.isascii() and text.isdigit() else rc
 
     def exec_output(self, *, state: StateDir, argv: Sequence[str]) -> tuple[int, str]:
         with engine.on(recorded_engine(state)):
