@@ -193,3 +193,50 @@ def test_an_unreachable_engine_names_itself(fake_exe: Callable[[str, str], Path]
     with engine.on(engine.Context("build", "ssh://me@build")), pytest.raises(BackendError) as exc:
         engine.docker("ps")
     assert str(exc.value).startswith("Docker engine not reachable at ssh://me@build (context build)")
+
+
+# -- gVisor's exec (runsc 0.0~20221219: `docker exec -i` outlives its command) -------------------
+HUNG_CLIENT = """
+if sys.argv[1] == "inspect":
+    sys.stderr.write(os.environ.get("FAKE_INSPECT_ERR", ""))
+    print(os.environ.get("FAKE_RUNNING", ""))
+    sys.exit(1 if os.environ.get("FAKE_INSPECT_ERR") else 0)
+if sys.argv[1] == "exec":
+    mark_dir = os.environ.get("FAKE_MARK_DIR")
+    if mark_dir:  # the command ends and leaves its mark; the client hangs on regardless
+        i = sys.argv.index("bottle-exec")
+        open(os.path.join(mark_dir, "exec-" + sys.argv[i + 1]), "w").write("7\\n")
+    import time
+    time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize(
+    ("env", "rc"),
+    [
+        ({"FAKE_INSPECT_ERR": "Error: No such object: claude-abcde-agent\n"}, None),  # `stop` removed it
+        ({"FAKE_RUNNING": "false"}, None),  # it stopped
+        ({"FAKE_RUNNING": "true", "FAKE_MARK_DIR": ""}, 7),  # the command ended: its own code
+    ],
+)
+def test_a_gvisor_exec_ends_when_its_command_or_container_does(
+    fake_exe: Callable[[str, str], Path],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    env: dict[str, str],
+    rc: int | None,
+) -> None:
+    import time
+
+    from claude_bottle.bottle.state import StateDir
+
+    state = StateDir("claude-abcde", root=tmp_path / "state")
+    (state.path / "run" / "agent").mkdir(parents=True)
+    fake_exe("docker", HUNG_CLIENT)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v or str(state.path / "run" / "agent"))
+    t0 = time.monotonic()
+    got = DockerBottleBackend._exec_gvisor(state, ["true"], tty=False, workdir=None, env=None)
+    assert time.monotonic() - t0 < 10, "the client was left hanging"
+    if rc is not None:
+        assert got == rc

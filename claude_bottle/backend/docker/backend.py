@@ -496,7 +496,7 @@ class DockerBottleBackend(BottleBackend):
                 return False
             asked[0] = now
             r = engine.docker("inspect", "--format", "{{.State.Running}}", agent, timeout=10)
-            return r.ok and r.stdout.strip() != "true"
+            return r.stdout.strip() != "true"  # stopped, or gone (`stop` removes it): over either way
 
         rc = engine.interactive(cmd, done=done)
         try:
