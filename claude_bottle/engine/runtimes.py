@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from claude_bottle.engine import docker
 from claude_bottle.errors import BottleError
 
-__all__ = ["ISOLATIONS", "gvisor_runtime", "judge_gvisor", "require_gvisor", "runtimes"]
+__all__ = ["ISOLATIONS", "Runtime", "gvisor_runtime", "judge_gvisor", "require_gvisor", "runtimes"]
 
 ISOLATIONS = ("container", "gvisor")
 DEFAULT_GVISOR_RUNTIME = "claude-bottle-gvisor"
@@ -30,14 +30,33 @@ def gvisor_runtime() -> str:
     return os.environ.get("CLAUDE_BOTTLE_GVISOR_RUNTIME") or DEFAULT_GVISOR_RUNTIME
 
 
-def runtimes() -> dict[str, Any]:
-    """The engine's registered runtimes ({name: {"path": ..., "runtimeArgs": [...]}}); {} when unreadable."""
+@dataclass(frozen=True)
+class Runtime:
+    """One runtime the engine registered (`docker info`'s Runtimes): the binary and its arguments."""
+
+    path: str
+    args: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> dict[str, Runtime]:
+        """`docker info --format '{{json .Runtimes}}'`; {} when unreadable, an odd entry left out."""
+        try:
+            found = json.loads(text)
+        except ValueError:
+            return {}
+        out = {}
+        for name, entry in (found if isinstance(found, dict) else {}).items():
+            if isinstance(entry, dict):
+                raw = entry.get("runtimeArgs")
+                args = tuple(str(a) for a in raw) if isinstance(raw, list) else ()
+                out[str(name)] = cls(str(entry.get("path") or ""), args)
+        return out
+
+
+def runtimes() -> dict[str, Runtime]:
+    """The engine's registered runtimes by name; {} when unreadable."""
     r = docker("info", "--format", "{{json .Runtimes}}", timeout=30)
-    try:
-        found = json.loads(r.stdout) if r.ok else {}
-    except ValueError:
-        return {}
-    return found if isinstance(found, dict) else {}
+    return Runtime.parse(r.stdout) if r.ok else {}
 
 
 def _network_flag(args: Sequence[str]) -> str:
@@ -53,14 +72,13 @@ def _network_flag(args: Sequence[str]) -> str:
     return value
 
 
-def judge_gvisor(found: Mapping[str, Any], name: str, *, where: str = "") -> str | None:
+def judge_gvisor(found: Mapping[str, Runtime], name: str, *, where: str = "") -> str | None:
     """Why the engine's runtime `name` cannot carry a gVisor bottle, or None when it can."""
     entry = found.get(name)
-    if not isinstance(entry, dict):
+    if entry is None:
         have = ", ".join(sorted(found)) or "none"
         return f'isolation = "gvisor": the engine{where} has no runtime {name!r} (it has: {have}): {FIX}'
-    path = str(entry.get("path") or "")
-    args = [str(a) for a in entry.get("runtimeArgs") or []]
+    path, args = entry.path, entry.args
     if "runsc" not in Path(path).name:
         return f'isolation = "gvisor": the engine{where}\'s runtime {name!r} runs {path!r}, not runsc: {FIX}'
     if _network_flag(args) != "host":
@@ -85,11 +103,9 @@ def gvisor_report(image: str) -> list[tuple[str, bool, str, str]]:
     name = gvisor_runtime()
     found = runtimes()
     why = judge_gvisor(found, name)
-    raw = found.get(name)
-    entry: dict[str, Any] = raw if isinstance(raw, dict) else {}
-    args = [str(a) for a in entry.get("runtimeArgs") or []]
+    entry = found.get(name) or Runtime("", ())
+    args, path = entry.args, entry.path
     platform = next((a.partition("=")[2] for a in args if a.startswith("--platform=")), "ptrace (runsc's default)")
-    path = str(entry.get("path") or "")
     version = "version unknown (runsc is on the engine's host)"
     if path and Path(path).is_absolute() and os.access(path, os.X_OK):
         from claude_bottle import process

@@ -44,7 +44,7 @@ NAME = "claude-bottle-gvisor"
     ],
 )
 def test_the_runtime_is_judged_as_the_engine_reports_it(found: dict[str, Any], expected: str | None) -> None:
-    why = runtimes.judge_gvisor(found, NAME, where=" on the remote engine r")
+    why = runtimes.judge_gvisor(runtimes.Runtime.parse(json.dumps(found)), NAME, where=" on the remote engine r")
     if expected is None:
         assert why is None
     else:

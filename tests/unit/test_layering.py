@@ -8,6 +8,7 @@
   work layer and no CLI; the work layer imports no CLI; nothing but cli/ imports the CLI;
 - the package's root holds only what every part uses (errors, process, identity, terminal);
 - no module is over 450 lines without its reason at its top; no import loop at module level;
+- a command's JSON answer is read by a typed row (engine's rows, kubernetes/rows.py), never as raw dicts;
 - a test backend that implements only the ABC runs the whole lifecycle, and one that builds its images
   through the neutral builder imports nothing of any other backend.
 """
@@ -127,6 +128,19 @@ def test_no_module_is_over_the_size_limit_without_its_reason() -> None:
         doc = ast.get_docstring(ast.parse(text)) or ""
         if lines > SIZE_LIMIT:
             assert "450 lines" in doc, f"{path.relative_to(PKG)}: {lines} lines and no reason at its top"
+
+
+def test_a_commands_json_is_read_by_a_typed_row() -> None:
+    """Engines' and clusters' JSON answers become typed rows (engine.PsRow, kubernetes/rows.py) in one
+    place each: nothing outside those decodes a command's output itself."""
+    for path in files():
+        if path.name == "rows.py" or path.relative_to(PKG).parts[0] == "guard":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) in ("json.loads", "loads") and node.args:
+                arg = node.args[0]
+                raw = isinstance(arg, ast.Attribute) and arg.attr in ("stdout", "stdout_bytes")
+                assert not raw, f"{path.relative_to(PKG)}:{node.lineno} decodes a command's JSON: give it a row type"
 
 
 def _runtime_imports(path: Path) -> set[str]:

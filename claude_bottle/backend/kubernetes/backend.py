@@ -24,7 +24,7 @@ import tarfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from claude_bottle import process
 from claude_bottle.backend import (
@@ -45,6 +45,7 @@ from claude_bottle.backend.kubernetes.render import (
     render_helper,
     render_objects,
 )
+from claude_bottle.backend.kubernetes.rows import ObjectRow, PodRow, ServerVersion
 from claude_bottle.bottle.state import StateDir, now_iso, process_started
 from claude_bottle.errors import BackendError, BottleError
 from claude_bottle.identity import SLUG_LABEL, Identity, namespace, object_labels
@@ -168,15 +169,8 @@ class KubernetesBottleBackend(BottleBackend):
         wanted = set(containers)
         while True:
             got = kubectl("get", pod, "-o", "json", timeout=30)
-            if got.ok:
-                status = json.loads(got.stdout).get("status", {})
-                running = {
-                    c.get("name")
-                    for c in status.get("initContainerStatuses", []) + status.get("containerStatuses", [])
-                    if "running" in c.get("state", {})
-                }
-                if wanted <= running:
-                    return
+            if got.ok and wanted <= PodRow.one(got.stdout, f"kubectl get {pod}").running:
+                return
             if time.monotonic() > deadline:
                 names = ", ".join(sorted(wanted))
                 raise BackendError(f"{pod}: its {names} container(s) did not start within {timeout:.0f}s")
@@ -348,25 +342,22 @@ class KubernetesBottleBackend(BottleBackend):
             return True
         return not (os.environ.get("CLAUDE_BOTTLE_KUBE_CONTEXT") or kubectl("config", "current-context").ok)
 
-    def _pods(self) -> list[dict[str, Any]]:
+    def _pods(self) -> list[PodRow]:
         if self._nothing_to_ask():
             return []
         got = kubectl("get", "pods", "-l", _selector(), "-o", "json", "--request-timeout=10s", timeout=30)
         process.check(got, "kubectl get pods")
-        items: list[dict[str, Any]] = json.loads(got.stdout).get("items", [])
-        return items
+        return PodRow.parse(got.stdout)
 
     def statuses(self) -> dict[str, BottleStatus]:
         out = {}
         for pod in self._pods():
-            meta = pod.get("metadata", {})
-            if meta.get("labels", {}).get(HELPER_LABEL):
-                continue  # a trip home, not the bottle
-            slug = meta.get("labels", {}).get(SLUG_LABEL, "")
-            phase = str(pod.get("status", {}).get("phase", "Unknown")).lower()
-            status = "running" if phase == "running" else phase
-            pid = meta.get("annotations", {}).get("claude-bottle.owner-pid", "")
-            out[slug] = BottleStatus(slug, self.name, status, int(pid) if pid.isdigit() else None)
+            slug = pod.labels.get(SLUG_LABEL, "")
+            if pod.labels.get(HELPER_LABEL) or not slug:
+                continue  # a trip home, not the bottle (or nothing of ours)
+            phase = pod.phase.lower()
+            pid = pod.annotations.get("claude-bottle.owner-pid", "")
+            out[slug] = BottleStatus(slug, self.name, phase, int(pid) if pid.isascii() and pid.isdigit() else None)
         return out
 
     def doctor(self, base_images: Sequence[str] = ()) -> list[Check]:
@@ -378,9 +369,9 @@ class KubernetesBottleBackend(BottleBackend):
         checks.append(Check("context", bool(ctx), ctx or "none", "kubectl config use-context NAME"))
         if ctx:
             answer = kubectl("version", "-o", "json", "--request-timeout=5s", timeout=15)
-            server = json.loads(answer.stdout).get("serverVersion", {}) if answer.ok else {}
-            ok = bool(server)
-            checks.append(Check("cluster", ok, server.get("gitVersion", "") if ok else "does not answer",
+            version = ServerVersion.parse(answer.stdout).git_version if answer.ok else ""
+            ok = bool(version)
+            checks.append(Check("cluster", ok, version if ok else "does not answer",
                                 "check the context's server and credentials"))  # fmt: skip
             if ok:
                 netpol = kubectl("api-resources", "--api-group=networking.k8s.io", "-o", "name", timeout=15)
@@ -403,12 +394,12 @@ class KubernetesBottleBackend(BottleBackend):
             raise BottleError(f"the cluster does not answer ({(got.stderr.strip().splitlines() or ['?'])[-1]})")
         running = {s for s, st in self.statuses().items() if st.status == "running"}
         objects, kept = [], set()
-        for item in json.loads(got.stdout).get("items", []):
-            slug = item["metadata"].get("labels", {}).get(SLUG_LABEL, "")
-            if slug in running or (item["kind"] == "PersistentVolumeClaim" and self._owed(slug)):
+        for item in ObjectRow.parse(got.stdout):
+            slug = item.labels.get(SLUG_LABEL, "")
+            if slug in running or (item.kind == "PersistentVolumeClaim" and self._owed(slug)):
                 kept.add(slug)
                 continue
-            objects.append((item["kind"].lower(), item["metadata"]["name"], slug))
+            objects.append((item.kind.lower(), item.name, slug))
         return KubernetesPlan(objects, sorted(kept))
 
     @staticmethod
