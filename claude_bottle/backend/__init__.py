@@ -29,10 +29,12 @@ __all__ = [
     "BottleStatus",
     "Check",
     "Progress",
+    "PublishedPort",
     "Report",
     "enumerate_active_bottles",
     "get_bottle_backend",
     "known_backend_names",
+    "manifest_ports",
     "resolve_backend_name",
 ]
 
@@ -111,6 +113,24 @@ class BottleStatus:
     status: str  # running | exited | created | missing ...
     owner_pid: int | None = None
     detail: str = ""
+    ports: tuple[PublishedPort, ...] = ()
+
+
+@dataclass(frozen=True)
+class PublishedPort:
+    """One of the agent's ports as the host sees it: `guest` in the bottle, at `address:host` here."""
+
+    guest: int
+    host: int
+    address: str = "127.0.0.1"
+
+    def __str__(self) -> str:  # as `docker port` says it
+        return f"{self.guest}/tcp -> {self.address}:{self.host}"
+
+
+def manifest_ports(bottle: Bottle) -> list[PublishedPort]:
+    """The ports the agent's manifest entry publishes at every start, on the host's loopback."""
+    return [PublishedPort(p.guest, p.host_port) for p in bottle.agent.ports]
 
 
 @dataclass(frozen=True)
@@ -130,6 +150,8 @@ class BottleBackend(ABC):
     workspace_modes: ClassVar[tuple[str, ...]] = ("worktree", "copy", "mount")
     # What its agents may run under (a bottle's `isolation`): the host's kernel (container), gVisor's.
     isolations: ClassVar[tuple[str, ...]] = ("container", "gvisor")
+    # Can it publish the agent's ports on the host (`ports`, `claude-bottle port`)?
+    publishes_ports: ClassVar[bool] = False
 
     @abstractmethod
     def plan(self, *, bottle: Bottle) -> BottlePlan: ...
@@ -211,6 +233,17 @@ class BottleBackend(ABC):
         """Before a state dir is removed, when this user could not remove some of it: what the agent's uid
         made there (the bottle user's, for a normal user) removed with the backend's help. Default: nothing."""
         del state
+
+    def publish_ports(self, *, state: StateDir, ports: Sequence[PublishedPort]) -> None:
+        """Publish exactly `ports` of the running bottle's agent on the host (none: unpublish them all),
+        without giving the agent any way out. Only a backend with `publishes_ports` is asked."""
+        del state, ports
+        raise BottleError(f"the {self.name} backend cannot publish an agent's ports")
+
+    def published_ports(self, *, state: StateDir) -> list[PublishedPort]:
+        """What the running bottle publishes now."""
+        del state
+        return []
 
     def enumerate_active(self) -> set[str]:
         """Slugs of bottles that are live (anything still present in the engine)."""

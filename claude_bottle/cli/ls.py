@@ -24,9 +24,15 @@ def run(args: argparse.Namespace) -> int:
     if not rows:
         out.print("no bottles (start one with: claude-bottle start AGENT)")
         return 0
-    columns = ("SLUG", "AGENT", "BACKEND", "STATUS", "RESUMABLE", "CREATED", "KEPT")
-    table = [
+    columns: tuple[str, ...] = ("SLUG", "AGENT", "BACKEND", "STATUS", "RESUMABLE", "CREATED", "KEPT")
+    table: list[tuple[str, ...]] = [
         (r.slug, r.agent, r.backend, r.status, "yes" if r.resumable else "", r.created, r.preserved or "") for r in rows
     ]
+    if any(r.ports for r in rows):  # as `docker ps` shows them: HOST_ADDRESS:HOST->GUEST
+        columns = (*columns, "PORTS")
+        table = [
+            (*t, ",".join(f"{p.address}:{p.host}->{p.guest}" for p in r.ports))
+            for t, r in zip(table, rows, strict=True)
+        ]
     print_columns(columns, table)
     return 0

@@ -250,6 +250,18 @@ class BottleSpec(_Strict):
         return v
 
 
+class Port(_Strict):
+    """One of the agent's ports published on the host (`ports = [3000, {guest = 5173, host = 15173}]`): on the
+    host's loopback only; `host` defaults to the guest's number."""
+
+    guest: int = Field(ge=1, le=65535)
+    host: int | None = Field(None, ge=1, le=65535)
+
+    @property
+    def host_port(self) -> int:
+        return self.host or self.guest
+
+
 class AgentSpec(_Strict):
     bottle: str = "default"
     workspace: str | None = None
@@ -266,6 +278,24 @@ class AgentSpec(_Strict):
     permission_mode: Literal["bypassPermissions", "acceptEdits", "default", "plan", "auto", "manual"] = (
         "bypassPermissions"
     )
+    # The agent's ports (a dev server's) published on the host's loopback while the bottle runs.
+    ports: tuple[Port, ...] = ()
+
+    @field_validator("ports", mode="before")
+    @classmethod
+    def _ports(cls, v: Any) -> Any:
+        if isinstance(v, list | tuple):
+            return [{"guest": p} if isinstance(p, int) and not isinstance(p, bool) else p for p in v]
+        return v
+
+    @field_validator("ports")
+    @classmethod
+    def _distinct_ports(cls, v: tuple[Port, ...]) -> tuple[Port, ...]:
+        for what, seen in (("guest", [p.guest for p in v]), ("host", [p.host_port for p in v])):
+            twice = sorted({n for n in seen if seen.count(n) > 1})
+            if twice:
+                raise ValueError(f"{what} port {twice[0]} is named twice")
+        return v
 
 
 class Manifest(_Strict):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from claude_bottle.backend import get_bottle_backend
+from claude_bottle.backend import PublishedPort, get_bottle_backend
 from claude_bottle.bottle.claude_code import NORMAL_ENDS, notice_crash, run_end
 from claude_bottle.bottle.state import list_state_dirs
 from claude_bottle.errors import BottleError
@@ -24,6 +24,7 @@ class BottleRow:
     preserved: str | None
     resumable: bool = False
     session_id: str | None = None
+    ports: tuple[PublishedPort, ...] = ()  # while it runs
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -36,6 +37,7 @@ class BottleRow:
             "preserved": self.preserved,
             "resumable": self.resumable,
             "session_id": self.session_id,
+            "ports": [{"guest": p.guest, "host": p.host, "address": p.address} for p in self.ports],
         }
 
 
@@ -48,11 +50,14 @@ def list_bottles(root: Path | None = None) -> list[BottleRow]:
         except (OSError, BottleError):
             continue  # removed while we listed
     live: dict[str, dict[str, str]] = {}
+    published: dict[str, tuple[PublishedPort, ...]] = {}
     for name in {r.backend for _, r in records}:
         try:
-            live[name] = {slug: s.status for slug, s in get_bottle_backend(name).statuses().items()}
+            statuses = get_bottle_backend(name).statuses()
         except BottleError:
-            live[name] = {}
+            statuses = {}
+        live[name] = {slug: s.status for slug, s in statuses.items()}
+        published.update({slug: s.ports for slug, s in statuses.items() if s.ports})
     rows = []
     for d, recorded in records:
         engine = live.get(recorded.backend, {}).get(recorded.slug)
@@ -72,7 +77,16 @@ def list_bottles(root: Path | None = None) -> list[BottleRow]:
         resumable = d.resumable(r)
         rows.append(
             BottleRow(
-                r.slug, r.agent, r.backend, status, r.created, r.workspace, d.preserved(), resumable, r.session_id
+                r.slug,
+                r.agent,
+                r.backend,
+                status,
+                r.created,
+                r.workspace,
+                d.preserved(),
+                resumable,
+                r.session_id,
+                published.get(r.slug, ()) if status == "running" else (),
             )
         )
     return rows

@@ -18,6 +18,7 @@ from claude_bottle.backend import (
     BottlePlan,
     Progress,
     get_bottle_backend,
+    manifest_ports,
     resolve_backend_name,
 )
 from claude_bottle.bottle.claude_code import (
@@ -131,6 +132,8 @@ def _bring_up(
     try:
         # SIGTERM/SIGHUP (a kill, a closed terminal) end a start as Ctrl-C does: rolled back, nothing left.
         with terminations_as_exit(), state.lock():
+            if bottle.agent.ports and not backend.publishes_ports:
+                raise BottleError(f"ports: the {backend.name} backend cannot publish an agent's ports: remove them")
             plan = backend.plan(bottle=bottle)
             if show_plan:
                 show_plan(plan)
@@ -153,6 +156,9 @@ def _bring_up(
             backend.start(plan=plan, images=images, guard=guard, progress=progress)
             progress("waiting for the guard")
             backend.wait_ready(state=state)
+            if bottle.agent.ports:
+                progress("publishing the agent's ports")
+                backend.publish_ports(state=state, ports=manifest_ports(bottle))
             state.update(status="running")
     except BaseException as exc:
         with no_interrupts():

@@ -109,11 +109,12 @@ def test_the_guard_is_the_agents_dns(tmp_path: Path) -> None:
     # Served on the bottle's internal address only, to the bottle's own network only.
     assert guard["command"][guard["command"].index("--dns") + 1] == "10.213.7.30:53"
     assert guard["command"][guard["command"].index("--listen") + 1] == "10.213.7.30:3128"
-    # .16 network, .17 the host's side of the bridge, .31 broadcast: .18-.29 and the guard itself (.30, for its
-    # own healthcheck) are clients.
+    # .16 network, .17 the host's side of the bridge, .29 the inbound relay's, .31 broadcast: .18-.28 and the
+    # guard itself (.30, for its own healthcheck) are clients.
     assert guard["command"][guard["command"].index("--clients") + 1] == (
-        "10.213.7.18/31,10.213.7.20/30,10.213.7.24/30,10.213.7.28/31,10.213.7.30/32"
+        "10.213.7.18/31,10.213.7.20/30,10.213.7.24/30,10.213.7.28/32,10.213.7.30/32"
     )
+    assert doc["services"]["net"]["environment"] == {"BOTTLE_INBOUND": "10.213.7.29"}
     assert guard["sysctls"] == {"net.ipv4.ip_unprivileged_port_start": 0}
     assert "cap_add" not in guard
 

@@ -23,10 +23,13 @@ from claude_bottle.backend import (
     BottleStatus,
     Check,
     Progress,
+    PublishedPort,
     Report,
     homecoming,
+    manifest_ports,
 )
 from claude_bottle.backend.docker import owners, remote
+from claude_bottle.backend.docker import ports as ports_
 from claude_bottle.backend.docker.cleanup import DockerBottleCleanupPlan, plan_from_engine, run_cleanup
 from claude_bottle.backend.docker.compose import NetPlan, container_name, project_name, render_compose, verified_binds
 from claude_bottle.bottle.state import StateDir, list_state_dirs, now_iso, process_started, write_private
@@ -88,6 +91,7 @@ def _labels(slug: str) -> dict[str, str]:
 
 class DockerBottleBackend(BottleBackend):
     name = "docker"
+    publishes_ports = True
 
     def prepare_images(self, *, plan: BottlePlan, progress: Progress) -> dict[str, str]:
         """The bottle's images, built on its engine by the neutral builder (images/builder.py); Compose must
@@ -125,6 +129,15 @@ class DockerBottleBackend(BottleBackend):
                     f'{ctx.name} ({ctx.endpoint}): make it read-only (mode = "ro": it is copied in) or use a '
                     "local engine"
                 )
+        if bottle.agent.ports:
+            if not ctx.local:
+                raise BottleError(
+                    f"ports: the engine of {ctx.name} ({ctx.endpoint}) would publish them on its own loopback, not "
+                    "this machine's: remove ports from the agent and reach them with ssh -L, or use a local engine"
+                )
+            if bottle.spec.egress.engine != "guard":
+                raise BottleError('ports need the built-in guard: egress.engine = "guard" (pipelock has no relay)')
+            ports_.check_free(manifest_ports(bottle))
         with engine.on(ctx):
             engine.require_networks(bottle.spec.egress.networks, where=where)
             if bottle.spec.isolation == "gvisor":
@@ -439,6 +452,7 @@ class DockerBottleBackend(BottleBackend):
             )
 
     def _stop(self, state: StateDir) -> None:
+        ports_.remove(state)
         if (state.path / COMPOSE_FILE).is_file():
             down = engine.docker(
                 *_compose(state, "down", "--volumes", "--remove-orphans", "--timeout", "1"), timeout=300
@@ -505,6 +519,16 @@ class DockerBottleBackend(BottleBackend):
             return rc
         return int(text) if text.isascii() and text.isdigit() else rc
 
+    def publish_ports(self, *, state: StateDir, ports: Sequence[PublishedPort]) -> None:
+        if not (state.path / COMPOSE_FILE).is_file():
+            raise BottleError(f"{state.slug} is not running: resume it first")
+        with engine.on(recorded_engine(state)):
+            ports_.publish(state, ports, compose_file=COMPOSE_FILE)
+
+    def published_ports(self, *, state: StateDir) -> list[PublishedPort]:
+        with engine.on(recorded_engine(state)):
+            return ports_.published(state.slug)
+
     def exec_output(self, *, state: StateDir, argv: Sequence[str]) -> tuple[int, str]:
         with engine.on(recorded_engine(state)):
             result = engine.docker(*engine.exec_argv(container_name(state.slug, "agent"), argv), timeout=60)
@@ -568,12 +592,15 @@ class DockerBottleBackend(BottleBackend):
             entry = by_slug.setdefault(slug, {"owner": row.labels.get("claude-bottle.owner-pid", "")})
             service = row.labels.get("com.docker.compose.service") or row.name.rsplit("-", 1)[-1]
             entry[service] = row.state
+            if service == ports_.SERVICE and row.state == "running":
+                entry["ports"] = row.labels.get(ports_.PORTS_LABEL, "")
         result = {}
         for slug, e in by_slug.items():
             agent, guard = e.get("agent", "missing"), e.get("egress", "missing")
             status = agent if guard in (agent, "running") else f"{agent} (guard {guard})"
             owner = int(e["owner"]) if e["owner"].isdigit() else None
-            result[slug] = BottleStatus(slug, self.name, status, owner)
+            published = tuple(ports_.decode(e.get("ports", "")))
+            result[slug] = BottleStatus(slug, self.name, status, owner, ports=published)
         return result
 
     def prepare_cleanup(self) -> DockerBottleCleanupPlan:

@@ -81,12 +81,19 @@ class NetPlan:
         return str(ipaddress.ip_network(self.subnet)[-2])
 
     @property
+    def inbound_ip(self) -> str:
+        """The inbound relay's address (published ports, guard/inbound.py): the one below the guard's. The
+        bottle's firewall lets connections in from it, never out to it."""
+        return str(ipaddress.ip_network(self.subnet)[-3])
+
+    @property
     def clients(self) -> str:
         """The addresses Docker hands the bottle's containers, and the guard's own (its healthcheck): the
-        subnet without its gateway (the host's side of the bridge), as CIDRs for the guard's --clients."""
+        subnet without its gateway (the host's side of the bridge) and without the inbound relay's address
+        (it never needs the guard), as CIDRs for the guard's --clients."""
         net = ipaddress.ip_network(self.subnet)
-        first, last = net[2], net[-2]
-        return ",".join(str(n) for n in ipaddress.summarize_address_range(first, last))
+        ranges = [*ipaddress.summarize_address_range(net[2], net[-4]), ipaddress.ip_network(f"{net[-2]}/32")]
+        return ",".join(str(n) for n in ranges)
 
 
 PIPELOCK_IMAGE = "ghcr.io/luckypipewrench/pipelock"
@@ -259,6 +266,7 @@ def _net_service(pj: _Project, agent_image: str) -> dict[str, Any]:
         "pids_limit": 16,
         "volumes": [pj.run_mount()],
         "networks": {"internal": {}},
+        "environment": {"BOTTLE_INBOUND": net.inbound_ip},
     }
     if not pj.pipelock:
         # Docker's resolver in the bottle answers container names and forwards the rest to the guard, which
