@@ -22,6 +22,7 @@ __all__ = [
     "EXIT_FILE",
     "HOST_EXIT_FILE",
     "NORMAL_ENDS",
+    "RUN_END_FILE",
     "RUN_LOG",
     "SESSION",
     "UNREADABLE_EXIT",
@@ -41,6 +42,7 @@ RUN_LOG = "/home/claude/.claude/bottle-run.log"  # a detached headless run's out
 # claude's own ways out of an interactive session: /exit (0) and Ctrl-C twice (130): the user ended it.
 NORMAL_ENDS = (0, 130)
 HOST_EXIT_FILE = "bottle-run.exit"  # in claude-home: bottle-run leaves claude's exit code there
+RUN_END_FILE = "run-end"  # in the state dir: a foreground run's exit code, as the CLI that ran it saw it
 UNREADABLE_EXIT = 137  # what an unreadable exit file counts as: killed
 
 PACKAGE = "@anthropic-ai/claude-code"

@@ -14,11 +14,12 @@ from claude_bottle.backend import (
 from claude_bottle.bottle.capabilities import pending
 from claude_bottle.bottle.claude_code import (
     NORMAL_ENDS,
+    RUN_END_FILE,
     attach_argv,
     claude_argv,
     terminal_env,
 )
-from claude_bottle.bottle.state import StateDir, process_started
+from claude_bottle.bottle.state import StateDir, process_started, write_private
 from claude_bottle.errors import BottleError
 from claude_bottle.work.session import read_exit_code, session_running, start_session
 
@@ -80,6 +81,8 @@ def run_claude(
         _finish(started, abnormal=f"claude-bottle was terminated ({type(exc).__name__} {exc})", notify=notify)
         raise
     crashed = rc != 0 if headless else rc not in NORMAL_ENDS  # /exit or Ctrl-C twice: the user ended it
+    with contextlib.suppress(OSError):  # the watcher's word of the end (notify/watch.py)
+        write_private(state.path / RUN_END_FILE, f"{rc}\n")
     _finish(started, abnormal=f"claude exited with {rc}" if crashed else None, notify=notify)
     if state.read().status == "blocked":
         return RunResult(rc, blocked=True)

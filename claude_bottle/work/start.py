@@ -126,12 +126,15 @@ def _bring_up(
     show_plan: Callable[[BottlePlan], None] | None = None,
 ) -> Started:
     from claude_bottle.guard_inputs.inputs import prepare_guard
+    from claude_bottle.notify.watch import check as notify_check
+    from claude_bottle.notify.watch import spawn as spawn_watcher
 
     state = bottle.state
     engine_touched = False
     try:
         # SIGTERM/SIGHUP (a kill, a closed terminal) end a start as Ctrl-C does: rolled back, nothing left.
         with terminations_as_exit(), state.lock():
+            notify_check()  # the operator's settings, and its webhooks' secrets, before any slow work
             if bottle.agent.ports and not backend.publishes_ports:
                 raise BottleError(f"ports: the {backend.name} backend cannot publish an agent's ports: remove them")
             plan = backend.plan(bottle=bottle)
@@ -160,6 +163,10 @@ def _bring_up(
                 progress("publishing the agent's ports")
                 backend.publish_ports(state=state, ports=manifest_ports(bottle))
             state.update(status="running")
+            try:
+                spawn_watcher(state)  # word when it needs someone (notify/watch.py)
+            except OSError as exc:
+                progress(f"warning: no notifications for {state.slug}: {exc.strerror}")
     except BaseException as exc:
         with no_interrupts():
             drop_secrets(state)

@@ -163,3 +163,15 @@ def test_a_manifest_port_already_taken_here_fails_before_anything_is_built(
             assert r.returncode != 0 and f"port {port} on 127.0.0.1 is taken" in r.stderr
             assert "ports = [{ guest = " in r.stderr
             assert time.monotonic() - t0 < 20 and c.ls() == {}
+
+
+def test_cleanup_reaps_a_bottle_that_publishes_with_its_relay_and_networks(ported: Cli, host_port: int) -> None:
+    slug = ported.start()
+    assert relay(slug)["State"]["Running"]
+    r = ported.run("cleanup", "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"removed container {NS}-{slug}-ports" in r.stdout
+    assert docker("ps", "-aq", "--filter", f"name={NS}-{slug}").stdout.strip() == ""
+    assert docker("network", "ls", "-q", "--filter", f"name={NS}-{slug}").stdout.strip() == ""
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", host_port), timeout=2).close()

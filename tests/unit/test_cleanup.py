@@ -160,8 +160,10 @@ def test_cleanup_yes_runs_in_order_and_removes_exactly_the_plan(
     assert sorted(a[2] for a in downs) == ["claude-bottle-claude-rqih3", "claude-bottle-claude-z710w"]
     assert all(a[-5:] == ["down", "--volumes", "--remove-orphans", "--timeout", "1"] for a in downs)
     kinds = [a[0] for a in removals if a[0] != "compose"]
-    assert kinds == ["rm", "network"]  # containers before networks, after every project
-    assert removals.index(next(a for a in removals if a[0] == "rm")) > max(removals.index(d) for d in downs)
+    assert kinds == ["rm", "network"]  # containers before networks
+    # ... and before every project: a container outside Compose (a bottle's inbound relay) holds its networks.
+    assert removals.index(next(a for a in removals if a[0] == "rm")) < min(removals.index(d) for d in downs)
+    assert removals.index(next(a for a in removals if a[0] == "network")) > max(removals.index(d) for d in downs)
     assert [d.slug for d in list_state_dirs()] == ["claude-rqih3", "kept-bbbbb"]
     assert StateDir("claude-rqih3").read().status == "stopped"  # its containers are gone now
     out = capsys.readouterr().out

@@ -24,7 +24,7 @@ def test_pods_from_a_saved_listing() -> None:
 
 def test_objects_keep_their_kind_and_name() -> None:
     rows = ObjectRow.parse((SAMPLES / "kubectl-get-pods.json").read_text())
-    assert [(r.kind, r.name) for r in rows][0] == ("Pod", "claude-bottle-claude-k8s01")
+    assert (rows[0].kind, rows[0].name) == ("Pod", "claude-bottle-claude-k8s01")
     assert rows[0].labels["claude-bottle.slug"] == "claude-k8s01"
 
 

@@ -197,16 +197,17 @@ BringHome = Callable[[str, Report], None]
 
 
 def run_cleanup(plan: DockerBottleCleanupPlan, report: Report, *, bring_home: BringHome | None = None) -> list[str]:
-    """Remove what the plan lists: projects (in parallel), then containers, then networks, then volumes
-    (each bottle's files brought home first, by `bring_home`), then state."""
+    """Remove what the plan lists: containers outside Compose, then projects (in parallel), then networks,
+    then volumes (each bottle's files brought home first, by `bring_home`), then state."""
     failures: list[str] = []
+    # Containers first: they hold network attachments, a project's too (a bottle's inbound relay is on its
+    # networks). One call for each kind, and one per object only if the batch failed, so a single bad
+    # object is named and does not stop the rest.
+    _batch(["rm", "-f"], "container", plan.containers, failures, report)
     with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
         for project, outcome in zip(plan.projects, pool.map(_down, plan.projects), strict=True):
             if _report(f"compose project {project.name}", outcome, failures, report):
                 plan.stopped.append(_slug(project))
-    # Containers before networks: they hold the network attachments. One call for each kind, and one
-    # per object only if the batch failed, so a single bad object is named and does not stop the rest.
-    _batch(["rm", "-f"], "container", plan.containers, failures, report)
     _batch(["network", "rm"], "network", plan.networks, failures, report)
     _volumes(plan.volumes, failures, report, bring_home)
     return failures

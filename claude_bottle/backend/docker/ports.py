@@ -24,7 +24,7 @@ from typing import Any
 
 from claude_bottle import engine
 from claude_bottle.backend import PublishedPort
-from claude_bottle.backend.docker.compose import LOG_MAX_SIZE, NetPlan, container_name, project_name
+from claude_bottle.backend.docker.compose import LOG_MAX_SIZE, NetPlan, container_name
 from claude_bottle.bottle.state import StateDir, write_private
 from claude_bottle.errors import BottleError
 
@@ -120,13 +120,9 @@ def publish(state: StateDir, ports: Sequence[PublishedPort], *, compose_file: st
         return
     write_private(state.path / MARK_FILE, encode(ports) + "\n")
     agent = _agent_address(state.slug, project.internal)
-    labels = {
-        **project.labels,
-        "com.docker.compose.project": project_name(state.slug),
-        "com.docker.compose.service": SERVICE,
-        "com.docker.compose.oneoff": "False",
-        PORTS_LABEL: encode(ports),
-    }
+    # The bottle's identity labels, not Compose's: Compose would not remove it anyway, and to `cleanup` it
+    # is then a container of the bottle's to remove before the bottle's networks.
+    labels = {**project.labels, PORTS_LABEL: encode(ports)}
     argv = [
         "create", "--name", name,
         *[a for k, v in labels.items() for a in ("--label", f"{k}={v}")],
