@@ -12,10 +12,10 @@ import platform
 import subprocess
 from datetime import UTC, datetime
 
-from . import guard, isolation, lifecycle
+from . import guard, isolation, lifecycle, top
 from .common import ROOT, Row
 
-SECTIONS = {"guard": guard.run, "lifecycle": lifecycle.run, "isolation": isolation.run}
+SECTIONS = {"guard": guard.run, "lifecycle": lifecycle.run, "isolation": isolation.run, "operator": top.run}
 
 
 def fmt(v: float | None, unit: str) -> str:

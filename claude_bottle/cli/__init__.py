@@ -32,6 +32,7 @@ from claude_bottle.cli import (
     start,
     stop,
     suggest,
+    top,
     trust,
     verify,
 )
@@ -46,6 +47,7 @@ VERBS = (
     suggest,
     start,
     ls,
+    top,
     attach,
     exec_,
     shell,
