@@ -106,7 +106,7 @@ class TopApp(App[tuple[str, str] | None]):
             table.move_cursor(row=slugs.index(chosen.slug))
         waiting = {v.slug for v in views if v.state == "waiting"}
         if waiting - self.waiting:
-            self.bell()  # someone is needed: the terminal says so (over SSH too)
+            self.ring(sorted(waiting - self.waiting))
         self.waiting = waiting
         counts = {s: sum(v.state == s for v in views) for s in ("running", "waiting", "crashed")}
         summary = (
@@ -115,6 +115,15 @@ class TopApp(App[tuple[str, str] | None]):
         )
         self.summary.update(_safe(summary + (f"  |  {self.message}" if self.message else "")))
         self.show_detail()
+
+    def ring(self, slugs: list[str]) -> None:
+        """Someone is needed: the bell, and OSC 9 (a terminal that shows desktop notifications for it, as
+        iTerm2, kitty, WezTerm and Windows Terminal do, raises one; others ignore it). Over SSH too."""
+        self.bell()
+        text = escape_controls(f"claude-bottle: {', '.join(slugs)} waiting")[:200].replace(";", ",")
+        driver = self._driver
+        if driver is not None and not self.is_headless:
+            driver.write(f"\x1b]9;{text}\x07")
 
     def on_data_table_row_highlighted(self, _event: DataTable.RowHighlighted) -> None:
         self.show_detail()

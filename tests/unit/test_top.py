@@ -114,7 +114,7 @@ def test_the_log_opens_and_attach_leaves_top_for_attach() -> None:
 
 def test_a_bottle_that_starts_waiting_rings_the_bell(monkeypatch: pytest.MonkeyPatch) -> None:
     rings: list[int] = []
-    monkeypatch.setattr(TopApp, "bell", lambda self: rings.append(1))
+    monkeypatch.setattr(TopApp, "ring", lambda self, slugs: rings.append(len(slugs)))
     views = [view("claude-aaaaa")]
     source = Source(views)
     app = TopApp(source, interval=0.2, act=lambda *v, **k: (0, ""))
